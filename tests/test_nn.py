@@ -1,0 +1,79 @@
+"""jaxconv.nn: parameters, PyTorch's initialisation, and input validation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxconv import nn as jnn
+
+KEY = jax.random.key(0)
+
+
+def _params(layer, x):
+    return layer.init(KEY, x)["params"]
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+def test_spatial_rank_comes_from_the_input(ndim):
+    x = jnp.zeros((2, *([6] * ndim), 4))
+    conv = jnn.Conv(8, 3)
+    assert conv.apply({"params": _params(conv, x)}, x).shape == (2, *([4] * ndim), 8)
+    layer = jnn.ConvTranspose(8, 3, stride=2, padding=1, output_padding=1)
+    assert layer.apply({"params": _params(layer, x)}, x).shape == (2, *([12] * ndim), 8)
+
+
+def test_parameters_are_kernel_and_bias_in_the_documented_layouts():
+    x = jnp.zeros((1, 5, 5, 6))
+    conv = _params(jnn.Conv(4, (3, 2), groups=2), x)
+    convt = _params(jnn.ConvTranspose(4, (3, 2), groups=2), x)
+    assert {k: v.shape for k, v in conv.items()} == {"kernel": (3, 2, 3, 4), "bias": (4,)}
+    assert {k: v.shape for k, v in convt.items()} == {"kernel": (3, 2, 2, 6), "bias": (4,)}
+
+
+def test_use_bias_false_has_no_bias_parameter():
+    x = jnp.zeros((1, 5, 3))
+    assert set(_params(jnn.ConvTranspose(4, 3, use_bias=False), x)) == {"kernel"}
+
+
+@pytest.mark.parametrize(
+    "ours, theirs, in_channels",
+    [
+        (jnn.Conv(48, 5, groups=2), torch.nn.Conv2d(64, 48, 5, groups=2), 64),
+        (jnn.ConvTranspose(48, 4, groups=3), torch.nn.ConvTranspose2d(96, 48, 4, groups=3), 96),
+    ],
+)
+def test_default_init_has_torchs_distribution(ours, theirs, in_channels):
+    params = _params(ours, jnp.zeros((1, 8, 8, in_channels)))
+    for name, torch_param in (("kernel", theirs.weight), ("bias", theirs.bias)):
+        ref = torch_param.detach().numpy().ravel()
+        got = np.asarray(params[name]).ravel()
+        bound = np.abs(ref).max()
+        # U(-b, b): same support, mean 0, std b / sqrt(3)
+        assert np.abs(got).max() <= bound * 1.02 and np.abs(got).max() >= bound * 0.9
+        assert abs(got.mean()) < 0.1 * bound
+        assert np.std(got) == pytest.approx(np.std(ref), rel=0.1)
+
+
+@pytest.mark.parametrize(
+    "layer, shape, message",
+    [
+        (jnn.Conv(4, 3), (5, 3), "spatial dimensions"),
+        (jnn.ConvTranspose(4, 3), (1, 2, 2, 2, 2, 3), "spatial dimensions"),
+        (jnn.Conv(4, (3, 3, 3)), (1, 5, 5, 3), "kernel_size"),
+        (jnn.Conv(4, 3, groups=2), (1, 5, 5, 3), "divisible by groups"),
+        (jnn.ConvTranspose(3, 3, groups=2), (1, 5, 5, 4), "features"),
+        (jnn.Conv(4, 3, groups=0), (1, 5, 5, 4), "groups"),
+        (jnn.Conv(4, 3, padding=-1), (1, 5, 5, 4), "padding"),
+        (jnn.Conv(4, 3, stride=2, padding="same"), (1, 5, 5, 4), "same"),
+        (jnn.Conv(4, 7), (1, 5, 5, 4), "kernel_size"),
+        (jnn.Conv(4, 3, padding=5, padding_mode="reflect"), (1, 5, 5, 4), "reflect"),
+        (jnn.Conv(4, 3, padding_mode="mirror"), (1, 5, 5, 4), "padding_mode"),
+        (jnn.ConvTranspose(4, 3, stride=2, output_padding=2), (1, 5, 5, 4), "output_padding"),
+        (jnn.ConvTranspose(4, 1, padding=1), (1, 1, 1, 4), "padding"),
+    ],
+)
+def test_bad_input_raises_value_error_before_tracing(layer, shape, message):
+    with pytest.raises(ValueError, match=message):
+        jax.jit(layer.init)(KEY, jnp.zeros(shape))

@@ -1,0 +1,212 @@
+"""jaxconv.nn against torch.nn with the same weights: outputs, gradients and errors."""
+
+import random
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from torch_reference import TORCH_ERRORS, channels_first, channels_last, kernel_to_torch
+
+from jaxconv import interop
+from jaxconv import nn as jnn
+
+pytestmark = pytest.mark.parity
+
+NUM_TRANSPOSE_CONFIGS = 500
+NUM_CONV_CONFIGS = 300
+RTOL = 1e-5  # max abs error allowed, as a fraction of the largest torch value
+
+TORCH_CONV = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
+TORCH_CONV_TRANSPOSE = {
+    1: torch.nn.ConvTranspose1d,
+    2: torch.nn.ConvTranspose2d,
+    3: torch.nn.ConvTranspose3d,
+}
+
+
+def _per_dim(rng, ndim, low, high):
+    return rng.randint(low, high) if rng.random() < 0.5 else tuple(
+        rng.randint(low, high) for _ in range(ndim)
+    )
+
+
+def _channels(rng, groups):
+    """Channel counts divisible by groups, except now and then."""
+    cin, cout = groups * rng.randint(1, 3), groups * rng.randint(1, 3)
+    if groups > 1 and rng.random() < 0.05:
+        cin += 1
+    return cin, cout
+
+
+def transpose_config(seed: int) -> dict:
+    rng = random.Random(seed)
+    ndim = rng.choice([1, 2, 2, 3])
+    groups = rng.randint(1, 4)
+    cin, cout = _channels(rng, groups)
+    stride, dilation = _per_dim(rng, ndim, 1, 4), _per_dim(rng, ndim, 1, 3)
+    max_op = [max(s, d) for s, d in zip(*(np.broadcast_to(a, ndim) for a in (stride, dilation)))]
+    # mostly valid output_padding, sometimes one that torch rejects
+    output_padding = tuple(rng.randint(0, m if rng.random() < 0.1 else m - 1) for m in max_op)
+    return dict(
+        ndim=ndim,
+        batch=rng.randint(1, 2),
+        spatial=tuple(rng.randint(1, 9 if ndim < 3 else 5) for _ in range(ndim)),
+        in_channels=cin,
+        out_channels=cout,
+        kernel_size=_per_dim(rng, ndim, 1, 7 if ndim < 3 else 4),
+        stride=stride,
+        padding=_per_dim(rng, ndim, 0, 4),
+        output_padding=output_padding,
+        dilation=dilation,
+        groups=groups,
+        bias=rng.random() < 0.7,
+    )
+
+
+def conv_config(seed: int) -> dict:
+    rng = random.Random(10_000 + seed)
+    ndim = rng.choice([1, 2, 2, 3])
+    groups = rng.randint(1, 4)
+    cin, cout = _channels(rng, groups)
+    stride = _per_dim(rng, ndim, 1, 4)
+    padding = _per_dim(rng, ndim, 0, 4)
+    if rng.random() < 0.2:
+        padding = rng.choice(["same", "valid"])
+        if padding == "same":
+            stride = 1
+    return dict(
+        ndim=ndim,
+        batch=rng.randint(1, 2),
+        spatial=tuple(rng.randint(1, 12 if ndim < 3 else 7) for _ in range(ndim)),
+        in_channels=cin,
+        out_channels=cout,
+        kernel_size=_per_dim(rng, ndim, 1, 7 if ndim < 3 else 4),
+        stride=stride,
+        padding=padding,
+        dilation=_per_dim(rng, ndim, 1, 3),
+        groups=groups,
+        bias=rng.random() < 0.7,
+        padding_mode=rng.choice(["zeros"] * 5 + ["reflect", "replicate", "circular"]),
+    )
+
+
+def _torch_layer(cfg: dict, transposed: bool):
+    common = dict(
+        kernel_size=cfg["kernel_size"],
+        stride=cfg["stride"],
+        padding=cfg["padding"],
+        dilation=cfg["dilation"],
+        groups=cfg["groups"],
+        bias=cfg["bias"],
+    )
+    if transposed:
+        return TORCH_CONV_TRANSPOSE[cfg["ndim"]](
+            cfg["in_channels"], cfg["out_channels"], output_padding=cfg["output_padding"], **common
+        )
+    return TORCH_CONV[cfg["ndim"]](
+        cfg["in_channels"], cfg["out_channels"], padding_mode=cfg["padding_mode"], **common
+    )
+
+
+def _jax_layer(cfg: dict, transposed: bool):
+    common = dict(
+        features=cfg["out_channels"],
+        kernel_size=cfg["kernel_size"],
+        stride=cfg["stride"],
+        padding=cfg["padding"],
+        dilation=cfg["dilation"],
+        groups=cfg["groups"],
+        use_bias=cfg["bias"],
+    )
+    if transposed:
+        return jnn.ConvTranspose(output_padding=cfg["output_padding"], **common)
+    return jnn.Conv(padding_mode=cfg["padding_mode"], **common)
+
+
+def _torch_run(cfg: dict, transposed: bool, x: torch.Tensor, cotangent_seed: int):
+    """torch's layer, output and gradients of <output, r> for a random r; None if torch raises."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            layer = _torch_layer(cfg, transposed)
+            y = layer(x)
+    except TORCH_ERRORS:
+        return None
+    if 0 in y.shape:
+        return None  # some torch CPU kernels allow an empty output, others raise
+    r = torch.randn(y.shape, generator=torch.Generator().manual_seed(cotangent_seed))
+    (y * r).sum().backward()
+    return layer, y, r
+
+
+def assert_close(got, expected, what):
+    expected = np.asarray(expected)
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    err = float(np.abs(np.asarray(got) - expected).max(initial=0.0))
+    assert got.shape == expected.shape, f"{what}: shape {got.shape} != {expected.shape}"
+    assert err <= RTOL * scale, f"{what}: max abs error {err:.3g} > {RTOL} x {scale:.3g}"
+
+
+def check_against_torch(cfg: dict, transposed: bool, seed: int) -> None:
+    torch.manual_seed(seed)
+    x = torch.randn(cfg["batch"], cfg["in_channels"], *cfg["spatial"], requires_grad=True)
+    reference = _torch_run(cfg, transposed, x, seed)
+    layer = _jax_layer(cfg, transposed)
+    x_jax = jnp.asarray(channels_last(x))
+    if reference is None:
+        with pytest.raises(ValueError):
+            layer.init(jax.random.key(0), x_jax)
+        return
+    torch_layer, y, r = reference
+    to_params = interop.conv_transpose_params if transposed else interop.conv_params
+    params = to_params(torch_layer.weight, torch_layer.bias, cfg["groups"])
+
+    @jax.jit
+    def forward_and_vjp(x, params, cotangent):
+        y, vjp = jax.vjp(lambda x, p: layer.apply({"params": p}, x), x, params)
+        return y, *vjp(cotangent)
+
+    y_jax, dx, dparams = forward_and_vjp(x_jax, params, jnp.asarray(channels_last(r)))
+    assert_close(channels_first(y_jax), y.detach().numpy(), "output")
+    assert_close(channels_first(dx), x.grad.numpy(), "input gradient")
+    assert_close(kernel_to_torch(dparams["kernel"]), torch_layer.weight.grad.numpy(), "kernel gradient")
+    if cfg["bias"]:
+        assert_close(dparams["bias"], torch_layer.bias.grad.numpy(), "bias gradient")
+
+
+@pytest.mark.parametrize("seed", range(NUM_TRANSPOSE_CONFIGS))
+def test_conv_transpose_matches_torch(seed):
+    check_against_torch(transpose_config(seed), transposed=True, seed=seed)
+
+
+@pytest.mark.parametrize("seed", range(NUM_CONV_CONFIGS))
+def test_conv_matches_torch(seed):
+    check_against_torch(conv_config(seed), transposed=False, seed=seed)
+
+
+LECTURE = [  # (kwargs, conv output, transposed-conv output) on a (2, 8, 64, 64) input
+    (dict(kernel_size=5), 60, 64),
+    (dict(kernel_size=5, padding=2), 64, 64),
+    (dict(kernel_size=5, stride=2), 30, 63),
+    (dict(kernel_size=5, stride=2, output_padding=1), 30, 64),
+]
+
+
+@pytest.mark.parametrize("kwargs, conv_size, back_size", LECTURE)
+def test_lecture_round_trip_through_the_modules(kwargs, conv_size, back_size):
+    x = torch.randn(2, 8, 64, 64)
+    conv_kwargs = {k: v for k, v in kwargs.items() if k != "output_padding"}
+    y = torch.nn.Conv2d(8, 8, **conv_kwargs)(x)
+    back = torch.nn.ConvTranspose2d(8, 8, **kwargs)(y)
+    assert y.shape[2:] == (conv_size, conv_size) and back.shape[2:] == (back_size, back_size)
+
+    x_jax = jnp.asarray(channels_last(x))
+    conv = jnn.Conv(8, **conv_kwargs)
+    y_jax = conv.apply(conv.init(jax.random.key(0), x_jax), x_jax)
+    convt = jnn.ConvTranspose(8, **kwargs)
+    back_jax = convt.apply(convt.init(jax.random.key(1), y_jax), y_jax)
+    assert y_jax.shape == (2, conv_size, conv_size, 8)
+    assert back_jax.shape == (2, back_size, back_size, 8)

@@ -1,0 +1,99 @@
+"""jaxconv.shapes: the lecture's round trips, the formulas, and PyTorch's argument errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from jaxconv import shapes
+
+# The lecture: Conv2d then ConvTranspose2d(8, 8, kernel_size=5, ...) on a 64x64 input.
+LECTURE_ROUND_TRIPS = [
+    # (conv/transposed-conv kwargs, conv output, transposed-conv output)
+    (dict(kernel_size=5), (60, 60), (64, 64)),
+    (dict(kernel_size=5, padding=2), (64, 64), (64, 64)),
+    (dict(kernel_size=5, stride=2), (30, 30), (63, 63)),
+    (dict(kernel_size=5, stride=2, output_padding=1), (30, 30), (64, 64)),
+]
+
+
+@pytest.mark.parametrize("kwargs, conv_out, back", LECTURE_ROUND_TRIPS)
+def test_lecture_round_trip_shapes(kwargs, conv_out, back):
+    conv_kwargs = {k: v for k, v in kwargs.items() if k != "output_padding"}
+    assert shapes.conv_output_shape((64, 64), **conv_kwargs) == conv_out
+    assert shapes.conv_transpose_output_shape(conv_out, **kwargs) == back
+
+
+def test_output_padding_for_fixes_the_strided_round_trip():
+    assert shapes.output_padding_for((64, 64), 5, stride=2) == (1, 1)
+    assert shapes.output_padding_for((64, 64), 5) == (0, 0)
+
+
+def test_output_padding_for_is_per_dimension():
+    assert shapes.output_padding_for((28, 27), 3, stride=2, padding=1) == (1, 0)
+
+
+def test_output_padding_for_rejects_asymmetric_same_padding():
+    with pytest.raises(ValueError, match="asymmetric"):
+        shapes.output_padding_for((10,), 4, padding="same")
+
+
+def test_output_padding_for_accepts_symmetric_same_padding():
+    assert shapes.output_padding_for((10,), 5, padding="same") == (0,)
+
+
+def test_conv_padding_same_puts_the_odd_pixel_high():
+    assert shapes.conv_padding(2, (4, 3), padding="same", dilation=(1, 2)) == ((1, 2), (2, 2))
+
+
+def test_conv_transpose_padding_pairs():
+    # lo = d(k-1) - p, hi = lo + output_padding
+    assert shapes.conv_transpose_padding(3, 2, 1, 1) == ((1, 2),)
+    assert shapes.conv_transpose_padding((5, 3), 1, (4, 0), 0, (1, 2)) == ((0, 0), (4, 4))
+    assert shapes.conv_transpose_padding(3, padding=4, ndim=3) == ((-2, -2),) * 3
+
+
+def test_a_one_tuple_is_broadcast_like_pytorch():
+    assert shapes.conv_output_shape((9, 9), (3,), stride=(2,)) == (4, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(kernel_size=0), "kernel_size"),
+        (dict(kernel_size=3, stride=0), "stride"),
+        (dict(kernel_size=3, padding=-1), "padding"),
+        (dict(kernel_size=3, dilation=0), "dilation"),
+        (dict(kernel_size=(3, 3, 3)), "kernel_size"),
+        (dict(kernel_size=3, padding="full"), "padding"),
+        (dict(kernel_size=3, stride=2, padding="same"), "same"),
+        (dict(kernel_size=9), "kernel_size"),
+    ],
+)
+def test_conv_errors_name_the_argument(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        shapes.conv_output_shape((5, 5), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(kernel_size=3, stride=2, output_padding=2), "output_padding"),
+        (dict(kernel_size=3, output_padding=-1), "output_padding"),
+        (dict(kernel_size=1, padding=1), "padding"),
+        (dict(kernel_size=3, padding="same"), "padding"),
+        (dict(kernel_size=3, stride=(1, 1, 1)), "stride"),
+    ],
+)
+def test_conv_transpose_errors_name_the_argument(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        shapes.conv_transpose_output_shape((1, 1), **kwargs)
+
+
+def test_output_padding_below_dilation_is_allowed():
+    assert shapes.conv_transpose_output_shape((5,), 3, dilation=3, output_padding=2) == (13,)
+
+
+def test_shapes_imports_without_jax():
+    code = "import sys, jaxconv.shapes; assert 'jax' not in sys.modules, 'jax imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

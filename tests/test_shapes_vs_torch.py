@@ -1,0 +1,85 @@
+"""jaxconv.shapes against PyTorch's own arithmetic on random configurations."""
+
+import random
+import warnings
+
+import pytest
+from torch_reference import torch_output_shape
+
+from jaxconv import shapes
+
+pytestmark = pytest.mark.parity
+
+NUM_CONFIGS = 10_000
+
+
+def _int_or_tuple(rng: random.Random, ndim: int, low: int, high: int):
+    """An int, a per-dimension tuple, or now and then a tuple of the wrong length."""
+    roll = rng.random()
+    if roll < 0.5:
+        return rng.randint(low, high)
+    length = ndim if roll < 0.97 else rng.choice([n for n in (1, 2, 3, 4) if n != ndim])
+    return tuple(rng.randint(low, high) for _ in range(length))
+
+
+def _random_config(rng: random.Random):
+    ndim = rng.randint(1, 3)
+    input_shape = tuple(rng.randint(1, 12) for _ in range(ndim))
+    kernel = tuple(rng.randint(0 if rng.random() < 0.02 else 1, 7) for _ in range(ndim))
+    kwargs = dict(
+        stride=_int_or_tuple(rng, ndim, 0 if rng.random() < 0.02 else 1, 4),
+        padding=_int_or_tuple(rng, ndim, -1 if rng.random() < 0.02 else 0, 4),
+        dilation=_int_or_tuple(rng, ndim, 0 if rng.random() < 0.02 else 1, 3),
+    )
+    return input_shape, kernel, kwargs
+
+
+def _ours(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize("chunk", range(10))
+def test_conv_output_shape_matches_torch(chunk):
+    rng = random.Random(chunk)
+    for _ in range(NUM_CONFIGS // 10):
+        input_shape, kernel, kwargs = _random_config(rng)
+        if rng.random() < 0.15:
+            kwargs["padding"] = rng.choice(["same", "valid"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns on 'same' with even kernels
+            expected = torch_output_shape(False, input_shape, kernel, **kwargs)
+        got = _ours(shapes.conv_output_shape, input_shape, kernel, **kwargs)
+        assert got == expected, (input_shape, kernel, kwargs)
+
+
+@pytest.mark.parametrize("chunk", range(10))
+def test_conv_transpose_output_shape_matches_torch(chunk):
+    rng = random.Random(100 + chunk)
+    for _ in range(NUM_CONFIGS // 10):
+        input_shape, kernel, kwargs = _random_config(rng)
+        kwargs["output_padding"] = _int_or_tuple(rng, len(input_shape), -1 if rng.random() < 0.02 else 0, 3)
+        expected = torch_output_shape(True, input_shape, kernel, **kwargs)
+        if expected is not None and 0 in expected:
+            expected = None  # some torch CPU kernels allow an empty output, others raise
+        got = _ours(shapes.conv_transpose_output_shape, input_shape, kernel, **kwargs)
+        assert got == expected, (input_shape, kernel, kwargs)
+
+
+@pytest.mark.parametrize("chunk", range(4))
+def test_output_padding_for_inverts_torch_conv_shape(chunk):
+    rng = random.Random(200 + chunk)
+    checked = 0
+    for _ in range(1000):
+        input_shape, kernel, kwargs = _random_config(rng)
+        op = _ours(shapes.output_padding_for, input_shape, kernel, **kwargs)
+        conv_out = torch_output_shape(False, input_shape, kernel, **kwargs)
+        if op is None:
+            assert conv_out is None, (input_shape, kernel, kwargs)
+            continue
+        back = torch_output_shape(True, conv_out, kernel, output_padding=op, **kwargs)
+        assert back == input_shape, (input_shape, kernel, kwargs, op)
+        checked += 1
+    assert checked > 300
