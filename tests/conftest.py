@@ -1,0 +1,20 @@
+import pytest
+
+from jaxconv.input_pipeline import Dataset, load_dataset
+
+
+@pytest.fixture(scope="session")
+def mnist5k() -> Dataset:
+    return load_dataset()
+
+
+@pytest.fixture(scope="session")
+def small_digits(mnist5k) -> Dataset:
+    """256 train and 64 test real digits: enough to train for a few quick epochs."""
+    return Dataset(
+        "mnist5k",
+        mnist5k.train_images[:256],
+        mnist5k.train_labels[:256],
+        mnist5k.test_images[:64],
+        mnist5k.test_labels[:64],
+    )

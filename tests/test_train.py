@@ -1,0 +1,165 @@
+"""jaxconv.train: the step, torch parity of training, devices, checkpoints and resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from torch_reference import channels_last
+
+from jaxconv import interop
+from jaxconv.models import Autoencoder, AutoencoderConfig
+from jaxconv.torch_models import torch_autoencoder
+from jaxconv.train import (
+    RunDir,
+    RunDirError,
+    TrainConfig,
+    TrainState,
+    create_train_state,
+    load_run,
+    train_and_evaluate,
+    train_step,
+)
+
+CONFIG = TrainConfig(batch_size=32)
+
+
+def test_train_step_lowers_the_loss(small_digits):
+    state = create_train_state(CONFIG)
+    batch = jnp.asarray(small_digits.train_images[:32])
+    losses = []
+    for _ in range(30):
+        state, loss = train_step(state, batch)
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+    assert int(state.step) == 30
+
+
+def test_100_adam_steps_follow_torchs_loss_curve(small_digits):
+    """Same initial weights (from a torch init), same batches: the same losses."""
+    torch.manual_seed(0)
+    torch_model = torch_autoencoder(CONFIG.model)
+    images = small_digits.train_images[:64]
+    model = Autoencoder(CONFIG.model)
+    params = interop.params_from_state_dict(torch_model.state_dict(), model, jnp.asarray(images))
+    state = create_train_state(CONFIG).replace(params=jax.tree.map(jnp.asarray, params))
+    state = state.replace(opt_state=state.tx.init(state.params))
+    optimizer = torch.optim.Adam(torch_model.parameters(), lr=CONFIG.learning_rate)
+
+    torch_losses, jax_losses = [], []
+    for step in range(100):
+        batch = images[(step % 2) * 32 : (step % 2 + 1) * 32]
+        optimizer.zero_grad()
+        x = torch.from_numpy(np.ascontiguousarray(np.moveaxis(batch, -1, 1)))
+        loss = torch.nn.functional.mse_loss(torch_model(x), x)
+        loss.backward()
+        optimizer.step()
+        torch_losses.append(loss.item())
+        state, jax_loss = train_step(state, jnp.asarray(batch))
+        jax_losses.append(float(jax_loss))
+    assert torch_losses[-1] < 0.7 * torch_losses[0]  # it trained
+    # float32 rounding differs (summation order); Adam, dividing by sqrt(v), lets the
+    # relative gap grow from ~1e-6 to ~1e-3 where the loss falls fastest, and no further.
+    np.testing.assert_allclose(jax_losses[:20], torch_losses[:20], rtol=1e-5)
+    np.testing.assert_allclose(jax_losses, torch_losses, rtol=2e-3)
+
+
+def _params(state: TrainState) -> list[np.ndarray]:
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(state.params)]
+
+
+def test_a_stopped_and_restarted_run_ends_bitwise_equal(small_digits, tmp_path):
+    straight, _ = train_and_evaluate(small_digits, tmp_path / "a", CONFIG, 3, progress=False)
+    train_and_evaluate(small_digits, tmp_path / "b", CONFIG, 1, progress=False)
+    resumed, history = train_and_evaluate(small_digits, tmp_path / "b", CONFIG, 3, progress=False)
+    assert [m["epoch"] for m in history] == [1, 2, 3]
+    for a, b in zip(_params(straight), _params(resumed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_metrics_are_one_json_line_per_epoch(small_digits, tmp_path):
+    train_and_evaluate(small_digits, tmp_path, CONFIG, 2, progress=False)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    for m in lines:
+        assert m.keys() >= {"epoch", "train_mse", "test_mse", "images_per_s"}
+        assert 0 < m["test_mse"] < 1 and m["images_per_s"] > 0
+
+
+def test_only_the_newest_checkpoints_are_kept(small_digits, tmp_path):
+    train_and_evaluate(small_digits, tmp_path, CONFIG, 4, keep=2, progress=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "4"]
+
+
+def test_metrics_after_the_last_checkpoint_are_dropped_on_resume(small_digits, tmp_path):
+    train_and_evaluate(small_digits, tmp_path, CONFIG, 3, checkpoint_every=2, keep=5, progress=False)
+    (tmp_path / "checkpoints" / "3").rename(tmp_path / "lost")  # as if it crashed before saving
+    _, history = train_and_evaluate(small_digits, tmp_path, CONFIG, 3, progress=False)
+    assert [m["epoch"] for m in history] == [1, 2, 3]
+
+
+def test_a_workdir_of_another_run_is_refused(small_digits, tmp_path):
+    train_and_evaluate(small_digits, tmp_path, CONFIG, 1, progress=False)
+    other = TrainConfig(batch_size=32, learning_rate=3e-4)
+    with pytest.raises(ValueError, match="another --workdir"):
+        train_and_evaluate(small_digits, tmp_path, other, 2, progress=False)
+
+
+MULTI_DEVICE_SCRIPT = """
+import json, sys
+import jax
+from jaxconv.input_pipeline import load_dataset, Dataset
+from jaxconv.train import TrainConfig, train_and_evaluate
+d = load_dataset()
+small = Dataset("mnist5k", d.train_images[:256], d.train_labels[:256], d.test_images[:64], d.test_labels[:64])
+_, history = train_and_evaluate(small, sys.argv[1], TrainConfig(batch_size=32), 2, progress=False)
+print(json.dumps({"devices": jax.local_device_count(), "history": history}))
+"""
+
+
+def _run_on_cpu_devices(count: int, workdir) -> dict:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
+    out = subprocess.run(
+        [sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(workdir)],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def test_four_devices_give_the_losses_of_one(tmp_path):
+    one, four = _run_on_cpu_devices(1, tmp_path / "one"), _run_on_cpu_devices(4, tmp_path / "four")
+    assert (one["devices"], four["devices"]) == (1, 4)
+    for key in ("train_mse", "test_mse"):
+        np.testing.assert_allclose(
+            [m[key] for m in four["history"]], [m[key] for m in one["history"]], rtol=1e-5
+        )
+
+
+def test_load_run_gives_the_trained_state(small_digits, tmp_path):
+    trained, _ = train_and_evaluate(small_digits, tmp_path, CONFIG, 1, progress=False)
+    config, state = load_run(tmp_path)
+    assert config == CONFIG
+    for a, b in zip(_params(trained), _params(state)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_load_run_refuses_a_missing_or_unfinished_run(tmp_path):
+    with pytest.raises(RunDirError, match="no run.json"):
+        load_run(tmp_path / "missing")
+    RunDir(tmp_path).claim(CONFIG)
+    with pytest.raises(RunDirError, match="no finished checkpoint"):
+        load_run(tmp_path)
+
+
+def test_load_run_refuses_a_checkpoint_of_another_model(small_digits, tmp_path):
+    train_and_evaluate(small_digits, tmp_path, CONFIG, 1, progress=False)
+    settings = json.loads((tmp_path / "run.json").read_text())
+    settings["model"]["embedding_dim"] = 8
+    (tmp_path / "run.json").write_text(json.dumps(settings))
+    with pytest.raises(RunDirError, match="does not fit"):
+        load_run(tmp_path)
