@@ -16,13 +16,13 @@ uninterrupted one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import dataclasses
 import gzip
 import importlib.resources
 import importlib.util
 import socket
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np

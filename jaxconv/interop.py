@@ -59,15 +59,15 @@ def conv_params(weight: Any, bias: Any = None, groups: int = 1) -> dict[str, np.
     return _with_bias(kernel, bias, kernel.shape[-1])
 
 
-def conv_transpose_params(
-    weight: Any, bias: Any = None, groups: int = 1
-) -> dict[str, np.ndarray]:
-    """``{'kernel', 'bias'}`` for :class:`jaxconv.nn.ConvTranspose` from ``torch.nn.ConvTransposeNd``."""
+def conv_transpose_params(weight: Any, bias: Any = None, groups: int = 1) -> dict[str, np.ndarray]:
+    """``{'kernel', 'bias'}`` for :class:`jaxconv.nn.ConvTranspose` from torch's tensors."""
     kernel = _kernel(weight, groups, 0, "in_channels")
     return _with_bias(kernel, bias, kernel.shape[-2] * groups)
 
 
-def conv_layer_paths(model: nn.Module, *example_args: Any, **example_kwargs: Any) -> list[tuple[str, ...]]:
+def conv_layer_paths(
+    model: nn.Module, *example_args: Any, **example_kwargs: Any
+) -> list[tuple[str, ...]]:
     """Paths of the jaxconv ``Conv`` / ``ConvTranspose`` layers of ``model``, in call order.
 
     Traced abstractly (``jax.eval_shape``), so nothing is computed.

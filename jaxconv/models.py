@@ -41,7 +41,9 @@ class AutoencoderConfig:
 
     def __post_init__(self) -> None:
         if len(self.image_shape) != 3 or min(self.image_shape) < 1:
-            raise ValueError(f"image_shape must be (height, width, channels), got {self.image_shape}")
+            raise ValueError(
+                f"image_shape must be (height, width, channels), got {self.image_shape}"
+            )
         if not self.channels or min(self.channels) < 1:
             raise ValueError(f"channels must be positive ints, got {self.channels}")
         if self.embedding_dim < 1:

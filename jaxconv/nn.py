@@ -63,9 +63,7 @@ def _check_channels(features: int, in_features: int, groups: int) -> None:
     if not isinstance(features, int) or features < 1:
         raise ValueError(f"features must be a positive integer, got {features!r}")
     if in_features % groups:
-        raise ValueError(
-            f"input channels ({in_features}) must be divisible by groups ({groups})"
-        )
+        raise ValueError(f"input channels ({in_features}) must be divisible by groups ({groups})")
     if features % groups:
         raise ValueError(f"features ({features}) must be divisible by groups ({groups})")
 

@@ -144,4 +144,3 @@ def conv_transpose(
         axis=-1,
     )
     return y if bias is None else y + bias
-

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from jaxconv.models import KERNEL, PADDING, STRIDE, AutoencoderConfig, decoder_output_padding, encoder_sizes
+from jaxconv.models import (
+    KERNEL,
+    PADDING,
+    STRIDE,
+    AutoencoderConfig,
+    decoder_output_padding,
+    encoder_sizes,
+)
 
 
 def torch_autoencoder(config: AutoencoderConfig = AutoencoderConfig()) -> Any:

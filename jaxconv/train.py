@@ -53,10 +53,12 @@ def mse(reconstructions: jax.Array, images: jax.Array) -> jax.Array:
     return jnp.mean((reconstructions - images) ** 2)
 
 
-def create_train_state(config: TrainConfig) -> TrainState:
-    """Parameters from ``config.seed`` (PyTorch's init) and a fresh Adam state."""
+def create_train_state(config: TrainConfig, params: dict | None = None) -> TrainState:
+    """A fresh Adam state for ``params``, by default PyTorch's init from ``config.seed``."""
     model = models.Autoencoder(config.model)
-    params = models.init_params(config.model, config.seed)
+    if params is None:
+        params = models.init_params(config.model, config.seed)
+    params = jax.tree.map(jnp.asarray, params)
     return TrainState.create(
         apply_fn=model.apply, params=params, tx=optax.adam(config.learning_rate)
     )
@@ -162,9 +164,7 @@ class RunDir:
             f.write(json.dumps(metrics) + "\n")
 
 
-def restore_latest(
-    manager: ocp.CheckpointManager, state: TrainState
-) -> tuple[TrainState, int]:
+def restore_latest(manager: ocp.CheckpointManager, state: TrainState) -> tuple[TrainState, int]:
     """The latest checkpoint's state and epoch, or ``(state, 0)`` when there is none."""
     epoch = manager.latest_step()
     if epoch is None:
@@ -225,7 +225,9 @@ def train_and_evaluate(
             bar.update()
             if bar.n % 10 == 0 or bar.n == steps:
                 elapsed = time.perf_counter() - start_time
-                bar.set_postfix(loss=f"{float(loss):.4f}", img_s=f"{bar.n * config.batch_size / elapsed:.0f}")
+                bar.set_postfix(
+                    loss=f"{float(loss):.4f}", img_s=f"{bar.n * config.batch_size / elapsed:.0f}"
+                )
         train_mse = float(np.mean(jax.device_get(losses)))
         seconds = time.perf_counter() - start_time
         bar.close()
@@ -273,7 +275,8 @@ def load_run(workdir: str | Path) -> tuple[TrainConfig, TrainState]:
         state, _ = restore_latest(manager, create_train_state(config))
     except (ValueError, KeyError) as e:
         raise RunDirError(
-            f"the checkpoint in {run.checkpoint_dir} does not fit the model of {run.config_path}: {e}"
+            f"the checkpoint in {run.checkpoint_dir} does not fit the model of "
+            f"{run.config_path}: {e}"
         ) from e
     finally:
         manager.close()

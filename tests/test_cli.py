@@ -18,7 +18,9 @@ def _train(*flags: str) -> None:
 def test_train_writes_metrics_checkpoints_and_figures(tmp_path, capsys):
     _train("--epochs", "1", "--batch-size", "256", "--workdir", str(tmp_path))
     out = capsys.readouterr().out
-    (metrics,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    (metrics,) = [
+        json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
     assert metrics["epoch"] == 1 and 0 < metrics["test_mse"] < 0.2
     assert (tmp_path / "checkpoints" / "1").is_dir()
     for name in ("reconstructions.png", "loss.png", "metrics.jsonl", "checkpoints"):
@@ -51,7 +53,9 @@ def test_an_unprepared_tfds_dataset_stops_fast_naming_the_offline_default(
     monkeypatch.setattr(input_pipeline, "_network_available", lambda: False)
     start = time.monotonic()
     with pytest.raises(SystemExit) as exit_info:
-        _train("--dataset", "mnist", "--data-dir", str(tmp_path / "tfds"), "--workdir", str(tmp_path))
+        _train(
+            "--dataset", "mnist", "--data-dir", str(tmp_path / "tfds"), "--workdir", str(tmp_path)
+        )
     assert time.monotonic() - start < 10
     assert exit_info.value.code == 1
     assert "--dataset mnist5k" in capsys.readouterr().err
@@ -62,7 +66,11 @@ def test_train_runs_on_a_tfds_dataset(tmp_path, monkeypatch):
     monkeypatch.setattr(input_pipeline, "_tensorflow_available", lambda: True)
     monkeypatch.setattr(input_pipeline, "_network_available", lambda: True)
     with tfds.testing.mock_data(num_examples=64):
-        _train("--dataset", "mnist", "--epochs", "1", "--batch-size", "32", "--workdir", str(tmp_path))
-    (metrics,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+        _train(
+            "--dataset", "mnist", "--epochs", "1", "--batch-size", "32", "--workdir", str(tmp_path)
+        )
+    (metrics,) = [
+        json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
     assert metrics["epoch"] == 1
     assert (tmp_path / "reconstructions.png").exists()

@@ -21,7 +21,6 @@ from jaxconv.input_pipeline import (
     train_batches,
 )
 
-
 # ---------------------------------------------------------------- the embedded dataset
 
 
@@ -139,9 +138,7 @@ class JaxconvTinyDigits(tfds.core.GeneratorBasedBuilder):
             yield i, {"image": png.getvalue(), "label": i % 3}
 
 
-def test_prepared_array_record_dataset_is_read_without_tensorflow_or_network(
-    monkeypatch, tmp_path
-):
+def test_prepared_array_record_dataset_is_read_without_tensorflow_or_network(monkeypatch, tmp_path):
     JaxconvTinyDigits(data_dir=str(tmp_path)).download_and_prepare(file_format="array_record")
 
     def must_not_be_called():
@@ -230,9 +227,7 @@ def test_unprepared_dataset_with_a_hanging_network_raises_fast(monkeypatch, tmp_
 
 def test_dataset_num_classes_and_image_shape():
     images = np.zeros((3, 4, 5, 2), np.float32)
-    dataset = input_pipeline.Dataset(
-        "toy", images, np.array([0, 4, 1]), images[:1], np.array([6])
-    )
+    dataset = input_pipeline.Dataset("toy", images, np.array([0, 4, 1]), images[:1], np.array([6]))
     assert dataset.image_shape == (4, 5, 2)
     assert dataset.num_classes == 7
 
@@ -317,6 +312,6 @@ def test_eval_batches_masked_mean_equals_the_mean_over_the_split(mnist5k):
 
 
 def test_eval_batches_with_batch_larger_than_the_split_gives_one_padded_batch():
-    (batch, mask), = list(eval_batches(np.ones((3, 2), np.float32), 5))
+    ((batch, mask),) = list(eval_batches(np.ones((3, 2), np.float32), 5))
     np.testing.assert_array_equal(batch, [[1, 1]] * 3 + [[0, 0]] * 2)
     np.testing.assert_array_equal(mask, [1, 1, 1, 0, 0])

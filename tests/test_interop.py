@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -73,7 +72,9 @@ def test_a_state_dict_of_another_shape_raises_naming_the_key():
     torch_model = _torch_decoder()
     torch_model[2] = torch.nn.Conv2d(8, 2, 5, padding=2, groups=2, bias=False)
     with pytest.raises(ValueError, match="2.weight"):
-        interop.params_from_state_dict(torch_model.state_dict(), _Decoder(), jnp.zeros((1, 5, 5, 4)))
+        interop.params_from_state_dict(
+            torch_model.state_dict(), _Decoder(), jnp.zeros((1, 5, 5, 4))
+        )
 
 
 def test_importing_jaxconv_does_not_import_torch():
@@ -93,4 +94,6 @@ class _WithDense(nn.Module):
 def test_a_model_with_other_parameters_raises_naming_them():
     torch_model = torch.nn.Sequential(torch.nn.Conv2d(4, 2, 3))
     with pytest.raises(ValueError, match="Dense_0"):
-        interop.params_from_state_dict(torch_model.state_dict(), _WithDense(), jnp.zeros((1, 5, 5, 4)))
+        interop.params_from_state_dict(
+            torch_model.state_dict(), _WithDense(), jnp.zeros((1, 5, 5, 4))
+        )

@@ -28,8 +28,10 @@ TORCH_CONV_TRANSPOSE = {
 
 
 def _per_dim(rng, ndim, low, high):
-    return rng.randint(low, high) if rng.random() < 0.5 else tuple(
-        rng.randint(low, high) for _ in range(ndim)
+    return (
+        rng.randint(low, high)
+        if rng.random() < 0.5
+        else tuple(rng.randint(low, high) for _ in range(ndim))
     )
 
 
@@ -172,7 +174,9 @@ def check_against_torch(cfg: dict, transposed: bool, seed: int) -> None:
     y_jax, dx, dparams = forward_and_vjp(x_jax, params, jnp.asarray(channels_last(r)))
     assert_close(channels_first(y_jax), y.detach().numpy(), "output")
     assert_close(channels_first(dx), x.grad.numpy(), "input gradient")
-    assert_close(kernel_to_torch(dparams["kernel"]), torch_layer.weight.grad.numpy(), "kernel gradient")
+    assert_close(
+        kernel_to_torch(dparams["kernel"]), torch_layer.weight.grad.numpy(), "kernel gradient"
+    )
     if cfg["bias"]:
         assert_close(dparams["bias"], torch_layer.bias.grad.numpy(), "bias gradient")
 

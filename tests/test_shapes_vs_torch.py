@@ -60,7 +60,9 @@ def test_conv_transpose_output_shape_matches_torch(chunk):
     rng = random.Random(100 + chunk)
     for _ in range(NUM_CONFIGS // 10):
         input_shape, kernel, kwargs = _random_config(rng)
-        kwargs["output_padding"] = _int_or_tuple(rng, len(input_shape), -1 if rng.random() < 0.02 else 0, 3)
+        kwargs["output_padding"] = _int_or_tuple(
+            rng, len(input_shape), -1 if rng.random() < 0.02 else 0, 3
+        )
         expected = torch_output_shape(True, input_shape, kernel, **kwargs)
         if expected is not None and 0 in expected:
             expected = None  # some torch CPU kernels allow an empty output, others raise

@@ -10,10 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from torch_reference import channels_last
 
 from jaxconv import interop
-from jaxconv.models import Autoencoder, AutoencoderConfig
+from jaxconv.models import Autoencoder
 from jaxconv.torch_models import torch_autoencoder
 from jaxconv.train import (
     RunDir,
@@ -47,8 +46,7 @@ def test_100_adam_steps_follow_torchs_loss_curve(small_digits):
     images = small_digits.train_images[:64]
     model = Autoencoder(CONFIG.model)
     params = interop.params_from_state_dict(torch_model.state_dict(), model, jnp.asarray(images))
-    state = create_train_state(CONFIG).replace(params=jax.tree.map(jnp.asarray, params))
-    state = state.replace(opt_state=state.tx.init(state.params))
+    state = create_train_state(CONFIG, params)
     optimizer = torch.optim.Adam(torch_model.parameters(), lr=CONFIG.learning_rate)
 
     torch_losses, jax_losses = [], []
@@ -97,7 +95,9 @@ def test_only_the_newest_checkpoints_are_kept(small_digits, tmp_path):
 
 
 def test_metrics_after_the_last_checkpoint_are_dropped_on_resume(small_digits, tmp_path):
-    train_and_evaluate(small_digits, tmp_path, CONFIG, 3, checkpoint_every=2, keep=5, progress=False)
+    train_and_evaluate(
+        small_digits, tmp_path, CONFIG, 3, checkpoint_every=2, keep=5, progress=False
+    )
     (tmp_path / "checkpoints" / "3").rename(tmp_path / "lost")  # as if it crashed before saving
     _, history = train_and_evaluate(small_digits, tmp_path, CONFIG, 3, progress=False)
     assert [m["epoch"] for m in history] == [1, 2, 3]
@@ -116,7 +116,9 @@ import jax
 from jaxconv.input_pipeline import load_dataset, Dataset
 from jaxconv.train import TrainConfig, train_and_evaluate
 d = load_dataset()
-small = Dataset("mnist5k", d.train_images[:256], d.train_labels[:256], d.test_images[:64], d.test_labels[:64])
+small = Dataset(
+    "mnist5k", d.train_images[:256], d.train_labels[:256], d.test_images[:64], d.test_labels[:64]
+)
 _, history = train_and_evaluate(small, sys.argv[1], TrainConfig(batch_size=32), 2, progress=False)
 print(json.dumps({"devices": jax.local_device_count(), "history": history}))
 """
@@ -126,7 +128,10 @@ def _run_on_cpu_devices(count: int, workdir) -> dict:
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
     out = subprocess.run(
         [sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(workdir)],
-        env=env, check=True, capture_output=True, text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return json.loads(out.splitlines()[-1])
 
