@@ -6,6 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the commands import jax and the rest when they run, not at startup
+    from jaxconv.input_pipeline import Dataset
+    from jaxconv.train import TrainConfig, TrainState
 
 
 def positive_int(text: str) -> int:
@@ -28,7 +33,8 @@ def add_train_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
         help="train the convolutional autoencoder",
-        description="Train the convolutional autoencoder; resumes from WORKDIR's latest checkpoint.",
+        description="Train the convolutional autoencoder; "
+        "resumes from WORKDIR's latest checkpoint.",
     )
     p.add_argument(
         "--dataset",
@@ -114,12 +120,358 @@ def run_train(args: argparse.Namespace) -> None:
     )
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def add_run_dir_parser(
+    subparsers, name: str, help: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand that reads the run in ``--workdir`` and writes its figure and numbers there."""
+    from jaxconv.input_pipeline import EMBEDDED_DATASET
+
+    p = subparsers.add_parser(name, help=help, description=description)
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("runs") / EMBEDDED_DATASET,
+        help="a run directory written by `jaxconv train` (default: %(default)s)",
+    )
+    p.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory")
+    return p
+
+
+def load_run_and_data(args: argparse.Namespace) -> tuple[TrainConfig, TrainState, Dataset]:
+    """``(TrainConfig, TrainState, Dataset)`` of ``args.workdir``; argparse errors otherwise."""
+    from jaxconv import input_pipeline, models
+    from jaxconv.train import RunDirError, load_run
+
+    try:
+        config, state = load_run(args.workdir)
+    except RunDirError as e:
+        args.parser.error(str(e))
+    try:
+        dataset = input_pipeline.load_dataset(config.dataset, data_dir=args.data_dir)
+    except input_pipeline.DatasetUnavailableError as e:
+        args.parser.exit(1, f"{args.parser.prog}: error: {e}\n")
+    try:
+        models.check_images(config.model, dataset.test_images.shape)
+    except ValueError as e:
+        args.parser.error(f"{args.workdir} does not fit its dataset {config.dataset!r}: {e}")
+    return config, state, dataset
+
+
+def write_outputs(figure: Path, numbers: Path, record: dict, summary: str) -> None:
+    """Writes ``record`` as JSON to ``numbers``; prints ``summary`` and both paths."""
+    import json
+
+    numbers.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{summary}\n  figure:  {figure}\n  numbers: {numbers}")
+
+
+def add_interpolate_parser(subparsers) -> None:
+    p = add_run_dir_parser(
+        subparsers,
+        "interpolate",
+        help="decode the straight line between two test images' embeddings",
+        description="Decode the straight line between the embeddings of two test images, above "
+        "the pixel-space blend of the same images. Default: 4 pairs of different classes, the "
+        "first test images of the first 8 labels paired in order (MNIST: 0 and 1, 2 and 3, 4 "
+        "and 5, 6 and 7). Writes interpolation.png and interpolation.json in WORKDIR.",
+    )
+    pick = p.add_mutually_exclusive_group()
+    pick.add_argument(
+        "--indices",
+        nargs=2,
+        type=non_negative_int,
+        metavar=("I", "J"),
+        help="two test-image indices",
+    )
+    pick.add_argument(
+        "--labels",
+        nargs=2,
+        type=non_negative_int,
+        metavar=("A", "B"),
+        help="two labels: the first test image of each (the first two for A = B)",
+    )
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=10,
+        help="images per row, endpoints included (default: %(default)s)",
+    )
+    p.set_defaults(run=run_interpolate, parser=p)
+
+
+def run_interpolate(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from jaxconv import embedding, plots
+
+    parser = args.parser
+    if args.steps < 2:
+        parser.error(f"--steps must be at least 2 (the two endpoints), got {args.steps}")
+    config, state, dataset = load_run_and_data(args)
+    images, labels = dataset.test_images, dataset.test_labels
+    if args.indices:
+        if max(args.indices) >= len(images):
+            parser.error(f"--indices must be below {len(images)}, the number of test images")
+        pairs = [tuple(args.indices)]
+    elif args.labels:
+        a, b = args.labels
+        where = {c: np.flatnonzero(labels == c) for c in (a, b)}
+        for c, found in where.items():
+            if len(found) < (2 if a == b else 1):
+                parser.error(f"--labels: the test split has {len(found)} images of label {c}")
+        pairs = [(int(where[a][0]), int(where[b][1 if a == b else 0]))]
+    else:
+        pairs = embedding.default_pairs(labels)
+
+    t = np.linspace(0.0, 1.0, args.steps)
+    rows, records = [], []
+    for i, j in pairs:
+        line = embedding.decoded_line(config.model, state.params, images[i], images[j], args.steps)
+        blend = embedding.interpolate(images[i], images[j], args.steps)
+        rows.append((line, blend))
+        record = {"indices": [int(i), int(j)], "labels": [int(labels[i]), int(labels[j])]}
+        for name, row in (("embedding", line), ("pixels", blend)):
+            record[name] = {
+                "mse_to_first": np.mean((row - row[0]) ** 2, axis=(1, 2, 3)).tolist(),
+                "mse_to_last": np.mean((row - row[-1]) ** 2, axis=(1, 2, 3)).tolist(),
+                "nearest_train_rms": embedding.nearest_rms_distance(
+                    row, dataset.train_images
+                ).tolist(),
+            }
+        records.append(record)
+
+    middle = args.steps // 2
+    mid = {
+        name: float(np.mean([r[name]["nearest_train_rms"][middle] for r in records]))
+        for name in ("embedding", "pixels")
+    }
+    figure = plots.interpolation_grid(
+        rows,
+        [f"{labels[i]} → {labels[j]}" for i, j in pairs],
+        t,
+        args.workdir / "interpolation.png",
+        title=f"{dataset.name}: from one test image to another\n'embedding': decoded straight "
+        "line between their embeddings (the ends are their reconstructions); 'pixels': "
+        f"pixel-space blend\nRMS distance of the t={t[middle]:.2f} image to its nearest train "
+        f"image: embedding {mid['embedding']:.3f}, pixels {mid['pixels']:.3f}",
+    )
+    write_outputs(
+        figure,
+        args.workdir / "interpolation.json",
+        {
+            "workdir": str(args.workdir),
+            "dataset": dataset.name,
+            "split": "test",
+            "steps": args.steps,
+            "t": t.tolist(),
+            "definitions": {
+                "mse_to_first / mse_to_last": "per image of the row: mean squared pixel "
+                "difference to the row's first / last image",
+                "nearest_train_rms": "per image of the row: Euclidean distance to the nearest "
+                "train image, divided by sqrt(number of pixel values)",
+            },
+            "middle_nearest_train_rms": {"t": float(t[middle]), **mid},
+            "pairs": records,
+        },
+        f"interpolation: {len(pairs)} pair(s) of test images, {args.steps} steps; image at "
+        f"t={t[middle]:.2f}, RMS distance to the nearest train image: embedding "
+        f"{mid['embedding']:.4f}, pixels {mid['pixels']:.4f}",
+    )
+
+
+def add_embed_parser(subparsers) -> None:
+    p = add_run_dir_parser(
+        subparsers,
+        "embed",
+        help="the test set's embeddings: PCA scatter and k-NN label accuracy",
+        description="Embed the train and test splits; draw the test embeddings' 2-D PCA "
+        "projection coloured by label; measure the k-nearest-neighbour label accuracy (fit on "
+        "train, scored on test) in the embedding space, in pixel space, and chance. Writes "
+        "embedding.png and embedding.json in WORKDIR.",
+    )
+    p.add_argument("--k", type=positive_int, default=5, help="neighbours (default: %(default)s)")
+    p.set_defaults(run=run_embed, parser=p)
+
+
+def run_embed(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from jaxconv import embedding, plots
+
+    config, state, dataset = load_run_and_data(args)
+    if args.k > len(dataset.train_images):
+        args.parser.error(
+            f"--k must be at most {len(dataset.train_images)}, the train split's size"
+        )
+    train_z = embedding.encode(config.model, state.params, dataset.train_images)
+    test_z = embedding.encode(config.model, state.params, dataset.test_images)
+    train_y, test_y = dataset.train_labels, dataset.test_labels
+    accuracy = {
+        "embedding": embedding.knn_accuracy(train_z, train_y, test_z, test_y, args.k),
+        "pixels": embedding.knn_accuracy(
+            dataset.train_images, train_y, dataset.test_images, test_y, args.k
+        ),
+        "chance": embedding.chance_accuracy(train_y),
+    }
+    dim = config.model.embedding_dim
+    projection = embedding.pca(test_z, min(2, dim))
+    ratio = projection.explained_variance_ratio
+    if dim >= 2:
+        points, axes = projection.projection, (f"PC 1 ({ratio[0]:.0%})", f"PC 2 ({ratio[1]:.0%})")
+    else:  # a 1-D embedding: drawn against the label
+        points, axes = (
+            np.column_stack([projection.projection[:, 0], test_y]),
+            ("embedding", "label"),
+        )
+    knn = (
+        f"{args.k}-NN label accuracy: embedding {accuracy['embedding']:.3f}, pixels "
+        f"{accuracy['pixels']:.3f}, chance {accuracy['chance']:.3f}"
+    )
+    figure = plots.label_scatter(
+        points,
+        test_y,
+        args.workdir / "embedding.png",
+        title=f"{dataset.name} test set: {dim}-D embeddings, PCA to 2-D "
+        f"({np.sum(ratio):.0%} of the variance)\n{knn}",
+        axis_labels=axes,
+    )
+    write_outputs(
+        figure,
+        args.workdir / "embedding.json",
+        {
+            "workdir": str(args.workdir),
+            "dataset": dataset.name,
+            "embedding_dim": dim,
+            "train_size": len(train_y),
+            "test_size": len(test_y),
+            "k": args.k,
+            "knn_accuracy": accuracy,
+            "definitions": {
+                "knn_accuracy": f"fraction of test images whose {args.k} nearest train images "
+                "(Euclidean, in the embedding / in pixel space) vote for their label; ties go to "
+                "the smallest label",
+                "chance": "frequency of the most common label in the train split",
+            },
+            "pca_explained_variance_ratio": ratio.tolist(),
+        },
+        f"embedding: {len(test_y)} test images, {dim}-D; {knn}; PCA explains "
+        + " + ".join(f"{r:.3f}" for r in ratio),
+    )
+
+
+def add_generate_parser(subparsers) -> None:
+    p = add_run_dir_parser(
+        subparsers,
+        "generate",
+        help="decode new embeddings sampled from Gaussians fitted to the train embeddings",
+        description="Fit a Gaussian (mean, covariance) to the train embeddings of each class (with "
+        "at least 2 train images) and to all of them; decode samples of each, one row per class "
+        "plus one for all. Writes generated.png and generated.json in WORKDIR.",
+    )
+    p.add_argument("--per-row", type=positive_int, default=10, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.set_defaults(run=run_generate, parser=p)
+
+
+def run_generate(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from jaxconv import embedding, plots
+
+    config, state, dataset = load_run_and_data(args)
+    model, params = config.model, state.params
+    train_z = embedding.encode(model, params, dataset.train_images)
+    train_y = dataset.train_labels
+    classes, counts = np.unique(train_y, return_counts=True)
+    groups = [(f"class {c}", train_z[train_y == c]) for c, n in zip(classes, counts) if n >= 2]
+    groups.append(("all classes", train_z))
+    rng = np.random.default_rng(args.seed)
+    gaussians = [(name, embedding.fit_gaussian(z), len(z)) for name, z in groups]
+    samples = np.concatenate(
+        [embedding.sample_gaussian(g, args.per_row, rng) for _, g, _ in gaussians]
+    )
+    images = embedding.decode(model, params, samples)
+
+    # Are they new? Distance to the nearest train image, beside that of as many reconstructions
+    # of test images (new digits) and of train images (whose own original is in the train set).
+    n = min(len(images), len(dataset.test_images))
+
+    def nearest_train_rms(x: np.ndarray) -> np.ndarray:
+        return embedding.nearest_rms_distance(x, dataset.train_images)
+
+    def reconstructed(x: np.ndarray) -> np.ndarray:
+        return embedding.decode(model, params, embedding.encode(model, params, x))
+
+    generated = nearest_train_rms(images)
+    distance = {
+        "generated": float(generated.mean()),
+        "test_reconstructions": float(
+            nearest_train_rms(reconstructed(dataset.test_images[:n])).mean()
+        ),
+        "train_reconstructions": float(
+            nearest_train_rms(reconstructed(dataset.train_images[:n])).mean()
+        ),
+    }
+    rows = images.reshape(len(gaussians), args.per_row, *images.shape[1:])
+    numbers = (
+        f"mean RMS distance to the nearest train image: generated {distance['generated']:.3f}, "
+        f"reconstructed test images {distance['test_reconstructions']:.3f}, reconstructed train "
+        f"images {distance['train_reconstructions']:.3f}"
+    )
+    figure = plots.generated(
+        rows,
+        [name for name, _, _ in gaussians],
+        args.workdir / "generated.png",
+        title=f"{dataset.name}: decoded samples of Gaussians fitted to the train embeddings "
+        f"(seed {args.seed})\n{numbers}",
+    )
+    per_row = generated.reshape(len(gaussians), args.per_row).mean(axis=1)
+    write_outputs(
+        figure,
+        args.workdir / "generated.json",
+        {
+            "workdir": str(args.workdir),
+            "dataset": dataset.name,
+            "embedding_dim": model.embedding_dim,
+            "seed": args.seed,
+            "per_row": args.per_row,
+            "gaussians": [
+                {
+                    "name": name,
+                    "train_embeddings": count,
+                    "mean_norm": float(np.linalg.norm(g.mean)),
+                    "covariance_trace": float(np.trace(g.covariance)),
+                    "generated_nearest_train_rms": float(d),
+                }
+                for (name, g, count), d in zip(gaussians, per_row)
+            ],
+            "nearest_train_rms": {**distance, "reconstructions_each": n},
+            "definitions": {
+                "nearest_train_rms": "mean over images of the Euclidean distance to the nearest "
+                "train image, divided by sqrt(number of pixel values); the reconstructions are "
+                "of the first reconstructions_each test / train images",
+            },
+        },
+        f"generate: {n} images from {len(gaussians)} Gaussians; {numbers}",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxconv", description="PyTorch-exact transposed convolutions and an autoencoder."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_train_parser(subparsers)
+    add_interpolate_parser(subparsers)
+    add_embed_parser(subparsers)
+    add_generate_parser(subparsers)
     return parser
 
 

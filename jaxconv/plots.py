@@ -67,3 +67,137 @@ def loss_curves(metrics: Sequence[dict], path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+# The embedding-space figures below have fixed layouts: their pixel size is their figure size
+# in inches (stated in each docstring) times DPI.
+DPI = 100
+_CELL = 1.0  # inches per image in the interpolation grid
+_LABEL_WIDTH = 1.4  # inches left of the images, for the row labels
+_HEADER = 1.1  # inches above the images: a three-line title and the t of each column
+_PAIR_GAP = 0.3  # inches between two pairs
+_MIN_WIDTH = 10.0  # inches: room for the title
+
+
+def interpolation_grid(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]],
+    pair_labels: Sequence[str],
+    t: Sequence[float],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Per pair, its ``(steps, H, W, C)`` embedding-space row above its pixel-space row.
+
+    ``pair_labels`` names each pair (e.g. ``"3 → 8"``), ``t`` each column. Size in inches:
+    ``max(10, 1.4 + steps + 0.1) x (1.1 + 2 pairs + 0.3 (pairs - 1) + 0.1)``, the images
+    centred (10 inches leave room for the title).
+    """
+    steps = len(t)
+    width = max(_MIN_WIDTH, _LABEL_WIDTH + _CELL * steps + 0.1)
+    height = _HEADER + len(pairs) * (2 * _CELL + _PAIR_GAP) - _PAIR_GAP + 0.1
+    left = (width - _CELL * steps - _LABEL_WIDTH - 0.1) / 2 + _LABEL_WIDTH
+    fig = plt.figure(figsize=(width, height))
+    for p, ((embedding_row, pixel_row), label) in enumerate(zip(pairs, pair_labels)):
+        top = _HEADER + p * (2 * _CELL + _PAIR_GAP)
+        for r, (images, name) in enumerate(
+            [(embedding_row, f"{label}\nembedding"), (pixel_row, "pixels")]
+        ):
+            for c, image in enumerate(images):
+                ax = fig.add_axes(
+                    [
+                        (left + c * _CELL) / width,
+                        1 - (top + (r + 1) * _CELL) / height,
+                        0.95 * _CELL / width,
+                        0.95 * _CELL / height,
+                    ]
+                )
+                _show(ax, image)
+                if c == 0:
+                    ax.set_ylabel(name, rotation=0, ha="right", va="center", labelpad=8)
+                if p == 0 and r == 0:
+                    ax.set_title(f"t={t[c]:.2f}", fontsize=9)
+    if title:
+        fig.suptitle(title, y=1 - 0.1 / height, va="top", fontsize=10)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return Path(path)
+
+
+def label_scatter(
+    points: np.ndarray,
+    labels: np.ndarray,
+    path: str | Path,
+    title: str = "",
+    axis_labels: tuple[str, str] = ("PC 1", "PC 2"),
+) -> Path:
+    """``(N, 2)`` points coloured by their integer label, with a legend. Size: 8 x 6.5 inches."""
+    classes = np.unique(labels)
+    cmap = plt.get_cmap(
+        "tab10" if len(classes) <= 10 else "tab20" if len(classes) <= 20 else "turbo"
+    )
+    colours = cmap(
+        np.arange(len(classes)) if len(classes) <= 20 else np.linspace(0, 1, len(classes))
+    )
+    fig, ax = plt.subplots(figsize=(8, 6.5))
+    for c, colour in zip(classes, colours):
+        chosen = labels == c
+        ax.scatter(
+            points[chosen, 0],
+            points[chosen, 1],
+            s=10,
+            alpha=0.75,
+            color=colour,
+            label=str(c),
+            edgecolors="none",
+        )
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.grid(True, alpha=0.3)
+    ax.legend(
+        title="label",
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        markerscale=2.5,
+        ncol=int(np.ceil(len(classes) / 20)),
+        frameon=False,
+    )
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return Path(path)
+
+
+def generated(
+    rows: Sequence[np.ndarray], row_labels: Sequence[str], path: str | Path, title: str = ""
+) -> Path:
+    """Generated images, one row per Gaussian (:func:`image_rows`, at 100 dpi)."""
+    return image_rows(rows, row_labels, path, title)
+
+
+def sweep(
+    sizes: Sequence[int],
+    test_mse: Sequence[float],
+    train_mse: Sequence[float],
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Reconstruction MSE against embedding size (log-log). Size: 6.4 x 4.4 inches."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ax.plot(sizes, train_mse, "o-", label="train MSE")
+    ax.plot(sizes, test_mse, "s-", label="test MSE")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(sizes), [str(s) for s in sizes])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_yscale("log")
+    ax.set_xlabel("embedding size")
+    ax.set_ylabel("reconstruction MSE")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return Path(path)

@@ -272,7 +272,9 @@ def load_run(workdir: str | Path) -> tuple[TrainConfig, TrainState]:
     if manager.latest_step() is None:
         raise RunDirError(f"{run.path} has no finished checkpoint yet; {hint}")
     try:
-        state, _ = restore_latest(manager, create_train_state(config))
+        # an abstract target: restoring needs shapes, not a compiled init
+        target = jax.eval_shape(lambda: create_train_state(config))
+        state, _ = restore_latest(manager, target)
     except (ValueError, KeyError) as e:
         raise RunDirError(
             f"the checkpoint in {run.checkpoint_dir} does not fit the model of "
