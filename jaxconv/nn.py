@@ -4,6 +4,8 @@ Channels-last as in Flax: inputs are ``(batch, *spatial, channels)`` with 1, 2 o
 spatial dimensions, told apart by the input's rank. Parameters are ``kernel`` and
 ``bias`` in the layouts of :mod:`jaxconv.ops`; :mod:`jaxconv.interop` maps torch's
 ``weight`` and ``bias`` onto them. The default initialisation is PyTorch's.
+``impl`` (``"auto"``, ``"reference"`` or ``"fast"``) picks the implementation, as in
+:mod:`jaxconv.ops`; every implementation has the same parameters and results.
 """
 
 from __future__ import annotations
@@ -102,9 +104,11 @@ class Conv(_TorchConvBase):
     padding_mode: str = "zeros"
     kernel_init: Initializer | None = None
     bias_init: Initializer | None = None
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        ops.resolve_impl(self.impl)
         ndim = _spatial_ndim(x, self.kernel_size)
         _check_channels(self.features, x.shape[-1], self.groups)
         kernel_size = shapes.per_dim("kernel_size", self.kernel_size, ndim)
@@ -123,6 +127,7 @@ class Conv(_TorchConvBase):
             dilation=self.dilation,
             groups=self.groups,
             padding_mode=self.padding_mode,
+            impl=self.impl,
         )
 
 
@@ -142,9 +147,11 @@ class ConvTranspose(_TorchConvBase):
     use_bias: bool = True
     kernel_init: Initializer | None = None
     bias_init: Initializer | None = None
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        ops.resolve_impl(self.impl)
         ndim = _spatial_ndim(x, self.kernel_size)
         _check_channels(self.features, x.shape[-1], self.groups)
         kernel_size = shapes.per_dim("kernel_size", self.kernel_size, ndim)
@@ -168,4 +175,5 @@ class ConvTranspose(_TorchConvBase):
             output_padding=self.output_padding,
             dilation=self.dilation,
             groups=self.groups,
+            impl=self.impl,
         )

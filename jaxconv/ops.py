@@ -10,6 +10,11 @@ Layouts, for ``n`` spatial dimensions and ``g`` groups:
   the layout of ``flax.linen.ConvTranspose(transpose_kernel=True)``).
 
 Arguments are validated by :mod:`jaxconv.shapes` before anything is traced.
+
+``impl`` picks the implementation: ``"reference"`` is ``flax.linen.Conv`` /
+``flax.linen.ConvTranspose``; ``"fast"`` is :mod:`jaxconv.fast_conv` (the same
+results and parameters, written for what XLA:CPU runs fast); ``"auto"`` takes
+``"fast"`` on the CPU and ``"reference"`` on other backends (not measured there yet).
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxconv import shapes
+from jaxconv import fast_conv, shapes
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+IMPLS = ("auto", "reference", "fast")
 _JNP_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
@@ -51,6 +57,15 @@ def _check_groups(name: str, channels: int, groups: int) -> None:
         raise ValueError(f"{name} ({channels}) must be divisible by groups ({groups})")
 
 
+def resolve_impl(impl: str) -> str:
+    """``"reference"`` or ``"fast"`` for ``impl``; ``"auto"`` is ``"fast"`` on the CPU only."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "fast" if jax.default_backend() == "cpu" else "reference"
+    return impl
+
+
 def conv(
     x: jax.Array,
     kernel: jax.Array,
@@ -61,12 +76,17 @@ def conv(
     dilation: shapes.IntOrTuple = 1,
     groups: int = 1,
     padding_mode: str = "zeros",
+    impl: str = "auto",
 ) -> jax.Array:
-    """``torch.nn.functional.conv{1,2,3}d`` (plus ``padding_mode``) on ``flax.linen.Conv``."""
+    """``torch.nn.functional.conv{1,2,3}d`` (plus ``padding_mode``).
+
+    On ``flax.linen.Conv`` (``impl="reference"``) or :func:`jaxconv.fast_conv.conv`.
+    """
     ndim = _check_layout(x, kernel, groups, in_axis=-2)
     _check_groups("out_channels", kernel.shape[-1], groups)
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    impl = resolve_impl(impl)
     kernel_size = kernel.shape[:-2]
     spatial = x.shape[1:-1]
     shapes.conv_output_shape(spatial, kernel_size, stride, padding, dilation)
@@ -75,12 +95,17 @@ def conv(
         _check_mode_padding(padding_mode, spatial, pads)
         x = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode=_JNP_PAD_MODES[padding_mode])
         pads = ((0, 0),) * ndim
+    strides = shapes.per_dim("stride", stride, ndim)
+    dilations = shapes.per_dim("dilation", dilation, ndim)
+    if impl == "fast":
+        y = fast_conv.conv(x, kernel, strides=strides, pads=pads, dilation=dilations, groups=groups)
+        return y if bias is None else y + bias
     layer = nn.Conv(
         features=kernel.shape[-1],
         kernel_size=kernel_size,
-        strides=shapes.per_dim("stride", stride, ndim),
+        strides=strides,
         padding=pads,
-        kernel_dilation=shapes.per_dim("dilation", dilation, ndim),
+        kernel_dilation=dilations,
         feature_group_count=groups,
         use_bias=bias is not None,
         parent=None,
@@ -113,18 +138,35 @@ def conv_transpose(
     output_padding: shapes.IntOrTuple = 0,
     dilation: shapes.IntOrTuple = 1,
     groups: int = 1,
+    impl: str = "auto",
 ) -> jax.Array:
-    """``torch.nn.functional.conv_transpose{1,2,3}d`` on ``flax.linen.ConvTranspose``.
+    """``torch.nn.functional.conv_transpose{1,2,3}d``.
 
-    Flax has no groups: each group is its own ``ConvTranspose`` on its slice of the
-    channels, and the outputs are concatenated, as PyTorch defines groups.
+    ``impl="reference"`` is ``flax.linen.ConvTranspose``. Flax has no groups: each
+    group is its own ``ConvTranspose`` on its slice of the channels, and the outputs
+    are concatenated, as PyTorch defines groups. ``"fast"`` is
+    :func:`jaxconv.fast_conv.conv_transpose`, cropping its full output by
+    ``(padding, padding - output_padding)``.
     """
     ndim = _check_layout(x, kernel, groups, in_axis=-1)
     _check_groups("in_channels", kernel.shape[-1], groups)
+    impl = resolve_impl(impl)
     kernel_size = kernel.shape[:-2]
     shapes.conv_transpose_output_shape(
         x.shape[1:-1], kernel_size, stride, padding, output_padding, dilation
     )
+    if impl == "fast":
+        pads = shapes.per_dim("padding", padding, ndim)
+        out_pads = shapes.per_dim("output_padding", output_padding, ndim)
+        y = fast_conv.conv_transpose(
+            x,
+            kernel,
+            strides=shapes.per_dim("stride", stride, ndim),
+            pads=tuple((p, p - op) for p, op in zip(pads, out_pads)),
+            dilation=shapes.per_dim("dilation", dilation, ndim),
+            groups=groups,
+        )
+        return y if bias is None else y + bias
     layer = nn.ConvTranspose(
         features=kernel.shape[-2],
         kernel_size=kernel_size,

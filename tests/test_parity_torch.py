@@ -1,5 +1,9 @@
-"""jaxconv.nn against torch.nn with the same weights: outputs, gradients and errors."""
+"""jaxconv.nn against torch.nn with the same weights: outputs, gradients and errors.
 
+Every config runs every implementation (``impl``), compiled together in one jit.
+"""
+
+import functools
 import random
 import warnings
 
@@ -18,6 +22,7 @@ pytestmark = pytest.mark.parity
 NUM_TRANSPOSE_CONFIGS = 500
 NUM_CONV_CONFIGS = 300
 RTOL = 1e-5  # max abs error allowed, as a fraction of the largest torch value
+IMPLS = ("reference", "fast")
 
 TORCH_CONV = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
 TORCH_CONV_TRANSPOSE = {
@@ -113,8 +118,9 @@ def _torch_layer(cfg: dict, transposed: bool):
     )
 
 
-def _jax_layer(cfg: dict, transposed: bool):
+def _jax_layer(cfg: dict, transposed: bool, impl: str):
     common = dict(
+        impl=impl,
         features=cfg["out_channels"],
         kernel_size=cfg["kernel_size"],
         stride=cfg["stride"],
@@ -156,29 +162,38 @@ def check_against_torch(cfg: dict, transposed: bool, seed: int) -> None:
     torch.manual_seed(seed)
     x = torch.randn(cfg["batch"], cfg["in_channels"], *cfg["spatial"], requires_grad=True)
     reference = _torch_run(cfg, transposed, x, seed)
-    layer = _jax_layer(cfg, transposed)
+    layers = {impl: _jax_layer(cfg, transposed, impl) for impl in IMPLS}
     x_jax = jnp.asarray(channels_last(x))
     if reference is None:
-        with pytest.raises(ValueError):
-            layer.init(jax.random.key(0), x_jax)
+        for layer in layers.values():
+            with pytest.raises(ValueError):
+                layer.init(jax.random.key(0), x_jax)
         return
     torch_layer, y, r = reference
     to_params = interop.conv_transpose_params if transposed else interop.conv_params
     params = to_params(torch_layer.weight, torch_layer.bias, cfg["groups"])
 
-    @jax.jit
+    # One compile for every implementation; XLA's HLO passes run as in production,
+    # only LLVM's code generation is left unoptimised (half the compile time).
+    @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
     def forward_and_vjp(x, params, cotangent):
-        y, vjp = jax.vjp(lambda x, p: layer.apply({"params": p}, x), x, params)
-        return y, *vjp(cotangent)
+        results = {}
+        for impl, layer in layers.items():
+            y, vjp = jax.vjp(lambda x, p, layer=layer: layer.apply({"params": p}, x), x, params)
+            results[impl] = (y, *vjp(cotangent))
+        return results
 
-    y_jax, dx, dparams = forward_and_vjp(x_jax, params, jnp.asarray(channels_last(r)))
-    assert_close(channels_first(y_jax), y.detach().numpy(), "output")
-    assert_close(channels_first(dx), x.grad.numpy(), "input gradient")
-    assert_close(
-        kernel_to_torch(dparams["kernel"]), torch_layer.weight.grad.numpy(), "kernel gradient"
-    )
-    if cfg["bias"]:
-        assert_close(dparams["bias"], torch_layer.bias.grad.numpy(), "bias gradient")
+    results = forward_and_vjp(x_jax, params, jnp.asarray(channels_last(r)))
+    for impl, (y_jax, dx, dparams) in results.items():
+        assert_close(channels_first(y_jax), y.detach().numpy(), f"{impl}: output")
+        assert_close(channels_first(dx), x.grad.numpy(), f"{impl}: input gradient")
+        assert_close(
+            kernel_to_torch(dparams["kernel"]),
+            torch_layer.weight.grad.numpy(),
+            f"{impl}: kernel gradient",
+        )
+        if cfg["bias"]:
+            assert_close(dparams["bias"], torch_layer.bias.grad.numpy(), f"{impl}: bias gradient")
 
 
 @pytest.mark.parametrize("seed", range(NUM_TRANSPOSE_CONFIGS))
@@ -199,8 +214,9 @@ LECTURE = [  # (kwargs, conv output, transposed-conv output) on a (2, 8, 64, 64)
 ]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("kwargs, conv_size, back_size", LECTURE)
-def test_lecture_round_trip_through_the_modules(kwargs, conv_size, back_size):
+def test_lecture_round_trip_through_the_modules(kwargs, conv_size, back_size, impl):
     x = torch.randn(2, 8, 64, 64)
     conv_kwargs = {k: v for k, v in kwargs.items() if k != "output_padding"}
     y = torch.nn.Conv2d(8, 8, **conv_kwargs)(x)
@@ -208,9 +224,9 @@ def test_lecture_round_trip_through_the_modules(kwargs, conv_size, back_size):
     assert y.shape[2:] == (conv_size, conv_size) and back.shape[2:] == (back_size, back_size)
 
     x_jax = jnp.asarray(channels_last(x))
-    conv = jnn.Conv(8, **conv_kwargs)
+    conv = jnn.Conv(8, impl=impl, **conv_kwargs)
     y_jax = conv.apply(conv.init(jax.random.key(0), x_jax), x_jax)
-    convt = jnn.ConvTranspose(8, **kwargs)
+    convt = jnn.ConvTranspose(8, impl=impl, **kwargs)
     back_jax = convt.apply(convt.init(jax.random.key(1), y_jax), y_jax)
     assert y_jax.shape == (2, conv_size, conv_size, 8)
     assert back_jax.shape == (2, back_size, back_size, 8)

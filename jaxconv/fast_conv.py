@@ -1,0 +1,411 @@
+"""Strided and transposed convolutions that XLA:CPU runs fast, as pure functions.
+
+Layouts are those of :mod:`jaxconv.ops`: channels-last arrays, and one kernel
+``(*k, a // g, b)`` shared by a pair of adjoint ops:
+
+- :func:`conv` ``C``: the strided conv from ``a`` to ``b`` channels (``kernel`` in
+  the conv layout ``(*k, in // g, out)``);
+- :func:`conv_transpose` ``T``: the transposed conv from ``b`` to ``a`` channels
+  (``kernel`` in the transposed-conv layout ``(*k, out // g, in)``).
+
+Per spatial dimension, with stride ``s``, dilation ``d``, taps ``j < k`` and
+``pads`` ``(lo, hi)`` (channels contracted within each group)::
+
+    C(x)[i] = sum_j xp[i*s + j*d] K[j]                 xp: x padded by (lo, hi)
+    T(y)[o] = sum_{i, j : i*s + j*d = o + lo} y[i] K[j]   0 <= o < (n-1)s + d(k-1) + 1 - lo - hi
+
+``T`` is the adjoint of ``C`` in its input, ``<C(x, K), y> = <x, T(y, K)>``: it
+crops its full output by the pads that ``C`` adds (a negative ``hi`` appends zeros:
+PyTorch's ``output_padding``). Arguments are validated by :mod:`jaxconv.ops` before
+anything is traced; here every argument is already one value per spatial dimension.
+
+XLA:CPU lowers ``lax.conv_transpose`` to a convolution over the input dilated with
+``s - 1`` zeros, multiplies those zeros, and emits its kernel gradient as a slow
+loop nest. Here instead:
+
+- ``T`` by phase (sub-pixel) decomposition: with ``o + lo = q*s + r`` (phase
+  ``r < s``) and ``j*d = a_j*s + b_j``, tap ``j`` reaches phase ``b_j`` of row ``q``
+  from input ``q - a_j``. So ``T`` is one stride-1 'VALID' conv of the undilated
+  input, with ``ceil((d(k-1)+1)/s)`` taps and ``s**n`` blocks of output channels
+  (``K[j]`` at tap ``a_j`` in block ``b_j``, zero where no tap lands), followed by
+  depth-to-space and a crop. A 1x1 input is one matmul.
+- ``C`` as ``lax.pad`` and a 'VALID' strided conv.
+- A 'VALID' conv is XLA's own, or im2col (the kernel's windows stacked, one copy)
+  and one matmul where XLA:CPU's conv is slower (measured): 3-D, a contraction of
+  at most ``IM2COL_MAX_DEPTH`` (``taps * in``, e.g. one input channel), or a single
+  window (the kernel covers the padded input: a 1x1 output).
+- The kernel gradient ``R(x, y) = d<C(x, K), y>/dK`` (the same for both ops) is one
+  matmul: im2col of ``C``'s input against ``y``, or, where that copies more, im2col
+  of ``T``'s input (``y``) against ``x`` taken back to phases (space-to-depth), in
+  the phase domain. (XLA:CPU's own, a conv with the batch as its features, is
+  several times slower.)
+- Derivatives (``jax.custom_jvp``): the tangent of each op in its input is the
+  other op's transpose, and in its kernel the transpose of ``R``. Reverse mode
+  transposes them back: the input gradient of ``T`` is the strided conv ``C``,
+  that of ``C`` the phase-decomposed ``T``, and both kernel gradients are ``R``.
+  Forward mode and higher derivatives follow JAX's rules for those operations.
+- Groups: each group is its own pair of ops on its slice of the channels (XLA:CPU's
+  grouped convs, above all their ``batch_group_count`` weight gradients, are slow).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Pads = tuple[tuple[int, int], ...]
+IM2COL_MAX_DEPTH = 16
+_SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
+
+
+class Geometry(NamedTuple):
+    """Per spatial dimension: stride, ``(lo, hi)`` padding of ``C``'s input, dilation.
+
+    The pads are exact: ``C`` reads all of its padded input (``n + lo + hi - d(k-1) - 1``
+    a multiple of ``s``), so that ``T`` gives back exactly ``C``'s input shape.
+    """
+
+    strides: tuple[int, ...]
+    pads: Pads
+    dilation: tuple[int, ...]
+
+
+def conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    strides: tuple[int, ...],
+    pads: Pads,
+    dilation: tuple[int, ...],
+    groups: int,
+) -> jax.Array:
+    """``C``: the strided conv of ``x`` padded with zeros by ``pads``.
+
+    ``hi`` is first lowered by what the output's floor division leaves unread, so
+    that ``T`` with the same pads gives back ``x``'s shape.
+    """
+    kernel_size = kernel.shape[:-2]
+    exact = tuple(
+        (lo, hi - (n + lo + hi - d * (k - 1) - 1) % s)
+        for n, k, s, (lo, hi), d in zip(x.shape[1:-1], kernel_size, strides, pads, dilation)
+    )
+    return _per_group(_conv, x, kernel, Geometry(strides, exact, dilation), groups)
+
+
+def conv_transpose(
+    y: jax.Array,
+    kernel: jax.Array,
+    *,
+    strides: tuple[int, ...],
+    pads: Pads,
+    dilation: tuple[int, ...],
+    groups: int,
+) -> jax.Array:
+    """``T``: the transposed conv, cropped by ``pads`` (PyTorch: ``(p, p - output_padding)``)."""
+    return _per_group(_conv_transpose, y, kernel, Geometry(strides, pads, dilation), groups)
+
+
+def _per_group(op: Callable, x: jax.Array, kernel: jax.Array, geometry: Geometry, groups: int):
+    """``op`` on each group's channels of ``x`` and slice of the kernel's last axis."""
+    if groups == 1:
+        return op(x, kernel, geometry)
+    parts = zip(jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1))
+    return jnp.concatenate([op(xg, kg, geometry) for xg, kg in parts], axis=-1)
+
+
+# ----------------------------------------------------------------------------------
+# C: the strided conv
+
+
+def _strided(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
+    """``C(x, K)``: ``lax.pad``, then a 'VALID' conv with the strides."""
+    return _valid_conv(_pad(x, geometry.pads), kernel, geometry.strides, geometry.dilation)
+
+
+def _valid_conv(x, kernel, strides, dilation) -> jax.Array:
+    """A 'VALID' conv: XLA's, or im2col and a matmul where XLA:CPU's conv is slower."""
+    kernel_size, depth = kernel.shape[:-2], math.prod(kernel.shape[:-1])
+    rows = [
+        (n - d * (k - 1) - 1) // s + 1
+        for n, k, s, d in zip(x.shape[1:-1], kernel_size, strides, dilation)
+    ]
+    if len(rows) == 3 or depth <= IM2COL_MAX_DEPTH or math.prod(rows) == 1:
+        columns = _windows(x, kernel_size, strides, dilation, rows)
+        out = columns.reshape(-1, depth) @ kernel.reshape(depth, -1)
+        return out.reshape(x.shape[0], *rows, -1)
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=strides,
+        padding="VALID",
+        rhs_dilation=dilation,
+        dimension_numbers=_dimension_numbers(x.ndim - 2),
+    )
+
+
+def _windows(x, kernel_size, strides, dilation, rows) -> jax.Array:
+    """im2col: ``(B, *rows, prod(kernel_size), C)``; window ``j`` of row ``i`` at ``i*s + j*d``.
+
+    Stacks one strided slice per tap (each all rows), or per row (each all taps)
+    where there are fewer rows.
+    """
+    taps = math.prod(kernel_size)
+    if math.prod(rows) < taps:
+        extents = [d * (k - 1) + 1 for k, d in zip(kernel_size, dilation)]
+        per_row = [
+            _slice(x, [i * s for i, s in zip(row, strides)], extents, dilation)
+            for row in itertools.product(*map(range, rows))
+        ]
+        return jnp.stack(per_row, axis=1).reshape(x.shape[0], *rows, taps, x.shape[-1])
+    extents = [(q - 1) * s + 1 for q, s in zip(rows, strides)]
+    per_tap = [
+        _slice(x, [j * d for j, d in zip(tap, dilation)], extents, strides)
+        for tap in itertools.product(*map(range, kernel_size))
+    ]
+    return jnp.stack(per_tap, axis=-2)
+
+
+def _slice(x: jax.Array, starts, extents, steps) -> jax.Array:
+    """``x[:, start : start + extent : step, ..., :]`` on the spatial axes."""
+    stops = [a + e for a, e in zip(starts, extents)]
+    return lax.slice(x, (0, *starts, 0), (x.shape[0], *stops, x.shape[-1]), (1, *steps, 1))
+
+
+# ----------------------------------------------------------------------------------
+# T: the transposed conv
+
+
+def _transposed(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
+    """``T(y, K)``: one matmul for a 1x1 input, else the phase decomposition."""
+    if all(n == 1 for n in y.shape[1:-1]):
+        return _from_one_pixel(y, kernel, geometry)
+    return _by_phases(y, kernel, geometry)
+
+
+def _from_one_pixel(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
+    """``T`` of a 1x1 input: ``K[j] y`` placed at ``j*d``, then cropped by the pads."""
+    batch, kernel_size = y.shape[0], kernel.shape[:-1]
+    taps = (y.reshape(batch, -1) @ kernel.reshape(-1, kernel.shape[-1]).T).reshape(
+        batch, *kernel_size
+    )
+    return _pad(taps, [(-lo, -hi, d - 1) for (lo, hi), d in zip(geometry.pads, geometry.dilation)])
+
+
+class _PhasePlan(NamedTuple):
+    """Per dimension, the phase decomposition of ``T``: see :func:`_by_phases`."""
+
+    taps: tuple[int, ...]  # of the stride-1 phase kernel
+    rhs_dilation: tuple[int, ...]  # d where unstrided, else 1
+    pads: Pads  # of T's input
+    rows: tuple[int, ...]  # q_hi - q_lo
+    crops: tuple[tuple[int, int], ...]  # (start, size) of the output in the rows' phases
+
+
+def _phase_plan(spatial: tuple[int, ...], kernel_size: tuple[int, ...], geometry: Geometry):
+    taps, rhs_dilation, pads, rows, crops = [], [], [], [], []
+    for n, k, s, (lo, hi), d in zip(
+        spatial, kernel_size, geometry.strides, geometry.pads, geometry.dilation
+    ):
+        taps.append(k if s == 1 else -(-(d * (k - 1) + 1) // s))
+        rhs_dilation.append(d if s == 1 else 1)
+        m = (n - 1) * s + d * (k - 1) + 1 - lo - hi
+        q_lo, q_hi = lo // s, -(-(lo + m) // s)
+        reach = (taps[-1] - 1) * rhs_dilation[-1]
+        pads.append((reach - q_lo, q_hi - n))
+        rows.append(q_hi - q_lo)
+        crops.append((lo - q_lo * s, m))
+    return _PhasePlan(*map(tuple, (taps, rhs_dilation, pads, rows, crops)))
+
+
+def _phase_kernel(kernel: jax.Array, geometry: Geometry) -> jax.Array:
+    """The stride-1 kernel ``(*taps, in, s**n * out)`` of ``T``, from ``K`` ``(*k, out, in)``.
+
+    Along a strided dimension, tap ``j`` goes to tap ``a_j`` and phase ``b_j`` of
+    ``j*d = a_j*s + b_j``: the kernel dilated by ``d``, zero-filled to a multiple of
+    ``s`` and reshaped ``(taps, s)``. An unstrided dimension keeps its ``k`` taps and
+    leaves the dilation to the conv. Taps are reversed (a correlation); output
+    channels are ordered (phase, channel).
+    """
+    ndim = kernel.ndim - 2
+    k = kernel
+    for i, (s, d) in enumerate(zip(geometry.strides, geometry.dilation)):
+        axis = 2 * i  # the dimensions before i are already split into (taps, phase)
+        size = k.shape[axis]
+        if s > 1:
+            extent = d * (size - 1) + 1
+            taps = -(-extent // s)
+            config = [(0, 0, 0)] * k.ndim
+            config[axis] = (0, taps * s - extent, d - 1)
+            k = lax.pad(k, jnp.zeros((), k.dtype), config)
+            size = taps * s
+        k = k.reshape(*k.shape[:axis], size // s, s, *k.shape[axis + 1 :])
+    tap_axes, phase_axes = tuple(range(0, 2 * ndim, 2)), tuple(range(1, 2 * ndim, 2))
+    k = jnp.flip(k, tap_axes).transpose(*tap_axes, 2 * ndim + 1, *phase_axes, 2 * ndim)
+    return k.reshape(*k.shape[:ndim], kernel.shape[-1], -1)
+
+
+def _by_phases(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
+    """``T`` as one stride-1 conv over ``s**n`` phases, then :func:`_to_space`.
+
+    Output ``o`` (``o + lo = q*s + r``) is phase ``r`` of row ``q``; rows ``q_lo =
+    floor(lo / s)`` to ``q_hi = ceil((lo + m) / s)`` are computed (``m`` outputs).
+    Row ``q`` of the correlation reads the input from ``q - reach`` (``reach``: the
+    phase kernel's dilated extent less one): the input is padded by
+    ``(reach - q_lo, q_hi - n)`` (negative: cropped).
+    """
+    plan = _phase_plan(y.shape[1:-1], kernel.shape[:-2], geometry)
+    unit = (1,) * len(plan.rows)
+    phases = _valid_conv(
+        _pad(y, plan.pads), _phase_kernel(kernel, geometry), unit, plan.rhs_dilation
+    )
+    return _to_space(phases, plan, geometry.strides)
+
+
+def _to_space(phases: jax.Array, plan: _PhasePlan, strides: tuple[int, ...]) -> jax.Array:
+    """Depth-to-space, ``(B, *rows, s**n * c)`` to ``(B, *(rows * s), c)``, and the crop."""
+    ndim = len(strides)
+    batch = phases.shape[0]
+    out = phases.reshape(batch, *plan.rows, *strides, -1)
+    interleaved = [axis for i in range(ndim) for axis in (1 + i, 1 + ndim + i)]
+    out = out.transpose(0, *interleaved, 1 + 2 * ndim)
+    out = out.reshape(batch, *(q * s for q, s in zip(plan.rows, strides)), -1)
+    return out[(slice(None), *(slice(start, start + size) for start, size in plan.crops))]
+
+
+def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -> jax.Array:
+    """``R(x, y) = d<C(x, K), y>/dK = d<T(y, K), x>/dK``, one matmul.
+
+    A 1x1 ``y`` takes the transpose of :func:`_from_one_pixel` (a matmul); otherwise
+    :func:`_kernel_grad_direct` or :func:`_kernel_grad_by_phases`, whichever im2col
+    copies fewer numbers.
+    """
+    if all(n == 1 for n in y.shape[1:-1]):
+        return _transpose(lambda k: _from_one_pixel(y, k, geometry), kernel_shape, x)
+    kernel_size, (x_channels, y_channels) = kernel_shape[:-2], kernel_shape[-2:]
+    plan = _phase_plan(y.shape[1:-1], kernel_size, geometry)
+    direct = math.prod(y.shape[1:-1]) * math.prod(kernel_size) * x_channels
+    phased = math.prod(plan.rows) * (
+        math.prod(plan.taps) * y_channels + math.prod(geometry.strides) * x_channels
+    )
+    grad = _kernel_grad_direct if direct <= phased else _kernel_grad_by_phases
+    return grad(x, y, kernel_shape, geometry)
+
+
+def _kernel_grad_direct(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> jax.Array:
+    """``R``: ``C``'s windows of the padded ``x`` (im2col) against ``y``."""
+    padded = _pad(x, geometry.pads)
+    columns = _windows(
+        padded, kernel_shape[:-2], geometry.strides, geometry.dilation, y.shape[1:-1]
+    )
+    return _matmul_t(columns, y).reshape(kernel_shape)
+
+
+def _kernel_grad_by_phases(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> jax.Array:
+    """``R`` in the phase domain of :func:`_by_phases`.
+
+    ``T``'s windows of the padded ``y`` (im2col) against ``x`` taken back to phases
+    (the transpose of :func:`_to_space`: space-to-depth), then the transpose of
+    :func:`_phase_kernel`.
+    """
+    plan = _phase_plan(y.shape[1:-1], kernel_shape[:-2], geometry)
+    unit = (1,) * len(plan.rows)
+    columns = _windows(_pad(y, plan.pads), plan.taps, unit, plan.rhs_dilation, plan.rows)
+    phase_shape = (y.shape[0], *plan.rows, math.prod(geometry.strides) * kernel_shape[-2])
+    phases = _transpose(lambda p: _to_space(p, plan, geometry.strides), phase_shape, x)
+    phase_kernel = _matmul_t(columns, phases).reshape(*plan.taps, kernel_shape[-1], -1)
+    return _transpose(lambda k: _phase_kernel(k, geometry), kernel_shape, phase_kernel)
+
+
+def _matmul_t(columns: jax.Array, other: jax.Array) -> jax.Array:
+    """``columns^T other``, both flattened to ``(rows, -1)``: a contraction over rows."""
+    rows = math.prod(other.shape[:-1])
+    return columns.reshape(rows, -1).T @ other.reshape(rows, -1)
+
+
+# ----------------------------------------------------------------------------------
+# The differentiable pair
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _conv(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
+    return _strided(x, kernel, geometry)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _conv_transpose(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
+    return _transposed(y, kernel, geometry)
+
+
+def _conv_jvp(geometry, primals, tangents):
+    """``dC = T^T(dx) + R(x, .)^T(dK)``: reverse mode gives ``T(g)`` and ``R(x, g)``."""
+    x, kernel = primals
+    dx, dkernel = tangents
+    out = _strided(x, kernel, geometry)
+    terms = []
+    if not _is_zero(dx):
+        terms.append(_transpose(lambda g: _transposed(g, kernel, geometry), out.shape, dx))
+    if not _is_zero(dkernel):
+        grad = functools.partial(_kernel_grad, x, kernel_shape=kernel.shape, geometry=geometry)
+        terms.append(_transpose(grad, out.shape, dkernel))
+    return out, _sum(terms, out)
+
+
+def _conv_transpose_jvp(geometry, primals, tangents):
+    """``dT = C^T(dy) + R(., y)^T(dK)``: reverse mode gives ``C(g)`` and ``R(g, y)``."""
+    y, kernel = primals
+    dy, dkernel = tangents
+    out = _transposed(y, kernel, geometry)
+    terms = []
+    if not _is_zero(dy):
+        terms.append(_transpose(lambda g: _strided(g, kernel, geometry), out.shape, dy))
+    if not _is_zero(dkernel):
+        grad = functools.partial(_kernel_grad, y=y, kernel_shape=kernel.shape, geometry=geometry)
+        terms.append(_transpose(grad, out.shape, dkernel))
+    return out, _sum(terms, out)
+
+
+_conv.defjvp(_conv_jvp, symbolic_zeros=True)
+_conv_transpose.defjvp(_conv_transpose_jvp, symbolic_zeros=True)
+
+
+def _transpose(linear_fun: Callable, shape: tuple[int, ...], tangent: jax.Array) -> jax.Array:
+    """The transpose of ``linear_fun`` (of inputs ``shape``) applied to ``tangent``.
+
+    Transposed again (reverse mode), these operations become ``linear_fun``'s own.
+    """
+    example = jax.ShapeDtypeStruct(shape, tangent.dtype)
+    return jax.linear_transpose(linear_fun, example)(tangent)[0]
+
+
+def _is_zero(tangent) -> bool:
+    return isinstance(tangent, jax.custom_derivatives.SymbolicZero)
+
+
+def _sum(terms: list[jax.Array], like: jax.Array) -> jax.Array:
+    return sum(terms[1:], terms[0]) if terms else jnp.zeros_like(like)
+
+
+# ----------------------------------------------------------------------------------
+# Helpers
+
+
+def _dimension_numbers(ndim: int) -> tuple[str, str, str]:
+    spatial = _SPATIAL[ndim]
+    return f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"
+
+
+def _pad(x: jax.Array, spatial_pads) -> jax.Array:
+    """``x`` padded (negative: cropped) on the axes after the first by ``(lo, hi[, interior])``.
+
+    Axes past ``spatial_pads`` (channels) are left as they are.
+    """
+    config = [(0, 0, 0), *((lo, hi, rest[0] if rest else 0) for lo, hi, *rest in spatial_pads)]
+    config += [(0, 0, 0)] * (x.ndim - len(config))
+    return lax.pad(x, jnp.zeros((), x.dtype), config)

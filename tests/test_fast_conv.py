@@ -1,0 +1,224 @@
+"""The fast implementation against the reference: selection, paths, and derivatives.
+
+First-order parity with PyTorch, for every implementation, is in test_parity_torch.py.
+"""
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxconv import fast_conv, ops
+from jaxconv import nn as jnn
+
+KEY = jax.random.key(0)
+
+TRANSPOSED = dict(
+    features=4, kernel_size=(3, 2), stride=(2, 3), padding=(1, 0), output_padding=(1, 2),
+    dilation=(1, 2), groups=2,
+)  # fmt: skip
+CONV = dict(
+    features=4, kernel_size=(3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2
+)
+
+
+def _layers(cls, **kwargs):
+    return {impl: cls(impl=impl, **kwargs) for impl in ("reference", "fast")}
+
+
+def _params(layer, x):
+    """Random parameters of ``layer``'s shapes (cheaper than compiling ``init``)."""
+    shapes = jax.eval_shape(layer.init, KEY, x)["params"]
+    rng = np.random.default_rng(0)
+    return jax.tree.map(lambda s: jnp.asarray(rng.uniform(-0.5, 0.5, s.shape), s.dtype), shapes)
+
+
+def _close(a, b, rtol=1e-5):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape
+    scale = max(1.0, float(np.abs(b).max(initial=0.0)))
+    assert float(np.abs(a - b).max(initial=0.0)) <= rtol * scale
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda impl: jnn.ConvTranspose(2, 3, impl=impl).init(KEY, jnp.zeros((1, 4, 4, 2))),
+        lambda impl: jnn.Conv(2, 3, impl=impl).init(KEY, jnp.zeros((1, 4, 4, 2))),
+        lambda impl: ops.conv_transpose(jnp.zeros((1, 4, 2)), jnp.zeros((3, 2, 2)), impl=impl),
+        lambda impl: ops.conv(jnp.zeros((1, 4, 2)), jnp.zeros((3, 2, 2)), impl=impl),
+    ],
+)
+@pytest.mark.parametrize("impl", ["Fast", "xla", None])
+def test_an_unknown_impl_is_a_value_error_naming_the_choices(call, impl):
+    with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'reference', 'fast'\)"):
+        call(impl)
+
+
+def test_auto_is_fast_on_the_cpu_and_the_reference_elsewhere(monkeypatch):
+    assert ops.resolve_impl("auto") == "fast"  # the tests run on the CPU
+    for backend in ("gpu", "tpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+        assert ops.resolve_impl("auto") == "reference"
+    assert ops.resolve_impl("fast") == "fast" and ops.resolve_impl("reference") == "reference"
+
+
+def _convs(f, *args):
+    """The conv_general_dilated equations of ``f``'s jaxpr, sub-jaxprs included."""
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                yield eqn
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from walk(sub)
+
+    return list(walk(jax.make_jaxpr(f)(*args).jaxpr))
+
+
+@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+def test_fast_training_convolves_no_dilated_input(cls, kwargs):
+    """The reference's transposed conv, or a strided conv's input gradient, dilates
+    the input with zeros (``lhs_dilation``); the fast path never does."""
+    x = jax.random.normal(KEY, (2, 7, 8, 6))
+    used = {}
+    for impl, layer in _layers(cls, **kwargs).items():
+        params = jax.eval_shape(layer.init, KEY, x)
+
+        def loss(params, x, layer=layer):
+            return jnp.sum(layer.apply(params, x) ** 2)
+
+        convs = _convs(jax.grad(loss, argnums=(0, 1)), params, x)
+        used[impl] = any(max(e.params["lhs_dilation"]) > 1 for e in convs)
+    assert used == {"reference": True, "fast": False}
+
+
+def _loss(layer, params, x):
+    return jnp.sum(jnp.tanh(layer.apply({"params": params}, x)))
+
+
+@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+def test_second_derivatives_agree(cls, kwargs):
+    x = jax.random.normal(KEY, (2, 5, 6, 6))
+    layers = _layers(cls, **kwargs)
+    params = _params(layers["reference"], x)
+
+    @jax.jit
+    def derivatives(params, x):
+        results = {}
+        for impl, layer in layers.items():
+
+            def grad_norm(params, x, layer=layer):
+                gx = jax.grad(lambda x: _loss(layer, params, x))(x)
+                return jnp.sum(gx**2)
+
+            kernel_hessian = jax.hessian(
+                lambda k, layer=layer: _loss(layer, {**params, "kernel": k}, x)
+            )(params["kernel"])
+            results[impl] = (jax.grad(grad_norm, argnums=(0, 1))(params, x), kernel_hessian)
+        return results
+
+    results = derivatives(params, x)
+    for got, expected in zip(
+        jax.tree.leaves(results["fast"]), jax.tree.leaves(results["reference"])
+    ):
+        _close(got, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+def test_forward_mode_agrees(cls, kwargs):
+    x = jax.random.normal(KEY, (2, 5, 6, 6))
+    dx = jax.random.normal(jax.random.key(1), x.shape)
+    layers = _layers(cls, **kwargs)
+    params = _params(layers["reference"], x)
+
+    @jax.jit
+    def forward_mode(params, x, dx):
+        dparams = jax.tree.map(jnp.ones_like, params)
+        results = {}
+        for impl, layer in layers.items():
+            jvp = jax.jvp(
+                lambda p, x, layer=layer: layer.apply({"params": p}, x), (params, x), (dparams, dx)
+            )
+            jacobian = jax.jacfwd(lambda b, layer=layer: _loss(layer, {**params, "bias": b}, x))(
+                params["bias"]
+            )
+            results[impl] = (jvp, jacobian)
+        return results
+
+    results = forward_mode(params, x, dx)
+    for got, expected in zip(
+        jax.tree.leaves(results["fast"]), jax.tree.leaves(results["reference"])
+    ):
+        _close(got, expected)
+
+
+@pytest.mark.parametrize(
+    "cls, shape, kwargs",
+    [
+        # the decoder's first layer: a 1x1 input is one matmul
+        (jnn.ConvTranspose, (3, 1, 1, 8), dict(features=6, kernel_size=7)),
+        (jnn.ConvTranspose, (3, 1, 1, 8), dict(
+            features=6, kernel_size=(3, 4), padding=1, output_padding=(1, 0), stride=2,
+            dilation=(2, 1),
+        )),
+        (jnn.ConvTranspose, (3, 1, 8), dict(features=4, kernel_size=5, padding=2, groups=2)),
+        # the encoder's last layer: a kernel that covers the input once is one matmul
+        (jnn.Conv, (3, 7, 7, 8), dict(features=6, kernel_size=7)),
+        (jnn.Conv, (3, 6, 5, 8), dict(
+            features=6, kernel_size=(3, 4), padding=1, stride=5, dilation=(2, 1),
+        )),
+        (jnn.Conv, (3, 2, 2, 2, 4), dict(features=4, kernel_size=2, groups=2)),
+    ],
+)  # fmt: skip
+def test_one_window_paths_agree_with_the_reference(cls, shape, kwargs):
+    x = jax.random.normal(KEY, shape)
+    layers = _layers(cls, **kwargs)
+    params = _params(layers["reference"], x)
+
+    @jax.jit
+    def forward_and_vjp(params, x):
+        results = {}
+        for impl, layer in layers.items():
+            y, vjp = jax.vjp(lambda p, x, layer=layer: layer.apply({"params": p}, x), params, x)
+            results[impl] = (y, vjp(jnp.cos(y)))
+        return results
+
+    results = forward_and_vjp(params, x)
+    for got, expected in zip(
+        jax.tree.leaves(results["fast"]), jax.tree.leaves(results["reference"])
+    ):
+        _close(got, expected)
+
+
+@pytest.mark.parametrize(
+    "x_shape, kernel_shape, geometry",
+    [
+        ((2, 9, 8, 3), (3, 3, 3, 5), fast_conv.Geometry((2, 2), ((1, 1), (1, 0)), (1, 1))),
+        ((2, 10, 10, 4), (4, 4, 4, 6), fast_conv.Geometry((2, 2), ((1, 1), (1, 1)), (1, 1))),
+        ((2, 13, 7, 2), (3, 2, 2, 3), fast_conv.Geometry((3, 1), ((2, -1), (0, 2)), (2, 3))),
+        ((3, 17, 2), (5, 2, 4), fast_conv.Geometry((4,), ((3, 1),), (2,))),
+        ((1, 5, 6, 4, 2), (2, 3, 2, 2, 3), fast_conv.Geometry((2, 1, 3), ((0, 1),) * 3, (1, 2, 1))),
+    ],
+)
+def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
+    """R(x, y) = d<C(x, K), y>/dK by im2col of x, and in the phase domain of T.
+
+    The pads are exact (C reads all of x), as :func:`jaxconv.fast_conv.conv` makes them.
+    """
+    x = jax.random.normal(KEY, x_shape)
+    dimensions = fast_conv._dimension_numbers(len(x_shape) - 2)
+
+    def xla_conv(kernel):
+        padded = fast_conv._pad(x, geometry.pads)
+        return jax.lax.conv_general_dilated(
+            padded, kernel, geometry.strides, "VALID", rhs_dilation=geometry.dilation,
+            dimension_numbers=dimensions,
+        )  # fmt: skip
+
+    kernel = jax.ShapeDtypeStruct(kernel_shape, x.dtype)
+    y = jax.random.normal(jax.random.key(1), jax.eval_shape(xla_conv, kernel).shape)
+    expected = jax.linear_transpose(xla_conv, kernel)(y)[0]
+    for grad in (fast_conv._kernel_grad_direct, fast_conv._kernel_grad_by_phases):
+        _close(jax.jit(grad, static_argnums=(2, 3))(x, y, kernel_shape, geometry), expected)
