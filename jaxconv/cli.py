@@ -49,9 +49,7 @@ def add_train_parser(subparsers) -> None:
         "--learning-rate", type=positive_float, default=1e-3, help="Adam's (default: %(default)s)"
     )
     p.add_argument("--seed", type=int, default=0, help="init and data order (default: %(default)s)")
-    p.add_argument(
-        "--embedding-dim", type=positive_int, default=64, help="(default: %(default)s)"
-    )
+    p.add_argument("--embedding-dim", type=positive_int, default=64, help="(default: %(default)s)")
     p.add_argument(
         "--workdir", type=Path, default=None, help="run directory (default: runs/DATASET)"
     )
