@@ -21,18 +21,31 @@ machine's cores. The table is printed and written as JSON (``--out``).
    model's FLOPs per trained image, the achieved GFLOP/s, and their fraction of a
    float32 matmul peak measured in the same run (the best of JAX's and torch's
    2048x2048 matmul).
+3. ``--profile``: where jaxconv's time goes, per XLA op (the op, its output shape
+   and the JAX operation it came from), for the train step and each op-level
+   forward+backward. XLA:CPU runs independent ops concurrently and some library
+   calls asynchronously, so the shares are indicative, not a partition.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import gzip
 import json
 import math
 import os
 import platform
+import re
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+if "--profile" in sys.argv:  # XLA:CPU traces its ops only if told before it starts
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_enable_xprof_traceme"
 
 import jax
 import jax.numpy as jnp
@@ -96,6 +109,38 @@ def ratios(numerator: list[float], denominator: list[float]) -> dict:
     return summary([a / b for a, b in zip(numerator, denominator)])
 
 
+def xla_op_profile(compiled, args: tuple, repeats: int, top: int = 10) -> dict:
+    """The ``top`` XLA ops of a compiled function by traced time (``--profile``)."""
+    with tempfile.TemporaryDirectory() as directory:
+        with jax.profiler.trace(directory, create_perfetto_trace=True):
+            for _ in range(repeats):
+                out = compiled(*args)
+            jax.block_until_ready(out)
+        trace = json.load(gzip.open(next(Path(directory).rglob("*perfetto_trace.json.gz"))))
+    hlo = compiled.as_text()
+    instructions = dict(re.findall(r"^\s*(?:ROOT )?%(\S+) = (.*)$", hlo, re.M))
+    totals: collections.Counter = collections.Counter()
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    for event in events:
+        if event.get("ph") == "X" and event["name"] in instructions:
+            totals[event["name"]] += event["dur"] / 1e3 / repeats
+    step_ms = sum(totals.values())
+    ops = []
+    for name, ms in totals.most_common(top):
+        line = instructions[name]
+        source = re.search(r'op_name="([^"]*)"', line)
+        ops.append(
+            {
+                "op": name,
+                "ms": ms,
+                "share": ms / step_ms,
+                "shape": line.split(" ")[0],
+                "from": source.group(1).split("/", 1)[-1] if source else "",
+            }
+        )
+    return {"traced_ms": step_ms, "top": ops}
+
+
 # ----------------------------------------------------------------------------------
 # Peak
 
@@ -118,7 +163,9 @@ def matmul_peak(n: int, rounds: int) -> dict:
 # Op level
 
 
-def op_case(name, x_shape, out_channels, k, stride, padding, output_padding, groups, rounds):
+def op_case(
+    name, x_shape, out_channels, k, stride, padding, output_padding, groups, rounds, profile
+):
     ndim = len(x_shape) - 2
     in_channels = x_shape[-1]
     torch_cls = {2: torch.nn.ConvTranspose2d, 3: torch.nn.ConvTranspose3d}[ndim]
@@ -152,6 +199,8 @@ def op_case(name, x_shape, out_channels, k, stride, padding, output_padding, gro
             compiled = jax.jit(fn).lower(*args).compile()
             compile_s[f"{impl} {mode}"] = time.perf_counter() - start
             fns[(impl, mode)] = lambda c=compiled, a=args: jax.block_until_ready(c(*a))
+            if profile and impl == "auto" and mode == "forward+backward":
+                profiled = compiled, args
 
     def torch_forward():
         with torch.no_grad():
@@ -185,6 +234,8 @@ def op_case(name, x_shape, out_channels, k, stride, padding, output_padding, gro
             "torch_over_auto": ratios(times["torch"], times["auto"]),
             "reference_over_auto": ratios(times["reference"], times["auto"]),
         }
+    if profile:
+        result["profile"] = xla_op_profile(*profiled, repeats=3)
     return result
 
 
@@ -226,7 +277,7 @@ def training_flops_per_image(config: models.AutoencoderConfig) -> dict:
     }
 
 
-def jax_train_step(batch: int):
+def jax_train_step(batch: int, donate: bool = True):
     """The jit-compiled step of jaxconv's autoencoder, its state, and its compile time."""
     config = models.AutoencoderConfig()
     model = models.Autoencoder(config)
@@ -244,7 +295,9 @@ def jax_train_step(batch: int):
 
     images = jax.random.uniform(jax.random.key(1), (batch, *config.image_shape))
     start = time.perf_counter()
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, images).compile()
+    donate_argnums = (0, 1) if donate else ()
+    compiled = jax.jit(step, donate_argnums=donate_argnums).lower(params, opt_state, images)
+    compiled = compiled.compile()
     return compiled, [params, opt_state], images, time.perf_counter() - start
 
 
@@ -264,7 +317,9 @@ def torch_train_step(batch: int, compiled: bool):
     return step
 
 
-def train_case(batch: int, rounds: int, steps_per_round: int, with_compile: bool) -> dict:
+def train_case(
+    batch: int, rounds: int, steps_per_round: int, with_compile: bool, profile: bool
+) -> dict:
     compiled, state, images, jax_compile_s = jax_train_step(batch)
 
     def jax_steps():
@@ -297,6 +352,9 @@ def train_case(batch: int, rounds: int, steps_per_round: int, with_compile: bool
         result["jaxconv_over_torch_compile"] = ratios(
             per_image["torch.compile"], per_image["jaxconv"]
         )
+    if profile:  # the same step, without donated buffers, so that it can be rerun
+        compiled, state, images, _ = jax_train_step(batch, donate=False)
+        result["profile"] = xla_op_profile(compiled, (*state, images), repeats=steps_per_round)
     return result
 
 
@@ -354,12 +412,29 @@ def print_report(report: dict) -> None:
         print(f"             {gf}; compile: {compile_s}")
         if "torch.compile error" in case:
             print(f"             torch.compile: {case['torch.compile error']}")
+    for title, cases in (
+        ("op level, forward+backward", report["ops"]),
+        ("train step", report["train"]),
+    ):
+        for case in cases:
+            if "profile" in case:
+                label = case.get("case") or f"batch {case['batch']}"
+                print_profile(f"{title}, {label}", case["profile"])
+
+
+def print_profile(title: str, profile: dict) -> None:
+    print(f"\nProfile, jaxconv {title}: {profile['traced_ms']:.1f} ms of traced XLA ops per call")
+    for op in profile["top"]:
+        print(
+            f"  {op['ms']:8.2f} ms {100 * op['share']:4.0f}%  {op['shape']:28s} {op['from'][:90]}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a fast smoke run: fewer rounds")
     parser.add_argument("--out", default="benchmark.json", help="where to write the JSON table")
+    parser.add_argument("--profile", action="store_true", help="add per-XLA-op profiles")
     args = parser.parse_args()
 
     torch.set_num_threads(THREADS)
@@ -380,13 +455,14 @@ def main() -> None:
         "model": training_flops_per_image(models.AutoencoderConfig()),
     }
     cases = OP_CASES[:1] + OP_CASES[2:3] if args.quick else OP_CASES
-    report["ops"] = [op_case(*case, rounds=op_rounds) for case in cases]
+    report["ops"] = [op_case(*case, rounds=op_rounds, profile=args.profile) for case in cases]
     report["train"] = [
         train_case(
             batch,
             train_rounds,
             steps_per_round=max(1, (1024 if args.quick else 4096) // batch),
             with_compile=not args.quick,
+            profile=args.profile,
         )
         for batch in (TRAIN_BATCHES[:2] if args.quick else TRAIN_BATCHES)
     ]

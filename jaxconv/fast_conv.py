@@ -30,15 +30,16 @@ loop nest. Here instead:
   (``K[j]`` at tap ``a_j`` in block ``b_j``, zero where no tap lands), followed by
   depth-to-space and a crop. A 1x1 input is one matmul.
 - ``C`` as ``lax.pad`` and a 'VALID' strided conv.
-- A 'VALID' conv is XLA's own, or im2col (the kernel's windows stacked, one copy)
-  and one matmul where XLA:CPU's conv is slower (measured): 3-D, a contraction of
-  at most ``IM2COL_MAX_DEPTH`` (``taps * in``, e.g. one input channel), or a single
-  window (the kernel covers the padded input: a 1x1 output).
+- A 'VALID' conv is XLA's own, or im2col (the kernel's windows stacked) and one
+  matmul where XLA:CPU's conv is slower (measured): 3-D, a contraction of at most
+  ``IM2COL_MAX_DEPTH`` (``taps * in``, e.g. one input channel), or a single window
+  (the kernel covers the padded input: a 1x1 output).
 - The kernel gradient ``R(x, y) = d<C(x, K), y>/dK`` (the same for both ops) is one
   matmul: im2col of ``C``'s input against ``y``, or, where that copies more, im2col
   of ``T``'s input (``y``) against ``x`` taken back to phases (space-to-depth), in
   the phase domain. (XLA:CPU's own, a conv with the batch as its features, is
   several times slower.)
+- No im2col is larger than ``IM2COL_MAX_BYTES``: past it, XLA's own conv.
 - Derivatives (``jax.custom_jvp``): the tangent of each op in its input is the
   other op's transpose, and in its kernel the transpose of ``R``. Reverse mode
   transposes them back: the input gradient of ``T`` is the strided conv ``C``,
@@ -51,7 +52,6 @@ loop nest. Here instead:
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -62,6 +62,7 @@ from jax import lax
 
 Pads = tuple[tuple[int, int], ...]
 IM2COL_MAX_DEPTH = 16
+IM2COL_MAX_BYTES = 1 << 30  # the largest im2col; past it, XLA's conv
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
@@ -136,10 +137,15 @@ def _valid_conv(x, kernel, strides, dilation) -> jax.Array:
         (n - d * (k - 1) - 1) // s + 1
         for n, k, s, d in zip(x.shape[1:-1], kernel_size, strides, dilation)
     ]
-    if len(rows) == 3 or depth <= IM2COL_MAX_DEPTH or math.prod(rows) == 1:
+    wanted = len(rows) == 3 or depth <= IM2COL_MAX_DEPTH or math.prod(rows) == 1
+    if wanted and _fits(x.shape[0] * math.prod(rows) * depth, x.dtype):
         columns = _windows(x, kernel_size, strides, dilation, rows)
         out = columns.reshape(-1, depth) @ kernel.reshape(depth, -1)
         return out.reshape(x.shape[0], *rows, -1)
+    return _xla_conv(x, kernel, strides, dilation)
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, strides, dilation) -> jax.Array:
     return lax.conv_general_dilated(
         x,
         kernel,
@@ -153,23 +159,24 @@ def _valid_conv(x, kernel, strides, dilation) -> jax.Array:
 def _windows(x, kernel_size, strides, dilation, rows) -> jax.Array:
     """im2col: ``(B, *rows, prod(kernel_size), C)``; window ``j`` of row ``i`` at ``i*s + j*d``.
 
-    Stacks one strided slice per tap (each all rows), or per row (each all taps)
-    where there are fewer rows.
+    One strided slice where a single window covers each dimension; otherwise
+    dimension by dimension from the last, ``k`` strided slices (one per tap, all
+    rows) stacked after the row axes: ``sum(k)`` slices rather than ``prod(k)``.
     """
+    batch, channels, ndim = x.shape[0], x.shape[-1], len(rows)
     taps = math.prod(kernel_size)
-    if math.prod(rows) < taps:
-        extents = [d * (k - 1) + 1 for k, d in zip(kernel_size, dilation)]
-        per_row = [
-            _slice(x, [i * s for i, s in zip(row, strides)], extents, dilation)
-            for row in itertools.product(*map(range, rows))
+    if math.prod(rows) == 1:
+        window = _slice(
+            x, [0] * ndim, [d * (k - 1) + 1 for k, d in zip(kernel_size, dilation)], dilation
+        )
+        return window.reshape(batch, *rows, taps, channels)
+    for axis in reversed(range(ndim)):
+        k, s, d, q = kernel_size[axis], strides[axis], dilation[axis], rows[axis]
+        per_tap = [
+            lax.slice_in_dim(x, j * d, j * d + (q - 1) * s + 1, s, axis=1 + axis) for j in range(k)
         ]
-        return jnp.stack(per_row, axis=1).reshape(x.shape[0], *rows, taps, x.shape[-1])
-    extents = [(q - 1) * s + 1 for q, s in zip(rows, strides)]
-    per_tap = [
-        _slice(x, [j * d for j, d in zip(tap, dilation)], extents, strides)
-        for tap in itertools.product(*map(range, kernel_size))
-    ]
-    return jnp.stack(per_tap, axis=-2)
+        x = jnp.stack(per_tap, axis=1 + ndim)
+    return x.reshape(batch, *rows, taps, channels)
 
 
 def _slice(x: jax.Array, starts, extents, steps) -> jax.Array:
@@ -283,19 +290,24 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
     """``R(x, y) = d<C(x, K), y>/dK = d<T(y, K), x>/dK``, one matmul.
 
     A 1x1 ``y`` takes the transpose of :func:`_from_one_pixel` (a matmul); otherwise
-    :func:`_kernel_grad_direct` or :func:`_kernel_grad_by_phases`, whichever im2col
-    copies fewer numbers.
+    :func:`_kernel_grad_direct` or :func:`_kernel_grad_by_phases`, whichever copies
+    less, or XLA's own where the im2col would be over ``IM2COL_MAX_BYTES``.
     """
     if all(n == 1 for n in y.shape[1:-1]):
         return _transpose(lambda k: _from_one_pixel(y, k, geometry), kernel_shape, x)
     kernel_size, (x_channels, y_channels) = kernel_shape[:-2], kernel_shape[-2:]
     plan = _phase_plan(y.shape[1:-1], kernel_size, geometry)
+    # numbers copied per image: the im2col, and for phases also x in phases, a
+    # transposition that costs about twice a copy (measured)
     direct = math.prod(y.shape[1:-1]) * math.prod(kernel_size) * x_channels
-    phased = math.prod(plan.rows) * (
-        math.prod(plan.taps) * y_channels + math.prod(geometry.strides) * x_channels
-    )
+    phase_columns = math.prod(plan.rows) * math.prod(plan.taps) * y_channels
+    phased = phase_columns + 2 * math.prod(plan.rows) * math.prod(geometry.strides) * x_channels
     grad = _kernel_grad_direct if direct <= phased else _kernel_grad_by_phases
-    return grad(x, y, kernel_shape, geometry)
+    if _fits(y.shape[0] * (direct if direct <= phased else phase_columns), x.dtype):
+        return grad(x, y, kernel_shape, geometry)
+    padded = _pad(x, geometry.pads)
+    xla = functools.partial(_xla_conv, padded, strides=geometry.strides, dilation=geometry.dilation)
+    return _transpose(xla, kernel_shape, y)
 
 
 def _kernel_grad_direct(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> jax.Array:
@@ -394,6 +406,11 @@ def _sum(terms: list[jax.Array], like: jax.Array) -> jax.Array:
 
 # ----------------------------------------------------------------------------------
 # Helpers
+
+
+def _fits(numbers: int, dtype) -> bool:
+    """Whether an im2col of ``numbers`` elements stays within ``IM2COL_MAX_BYTES``."""
+    return numbers * jnp.dtype(dtype).itemsize <= IM2COL_MAX_BYTES
 
 
 def _dimension_numbers(ndim: int) -> tuple[str, str, str]:

@@ -41,6 +41,22 @@ def _close(a, b, rtol=1e-5):
     assert float(np.abs(a - b).max(initial=0.0)) <= rtol * scale
 
 
+def _fast_agrees(compute, layers, *args, rtol=1e-5):
+    """``compute(layer, *args)`` for every implementation, in one jit: fast == reference."""
+    results = jax.jit(lambda *a: {impl: compute(layer, *a) for impl, layer in layers.items()})(
+        *args
+    )
+    for got, expected in zip(
+        jax.tree.leaves(results["fast"]), jax.tree.leaves(results["reference"])
+    ):
+        _close(got, expected, rtol)
+
+
+def _forward_and_vjp(layer, params, x):
+    y, vjp = jax.vjp(lambda p, x: layer.apply({"params": p}, x), params, x)
+    return y, vjp(jnp.cos(y))
+
+
 @pytest.mark.parametrize(
     "call",
     [
@@ -100,64 +116,43 @@ def _loss(layer, params, x):
 
 @pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
 def test_second_derivatives_agree(cls, kwargs):
+    """Grad of grad (in the parameters and the input) and ``jax.hessian`` (forward over
+    reverse) in the kernel."""
     x = jax.random.normal(KEY, (2, 5, 6, 6))
     layers = _layers(cls, **kwargs)
-    params = _params(layers["reference"], x)
 
-    @jax.jit
-    def derivatives(params, x):
-        results = {}
-        for impl, layer in layers.items():
+    def derivatives(layer, params, x):
+        def grad_norm(params, x):
+            return jnp.sum(jax.grad(lambda x: _loss(layer, params, x))(x) ** 2)
 
-            def grad_norm(params, x, layer=layer):
-                gx = jax.grad(lambda x: _loss(layer, params, x))(x)
-                return jnp.sum(gx**2)
+        kernel_hessian = jax.hessian(lambda k: _loss(layer, {**params, "kernel": k}, x))(
+            params["kernel"]
+        )
+        return jax.grad(grad_norm, argnums=(0, 1))(params, x), kernel_hessian
 
-            kernel_hessian = jax.hessian(
-                lambda k, layer=layer: _loss(layer, {**params, "kernel": k}, x)
-            )(params["kernel"])
-            results[impl] = (jax.grad(grad_norm, argnums=(0, 1))(params, x), kernel_hessian)
-        return results
-
-    results = derivatives(params, x)
-    for got, expected in zip(
-        jax.tree.leaves(results["fast"]), jax.tree.leaves(results["reference"])
-    ):
-        _close(got, expected, rtol=1e-4)
+    _fast_agrees(derivatives, layers, _params(layers["reference"], x), x, rtol=1e-4)
 
 
 @pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
 def test_forward_mode_agrees(cls, kwargs):
+    """``jax.jvp`` in the parameters and the input, and ``jax.jacfwd``."""
     x = jax.random.normal(KEY, (2, 5, 6, 6))
     dx = jax.random.normal(jax.random.key(1), x.shape)
     layers = _layers(cls, **kwargs)
-    params = _params(layers["reference"], x)
 
-    @jax.jit
-    def forward_mode(params, x, dx):
+    def forward_mode(layer, params, x, dx):
         dparams = jax.tree.map(jnp.ones_like, params)
-        results = {}
-        for impl, layer in layers.items():
-            jvp = jax.jvp(
-                lambda p, x, layer=layer: layer.apply({"params": p}, x), (params, x), (dparams, dx)
-            )
-            jacobian = jax.jacfwd(lambda b, layer=layer: _loss(layer, {**params, "bias": b}, x))(
-                params["bias"]
-            )
-            results[impl] = (jvp, jacobian)
-        return results
+        jvp = jax.jvp(lambda p, x: layer.apply({"params": p}, x), (params, x), (dparams, dx))
+        jacobian = jax.jacfwd(lambda b: _loss(layer, {**params, "bias": b}, x))(params["bias"])
+        return jvp, jacobian
 
-    results = forward_mode(params, x, dx)
-    for got, expected in zip(
-        jax.tree.leaves(results["fast"]), jax.tree.leaves(results["reference"])
-    ):
-        _close(got, expected)
+    _fast_agrees(forward_mode, layers, _params(layers["reference"], x), x, dx)
 
 
 @pytest.mark.parametrize(
     "cls, shape, kwargs",
     [
-        # the decoder's first layer: a 1x1 input is one matmul
+        # the decoder's first layer: a 1x1 input is one matmul, and so is its gradient
         (jnn.ConvTranspose, (3, 1, 1, 8), dict(features=6, kernel_size=7)),
         (jnn.ConvTranspose, (3, 1, 1, 8), dict(
             features=6, kernel_size=(3, 4), padding=1, output_padding=(1, 0), stride=2,
@@ -175,21 +170,7 @@ def test_forward_mode_agrees(cls, kwargs):
 def test_one_window_paths_agree_with_the_reference(cls, shape, kwargs):
     x = jax.random.normal(KEY, shape)
     layers = _layers(cls, **kwargs)
-    params = _params(layers["reference"], x)
-
-    @jax.jit
-    def forward_and_vjp(params, x):
-        results = {}
-        for impl, layer in layers.items():
-            y, vjp = jax.vjp(lambda p, x, layer=layer: layer.apply({"params": p}, x), params, x)
-            results[impl] = (y, vjp(jnp.cos(y)))
-        return results
-
-    results = forward_and_vjp(params, x)
-    for got, expected in zip(
-        jax.tree.leaves(results["fast"]), jax.tree.leaves(results["reference"])
-    ):
-        _close(got, expected)
+    _fast_agrees(_forward_and_vjp, layers, _params(layers["reference"], x), x)
 
 
 @pytest.mark.parametrize(
@@ -222,3 +203,12 @@ def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
     expected = jax.linear_transpose(xla_conv, kernel)(y)[0]
     for grad in (fast_conv._kernel_grad_direct, fast_conv._kernel_grad_by_phases):
         _close(jax.jit(grad, static_argnums=(2, 3))(x, y, kernel_shape, geometry), expected)
+
+
+@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+def test_without_im2col_xla_convs_agree(cls, kwargs, monkeypatch):
+    """Past ``IM2COL_MAX_BYTES`` (here 0) every conv and kernel gradient is XLA's."""
+    monkeypatch.setattr(fast_conv, "IM2COL_MAX_BYTES", 0)
+    x = jax.random.normal(KEY, (2, 5, 6, 6))
+    layers = _layers(cls, **kwargs)
+    _fast_agrees(_forward_and_vjp, layers, _params(layers["reference"], x), x)
