@@ -212,3 +212,34 @@ def test_without_im2col_xla_convs_agree(cls, kwargs, monkeypatch):
     x = jax.random.normal(KEY, (2, 5, 6, 6))
     layers = _layers(cls, **kwargs)
     _fast_agrees(_forward_and_vjp, layers, _params(layers["reference"], x), x)
+
+
+@pytest.mark.parametrize("summed", [False, True])
+def test_batch_chunks_give_the_whole_batch_result(summed, monkeypatch):
+    """Chunks of 2 (a divisor would be 1: too small) and a rest of 1, from a batch of 5."""
+    monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 2 * 3 * 4)  # 2 images of 3 float32 columns
+    x = jax.random.normal(KEY, (5, 3))
+    weights = jnp.arange(6.0).reshape(3, 2)
+
+    def fn(x):
+        return x.T @ x if summed else x @ weights
+
+    chunked = jax.jit(lambda x: fast_conv._by_chunks(fn, (x,), 3, summed=summed))
+    assert "while" in chunked.lower(x).as_text()
+    _close(chunked(x), fn(x))
+
+
+@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+def test_by_batch_chunks_first_and_second_derivatives_agree(cls, kwargs, monkeypatch):
+    """One image per chunk (``CHUNK_BYTES`` 1): outputs, vjp and the kernel's Hessian."""
+    monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 1)
+    x = jax.random.normal(KEY, (3, 5, 6, 6))
+    layers = _layers(cls, **kwargs)
+
+    def derivatives(layer, params, x):
+        kernel_hessian = jax.hessian(lambda k: _loss(layer, {**params, "kernel": k}, x))(
+            params["kernel"]
+        )
+        return _forward_and_vjp(layer, params, x), kernel_hessian
+
+    _fast_agrees(derivatives, layers, _params(layers["reference"], x), x, rtol=1e-4)
