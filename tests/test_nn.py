@@ -62,7 +62,7 @@ def test_default_init_has_torchs_distribution(ours, theirs, in_channels):
 
 def test_default_init_draws_what_a_direct_uniform_draw_gives():
     """The flat draw (fast to compile) gives the numbers of ``uniform(key, shape)``."""
-    shape = (4, 4, 16, 10)
+    shape = (7, 7, 32, 64)
     got = jnn.torch_uniform(0.25)(KEY, shape)
     np.testing.assert_array_equal(got, jax.random.uniform(KEY, shape, jnp.float32, -0.25, 0.25))
 
