@@ -11,6 +11,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+DPI = 100
+
+
+def _save(fig, path: str | Path, tight: bool = True) -> Path:
+    """Writes ``fig`` to ``path`` at ``DPI`` (laid out tight unless its layout is fixed)."""
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return Path(path)
+
 
 def _show(ax, image: np.ndarray) -> None:
     image = np.clip(image, 0.0, 1.0)
@@ -39,10 +50,7 @@ def image_rows(
         axes_row[0].set_ylabel(label, rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def reconstructions(
@@ -63,15 +71,11 @@ def loss_curves(metrics: Sequence[dict], path: str | Path) -> Path:
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 # The embedding-space figures below have fixed layouts: their pixel size is their figure size
 # in inches (stated in each docstring) times DPI.
-DPI = 100
 _CELL = 1.0  # inches per image in the interpolation grid
 _LABEL_WIDTH = 1.4  # inches left of the images, for the row labels
 _HEADER = 1.1  # inches above the images: a three-line title and the t of each column
@@ -118,9 +122,7 @@ def interpolation_grid(
                     ax.set_title(f"t={t[c]:.2f}", fontsize=9)
     if title:
         fig.suptitle(title, y=1 - 0.1 / height, va="top", fontsize=10)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, tight=False)
 
 
 def label_scatter(
@@ -163,10 +165,7 @@ def label_scatter(
     )
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def generated(
@@ -197,7 +196,4 @@ def sweep(
     ax.legend()
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)

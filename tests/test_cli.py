@@ -25,7 +25,8 @@ def test_train_writes_metrics_checkpoints_and_figures(tmp_path, capsys):
     assert (tmp_path / "checkpoints" / "1").is_dir()
     for name in ("reconstructions.png", "loss.png", "metrics.jsonl", "checkpoints"):
         assert str(tmp_path / name) in out
-    picture = np.asarray(Image.open(tmp_path / "reconstructions.png").convert("L"))
+    with Image.open(tmp_path / "reconstructions.png") as image:
+        picture = np.asarray(image.convert("L"))
     assert picture.std() > 10  # digits drawn, not a blank canvas
 
 

@@ -62,14 +62,24 @@ def _command(*argv: str, capsys) -> str:
     return capsys.readouterr().out
 
 
+def _pixels(path: Path, mode: str) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert(mode))
+
+
 def _picture(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("L"), np.float64)
+    return _pixels(path, "L").astype(np.float64)
 
 
 def _coloured_pixels(path: Path) -> int:
     """Pixels far from grey: the scatter's points and the plot's lines, not text, axes or grid."""
-    rgb = np.asarray(Image.open(path).convert("RGB"), np.int64)
+    rgb = _pixels(path, "RGB").astype(np.int64)
     return int(np.sum(rgb.max(axis=-1) - rgb.min(axis=-1) > 60))
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size
 
 
 def _size(width_inches: float, height_inches: float) -> tuple[int, int]:
@@ -219,7 +229,7 @@ def test_interpolate_writes_its_figure_and_numbers(run_copy, capsys):
             assert pair[row]["mse_to_first"][0] == 0 and pair[row]["mse_to_last"][-1] == 0
     # 4 pairs of 10 steps: max(10, 1.4 + 10 + 0.1) x (1.1 + 4 * 2 + 3 * 0.3 + 0.1) inches
     picture = _picture(figure)
-    assert Image.open(figure).size == _size(11.5, 10.1)
+    assert _png_size(figure) == _size(11.5, 10.1)
     assert picture.std() > 50  # digits on black squares on white
 
 
@@ -231,7 +241,7 @@ def test_interpolate_by_labels_and_by_indices(run_copy, capsys, mnist5k):
     assert pair["labels"] == [3, 8] and pair["indices"] == first
     assert len(pair["embedding"]["mse_to_first"]) == 5
     # one pair of 5 steps: the 10-inch minimum width x (1.1 + 2 + 0.1) inches
-    assert Image.open(run_copy / "interpolation.png").size == _size(10, 3.2)
+    assert _png_size(run_copy / "interpolation.png") == _size(10, 3.2)
     _command(*interpolate, "--indices", "7", "9", capsys=capsys)
     (pair,) = json.loads((run_copy / "interpolation.json").read_text())["pairs"]
     assert pair["indices"] == [7, 9]
@@ -251,7 +261,7 @@ def test_embed_measures_knn_far_above_chance(run_copy, capsys):
     assert record["k"] == 5 and record["test_size"] == 500
     ratio = record["pca_explained_variance_ratio"]
     assert len(ratio) == 2 and 0 < ratio[1] <= ratio[0] and sum(ratio) <= 1
-    assert Image.open(figure).size == _size(8, 6.5)
+    assert _png_size(figure) == _size(8, 6.5)
     # 500 points: ~6,000 coloured pixels; the legend alone has ~700
     assert _coloured_pixels(figure) > 3000
 
@@ -266,7 +276,7 @@ def test_generate_writes_a_row_per_class_and_one_for_all(run_copy, capsys):
     assert record["nearest_train_rms"]["reconstructions_each"] == 66
     assert all(v > 0 for v in record["nearest_train_rms"].values())
     # image_rows: (1.2 columns + 1) x (1.3 rows + 0.4) inches
-    assert Image.open(figure).size == _size(1.2 * 6 + 1, 1.3 * 11 + 0.4)
+    assert _png_size(figure) == _size(1.2 * 6 + 1, 1.3 * 11 + 0.4)
     assert _picture(figure).std() > 50
 
 
@@ -355,7 +365,7 @@ def test_sweep_plot_size_and_ink(tmp_path):
     path = plots.sweep(
         [2, 4, 8], [0.05, 0.03, 0.02], [0.045, 0.025, 0.015], tmp_path / "s.png", "t"
     )
-    assert Image.open(path).size == _size(6.4, 4.4)
+    assert _png_size(path) == _size(6.4, 4.4)
     assert _coloured_pixels(path) > 1000  # two lines with markers
 
 
@@ -372,7 +382,7 @@ def test_embedding_sweep_writes_its_table_and_figures(small_digits, tmp_path, mo
     assert all(0 < r["test_mse"] < 1 and 0 <= r["knn_accuracy"] <= 1 for r in record["rows"])
     for name in ("sweep.png", "embedding_2d.png", "sweep.json"):
         assert str(tmp_path / name) in out
-    assert Image.open(tmp_path / "sweep.png").size == _size(6.4, 4.4)
-    assert Image.open(tmp_path / "embedding_2d.png").size == _size(8, 6.5)
+    assert _png_size(tmp_path / "sweep.png") == _size(6.4, 4.4)
+    assert _png_size(tmp_path / "embedding_2d.png") == _size(8, 6.5)
     assert _coloured_pixels(tmp_path / "embedding_2d.png") > 1000  # 64 points and the legend
     assert (tmp_path / "embedding_2" / "checkpoints").is_dir()
