@@ -98,6 +98,7 @@ def conv(
     strides = shapes.per_dim("stride", stride, ndim)
     dilations = shapes.per_dim("dilation", dilation, ndim)
     if impl == "fast":
+        x, kernel = _promote(x, kernel, bias)
         y = fast_conv.conv(x, kernel, strides=strides, pads=pads, dilation=dilations, groups=groups)
         return y if bias is None else y + bias
     layer = nn.Conv(
@@ -122,6 +123,13 @@ def _check_mode_padding(mode: str, spatial: tuple[int, ...], pads: shapes.Paddin
                 f"padding_mode={mode!r} needs padding {limit} the input size, "
                 f"got padding {pads} for spatial shape {spatial}"
             )
+
+
+def _promote(x: jax.Array, kernel: jax.Array, bias: jax.Array | None):
+    """``x`` and ``kernel`` in the dtype that Flax computes in (``dtype=None``): the
+    promotion of input, kernel and bias (bfloat16 input, float32 weights: float32)."""
+    dtype = jnp.result_type(x, kernel, *(() if bias is None else (bias,)))
+    return x.astype(dtype), kernel.astype(dtype)
 
 
 def _params(kernel: jax.Array, bias: jax.Array | None) -> dict[str, jax.Array]:
@@ -158,6 +166,7 @@ def conv_transpose(
     if impl == "fast":
         pads = shapes.per_dim("padding", padding, ndim)
         out_pads = shapes.per_dim("output_padding", output_padding, ndim)
+        x, kernel = _promote(x, kernel, bias)
         y = fast_conv.conv_transpose(
             x,
             kernel,

@@ -243,3 +243,25 @@ def test_by_batch_chunks_first_and_second_derivatives_agree(cls, kwargs, monkeyp
         return _forward_and_vjp(layer, params, x), kernel_hessian
 
     _fast_agrees(derivatives, layers, _params(layers["reference"], x), x, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+def test_a_bfloat16_input_computes_in_the_reference_dtype(cls, kwargs):
+    """bfloat16 input, float32 parameters: both compute in float32, as Flax promotes."""
+    x = jax.random.normal(KEY, (2, 5, 6, 6)).astype(jnp.bfloat16)
+    layers = _layers(cls, **kwargs)
+    params = _params(layers["reference"], x)
+    outputs = {impl: layer.apply({"params": params}, x) for impl, layer in layers.items()}
+    assert outputs["fast"].dtype == outputs["reference"].dtype == jnp.float32
+    _close(outputs["fast"], outputs["reference"])
+
+
+@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+def test_bfloat16_throughout_stays_bfloat16(cls, kwargs):
+    x = jax.random.normal(KEY, (2, 5, 6, 6)).astype(jnp.bfloat16)
+    layers = _layers(cls, **kwargs)
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), _params(layers["reference"], x))
+    results = {impl: _forward_and_vjp(layer, params, x) for impl, layer in layers.items()}
+    for got, expected in zip(*(jax.tree.leaves(results[impl]) for impl in ("fast", "reference"))):
+        assert got.dtype == expected.dtype == jnp.bfloat16
+        _close(got.astype(jnp.float32), expected.astype(jnp.float32), rtol=3e-2)
