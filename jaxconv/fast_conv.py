@@ -152,7 +152,7 @@ def _valid_conv(x, kernel, strides, dilation) -> jax.Array:
     def im2col_matmul(x):
         columns = _windows(x, kernel_size, strides, dilation, rows)
         out = columns.reshape(-1, depth) @ kernel.reshape(depth, -1)
-        return out.reshape(x.shape[0], *rows, -1)
+        return out.reshape(x.shape[0], *rows, kernel.shape[-1])
 
     return _by_chunks(im2col_matmul, (x,), columns_per_image)
 
@@ -211,7 +211,7 @@ def _transposed(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Arra
 def _from_one_pixel(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
     """``T`` of a 1x1 input: ``K[j] y`` placed at ``j*d``, then cropped by the pads."""
     batch, kernel_size = y.shape[0], kernel.shape[:-1]
-    taps = (y.reshape(batch, -1) @ kernel.reshape(-1, kernel.shape[-1]).T).reshape(
+    taps = (y.reshape(batch, y.shape[-1]) @ kernel.reshape(-1, kernel.shape[-1]).T).reshape(
         batch, *kernel_size
     )
     return _pad(taps, [(-lo, -hi, d - 1) for (lo, hi), d in zip(geometry.pads, geometry.dilation)])
@@ -291,10 +291,11 @@ def _to_space(phases: jax.Array, plan: _PhasePlan, strides: tuple[int, ...]) -> 
     """Depth-to-space, ``(B, *rows, s**n * c)`` to ``(B, *(rows * s), c)``, and the crop."""
     ndim = len(strides)
     batch = phases.shape[0]
-    out = phases.reshape(batch, *plan.rows, *strides, -1)
+    channels = phases.shape[-1] // math.prod(strides)
+    out = phases.reshape(batch, *plan.rows, *strides, channels)
     interleaved = [axis for i in range(ndim) for axis in (1 + i, 1 + ndim + i)]
     out = out.transpose(0, *interleaved, 1 + 2 * ndim)
-    out = out.reshape(batch, *(q * s for q, s in zip(plan.rows, strides)), -1)
+    out = out.reshape(batch, *(q * s for q, s in zip(plan.rows, strides)), channels)
     return out[(slice(None), *(slice(start, start + size) for start, size in plan.crops))]
 
 
@@ -353,8 +354,8 @@ def _kernel_grad_by_phases(x: jax.Array, y: jax.Array, kernel_shape, geometry) -
 
 def _matmul_t(columns: jax.Array, other: jax.Array) -> jax.Array:
     """``columns^T other``, both flattened to ``(rows, -1)``: a contraction over rows."""
-    rows = math.prod(other.shape[:-1])
-    return columns.reshape(rows, -1).T @ other.reshape(rows, -1)
+    rows, depth = math.prod(other.shape[:-1]), math.prod(columns.shape[other.ndim - 1 :])
+    return columns.reshape(rows, depth).T @ other.reshape(rows, other.shape[-1])
 
 
 # ----------------------------------------------------------------------------------

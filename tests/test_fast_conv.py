@@ -265,3 +265,14 @@ def test_bfloat16_throughout_stays_bfloat16(cls, kwargs):
     for got, expected in zip(*(jax.tree.leaves(results[impl]) for impl in ("fast", "reference"))):
         assert got.dtype == expected.dtype == jnp.bfloat16
         _close(got.astype(jnp.float32), expected.astype(jnp.float32), rtol=3e-2)
+
+
+@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+def test_an_empty_batch_agrees(cls, kwargs):
+    """A batch of 0 (PyTorch allows it): empty outputs and zero kernel gradients."""
+    x = jnp.zeros((0, 5, 6, 6))
+    layers = _layers(cls, **kwargs)
+    params = _params(layers["reference"], x)
+    _fast_agrees(_forward_and_vjp, layers, params, x)
+    grads = _forward_and_vjp(layers["fast"], params, x)[1][0]
+    assert not any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads))
