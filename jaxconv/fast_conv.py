@@ -429,13 +429,17 @@ def _by_chunks(fn: Callable, arrays: tuple, columns_per_image: int, summed: bool
     """``fn(*arrays)``, an im2col and a matmul, over chunks of the batch (leading axis).
 
     A chunk's im2col, at most ``CHUNK_BYTES``, is written and read back in cache
-    rather than in memory (XLA:CPU fuses neither side of the matmul into it).
-    ``summed``: the chunks' results are added (a kernel gradient), else concatenated
-    along the batch.
+    rather than in memory (XLA:CPU fuses neither side of the matmul into it). The
+    chunk is the largest divisor of the batch within that size if it is more than
+    half of it; otherwise chunks of that size and a smaller rest. Chunks are
+    rematerialised: reverse mode recomputes a chunk's im2col rather than keeping
+    every chunk's. ``summed``: the chunks' results are added (a kernel gradient),
+    else concatenated along the batch.
     """
     fn = jax.checkpoint(fn)
     batch = arrays[0].shape[0]
-    target = max(1, CHUNK_BYTES // (columns_per_image * arrays[0].dtype.itemsize))
+    image_bytes = max(1, columns_per_image * arrays[0].dtype.itemsize)
+    target = max(1, CHUNK_BYTES // image_bytes)
     if target >= batch:
         return fn(*arrays)
     chunk = max(d for d in range(1, target + 1) if batch % d == 0)
