@@ -146,6 +146,7 @@ class RunDir:
         return ocp.CheckpointManager(
             self.checkpoint_dir.absolute(),
             options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True),
+            item_handlers=ocp.StandardCheckpointHandler(),  # so that item_metadata reads shapes
         )
 
     def metrics(self) -> list[dict]:
@@ -170,7 +171,34 @@ def restore_latest(manager: ocp.CheckpointManager, state: TrainState) -> tuple[T
     if epoch is None:
         return state, 0
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    _check_fits(manager.item_metadata(epoch), abstract, epoch)
     return manager.restore(epoch, args=ocp.args.StandardRestore(abstract)), epoch
+
+
+def _shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
+    """``{"params/encoder/Conv_0/kernel": shape, ...}`` of a pytree (a Python scalar: ``()``)."""
+
+    def name(key) -> str:  # a dict key, an attribute or a sequence index
+        return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+    return {
+        "/".join(map(name, path)): tuple(getattr(leaf, "shape", ()))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def _check_fits(metadata, abstract, epoch: int) -> None:
+    """Raises ``ValueError`` naming the arrays whose saved shape ``abstract`` does not
+    have, before a restore starts (orbax leaves work behind when one fails)."""
+    saved, wanted = _shapes_by_path(metadata), _shapes_by_path(abstract)
+    wrong = [
+        f"{path}: saved {saved.get(path)}, model needs {wanted.get(path)}"
+        for path in sorted(saved.keys() | wanted.keys(), key=lambda p: (p.startswith("opt"), p))
+        if saved.get(path) != wanted.get(path)
+    ]
+    if wrong:
+        shown = "; ".join(wrong[:3]) + (f"; and {len(wrong) - 3} more" if len(wrong) > 3 else "")
+        raise ValueError(f"checkpoint of epoch {epoch}, arrays that differ: {shown}")
 
 
 def check_run(dataset: input_pipeline.Dataset, workdir: str | Path, config: TrainConfig) -> None:
