@@ -21,6 +21,9 @@ TRANSPOSED = dict(
 CONV = dict(
     features=4, kernel_size=(3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2
 )
+BOTH_LAYERS = pytest.mark.parametrize(
+    "cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)]
+)
 
 
 def _layers(cls, **kwargs):
@@ -93,7 +96,7 @@ def _convs(f, *args):
     return list(walk(jax.make_jaxpr(f)(*args).jaxpr))
 
 
-@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+@BOTH_LAYERS
 def test_fast_training_convolves_no_dilated_input(cls, kwargs):
     """The reference's transposed conv, or a strided conv's input gradient, dilates
     the input with zeros (``lhs_dilation``); the fast path never does."""
@@ -114,7 +117,7 @@ def _loss(layer, params, x):
     return jnp.sum(jnp.tanh(layer.apply({"params": params}, x)))
 
 
-@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+@BOTH_LAYERS
 def test_second_derivatives_agree(cls, kwargs):
     """Grad of grad (in the parameters and the input) and ``jax.hessian`` (forward over
     reverse) in the kernel."""
@@ -133,7 +136,7 @@ def test_second_derivatives_agree(cls, kwargs):
     _fast_agrees(derivatives, layers, _params(layers["reference"], x), x, rtol=1e-4)
 
 
-@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+@BOTH_LAYERS
 def test_forward_mode_agrees(cls, kwargs):
     """``jax.jvp`` in the parameters and the input, and ``jax.jacfwd``."""
     x = jax.random.normal(KEY, (2, 5, 6, 6))
@@ -205,7 +208,7 @@ def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
         _close(jax.jit(grad, static_argnums=(2, 3))(x, y, kernel_shape, geometry), expected)
 
 
-@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+@BOTH_LAYERS
 def test_without_im2col_xla_convs_agree(cls, kwargs, monkeypatch):
     """Past ``IM2COL_MAX_BYTES`` (here 0) every conv and kernel gradient is XLA's."""
     monkeypatch.setattr(fast_conv, "IM2COL_MAX_BYTES", 0)
@@ -229,7 +232,7 @@ def test_batch_chunks_give_the_whole_batch_result(summed, monkeypatch):
     _close(chunked(x), fn(x))
 
 
-@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+@BOTH_LAYERS
 def test_by_batch_chunks_first_and_second_derivatives_agree(cls, kwargs, monkeypatch):
     """One image per chunk (``CHUNK_BYTES`` 1): outputs, vjp and the kernel's Hessian."""
     monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 1)
@@ -245,7 +248,7 @@ def test_by_batch_chunks_first_and_second_derivatives_agree(cls, kwargs, monkeyp
     _fast_agrees(derivatives, layers, _params(layers["reference"], x), x, rtol=1e-4)
 
 
-@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+@BOTH_LAYERS
 def test_a_bfloat16_input_computes_in_the_reference_dtype(cls, kwargs):
     """bfloat16 input, float32 parameters: both compute in float32, as Flax promotes."""
     x = jax.random.normal(KEY, (2, 5, 6, 6)).astype(jnp.bfloat16)
@@ -256,7 +259,7 @@ def test_a_bfloat16_input_computes_in_the_reference_dtype(cls, kwargs):
     _close(outputs["fast"], outputs["reference"])
 
 
-@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+@BOTH_LAYERS
 def test_bfloat16_throughout_stays_bfloat16(cls, kwargs):
     x = jax.random.normal(KEY, (2, 5, 6, 6)).astype(jnp.bfloat16)
     layers = _layers(cls, **kwargs)
@@ -267,7 +270,7 @@ def test_bfloat16_throughout_stays_bfloat16(cls, kwargs):
         _close(got.astype(jnp.float32), expected.astype(jnp.float32), rtol=3e-2)
 
 
-@pytest.mark.parametrize("cls, kwargs", [(jnn.ConvTranspose, TRANSPOSED), (jnn.Conv, CONV)])
+@BOTH_LAYERS
 def test_an_empty_batch_agrees(cls, kwargs):
     """A batch of 0 (PyTorch allows it): empty outputs and zero kernel gradients."""
     x = jnp.zeros((0, 5, 6, 6))
