@@ -62,7 +62,7 @@ def main() -> None:
         )
         start = time.perf_counter()
         for images in batches:
-            state, loss = train_step(state, jnp.asarray(images))
+            state, loss = train_step(state, {"image": jnp.asarray(images)})
         loss.block_until_ready()
         jax_seconds = time.perf_counter() - start
         start = time.perf_counter()
@@ -72,7 +72,7 @@ def main() -> None:
             torch.nn.functional.mse_loss(torch_model(x), x).backward()
             optimizer.step()
         torch_seconds = time.perf_counter() - start
-        ours = evaluate(state, data.test_images, config.batch_size)
+        ours = evaluate(state, {"image": data.test_images}, config.batch_size)["test_mse"]
         theirs = torch_test_mse(torch_model, data.test_images)
         print(
             f"{epoch:>5}  {ours:>16.6f}  {theirs:>14.6f}  {abs(ours / theirs - 1):>8.1e}  "

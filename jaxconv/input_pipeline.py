@@ -22,7 +22,7 @@ import importlib.resources
 import importlib.util
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -209,33 +209,60 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return num_examples // batch_size
 
 
+def _rows(arrays: np.ndarray | Mapping[str, np.ndarray], index: np.ndarray):
+    """``arrays[index]``, for one array or for each array of a mapping (same leading size)."""
+    if isinstance(arrays, Mapping):
+        return {key: value[index] for key, value in arrays.items()}
+    return arrays[index]
+
+
+def num_examples(arrays: np.ndarray | Mapping[str, np.ndarray]) -> int:
+    """The leading size of ``arrays`` (of the first array of a mapping)."""
+    return len(next(iter(arrays.values())) if isinstance(arrays, Mapping) else arrays)
+
+
 def train_batches(
-    images: np.ndarray, batch_size: int, *, seed: int, epoch: int
-) -> Iterator[np.ndarray]:
-    """One epoch of shuffled batches of exactly ``batch_size`` images.
+    arrays: np.ndarray | Mapping[str, np.ndarray], batch_size: int, *, seed: int, epoch: int
+) -> Iterator:
+    """One epoch of shuffled batches of exactly ``batch_size`` examples.
 
-    The order is ``epoch_permutation(len(images), seed, epoch)``. The last partial batch is
-    dropped, so every batch has the same static shape under ``jit``; as each epoch has its own
-    order, every example is still seen. ``batch_size`` is checked at the call (ValueError).
+    ``arrays`` is one array or a mapping of arrays with the same leading size (a batch is
+    then a dict of their rows). The order is ``epoch_permutation(num_examples, seed, epoch)``.
+    The last partial batch is dropped, so every batch has the same static shape under
+    ``jit``; as each epoch has its own order, every example is still seen. ``batch_size``
+    is checked at the call (ValueError).
     """
-    steps = steps_per_epoch(len(images), batch_size)
-    order = epoch_permutation(len(images), seed, epoch)
-    return (images[order[step * batch_size : (step + 1) * batch_size]] for step in range(steps))
+    n = num_examples(arrays)
+    steps = steps_per_epoch(n, batch_size)
+    order = epoch_permutation(n, seed, epoch)
+    return (
+        _rows(arrays, order[step * batch_size : (step + 1) * batch_size]) for step in range(steps)
+    )
 
 
-def eval_batches(images: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """``(batch, mask)`` pairs covering ``images`` once, in order.
+def eval_batches(arrays: np.ndarray | Mapping[str, np.ndarray], batch_size: int) -> Iterator[tuple]:
+    """``(batch, mask)`` pairs covering ``arrays`` (one array or a mapping of them) once, in order.
 
     The last partial batch is padded with zeros to ``batch_size``; ``mask`` is float32
-    ``(batch_size,)``, 1 for real images and 0 for padding, so a masked mean over all batches
-    is the exact mean over ``images``. ``batch_size`` is checked at the call (ValueError).
+    ``(batch_size,)``, 1 for real examples and 0 for padding, so a masked mean over all batches
+    is the exact mean over the examples. ``batch_size`` is checked at the call (ValueError).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
-    def padded(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pad = batch_size - len(batch)
-        mask = np.concatenate([np.ones(len(batch), np.float32), np.zeros(pad, np.float32)])
-        return np.pad(batch, [(0, pad)] + [(0, 0)] * (batch.ndim - 1)), mask
+    def padded(batch: np.ndarray, pad: int) -> np.ndarray:
+        return np.pad(batch, [(0, pad)] + [(0, 0)] * (batch.ndim - 1))
 
-    return (padded(images[i : i + batch_size]) for i in range(0, len(images), batch_size))
+    def batches():
+        n = num_examples(arrays)
+        for start in range(0, n, batch_size):
+            batch = _rows(arrays, np.arange(start, min(start + batch_size, n)))
+            real = min(batch_size, n - start)
+            pad = batch_size - real
+            mask = np.concatenate([np.ones(real, np.float32), np.zeros(pad, np.float32)])
+            if isinstance(batch, dict):
+                yield {key: padded(value, pad) for key, value in batch.items()}, mask
+            else:
+                yield padded(batch, pad), mask
+
+    return batches()

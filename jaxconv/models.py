@@ -14,11 +14,14 @@ what is left, giving a 1x1 embedding. The decoder mirrors the encoder; its
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 from jaxconv import shapes
 from jaxconv.nn import Conv, ConvTranspose
@@ -33,6 +36,8 @@ class AutoencoderConfig:
     ``output_padding``: one ``(h, w)`` pair per strided decoder layer, in decoder
     order; ``None`` computes the pairs that give ``image_shape`` back.
     """
+
+    task_name: ClassVar[str] = "autoencoder"
 
     image_shape: tuple[int, int, int] = (28, 28, 1)
     channels: tuple[int, ...] = (16, 32)
@@ -52,6 +57,9 @@ class AutoencoderConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def task(self) -> AutoencoderTask:
+        return AutoencoderTask(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> AutoencoderConfig:
@@ -162,3 +170,43 @@ def init_params(config: AutoencoderConfig, seed: int) -> dict:
     model = Autoencoder(config)
     dummy = jnp.zeros((1, *config.image_shape), jnp.float32)
     return jax.jit(model.init)(jax.random.key(seed), dummy)["params"]
+
+
+def mse(reconstructions: jax.Array, images: jax.Array) -> jax.Array:
+    """Mean squared error over all pixels (``torch.nn.MSELoss()``)."""
+    return jnp.mean((reconstructions - images) ** 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderTask:
+    """Reconstruction for :mod:`jaxconv.train`: MSE loss and Adam; test metric: MSE.
+
+    Batches hold ``"image"``: ``(batch, *image_shape)`` float32 in [0, 1].
+    """
+
+    config: AutoencoderConfig
+
+    name: ClassVar[str] = "autoencoder"
+    train_metric: ClassVar[str] = "train_mse"
+
+    def init_params(self, seed: int) -> dict:
+        return init_params(self.config, seed)
+
+    def apply(self, params: dict, images: jax.Array) -> jax.Array:
+        return Autoencoder(self.config).apply({"params": params}, images)
+
+    def loss(self, params: dict, batch: Mapping[str, jax.Array]) -> jax.Array:
+        return mse(self.apply(params, batch["image"]), batch["image"])
+
+    def eval_sums(
+        self, params: dict, batch: Mapping[str, jax.Array], mask: jax.Array
+    ) -> dict[str, jax.Array]:
+        images = batch["image"]
+        per_image = jnp.mean((self.apply(params, images) - images) ** 2, axis=(1, 2, 3))
+        return {"mse": jnp.sum(per_image * mask)}
+
+    def metrics(self, sums: dict[str, np.ndarray], count: int) -> dict[str, float]:
+        return {"test_mse": float(sums["mse"] / count)}
+
+    def optimizer(self, learning_rate: float, steps_per_epoch: int) -> optax.GradientTransformation:
+        return optax.adam(learning_rate)

@@ -1,33 +1,87 @@
-"""Training the autoencoder: the jit-compiled steps, sharding, checkpoints and the loop.
+"""Training: one loop for every task, with its run directory, checkpoints and resume.
 
-``train_step`` is the whole update: reconstruction MSE, its gradient, one optax
-Adam step. The batch is sharded over all local devices (parameters replicated),
-so the same code runs on one CPU, several GPUs or a TPU slice. A run directory
-holds ``run.json`` (model and training settings), ``metrics.jsonl`` (one line per
-epoch) and ``checkpoints/`` (orbax); a restarted run resumes from its latest
-checkpoint and ends with the same parameters as an uninterrupted one.
+A *task* (the autoencoder of :mod:`jaxconv.models`, the segmenter of
+:mod:`jaxconv.segmentation`) says what differs between trained models: the initial
+parameters, the loss of a batch, the optimizer and the test metrics. The rest is this
+module's, written once:
+
+* :func:`train_step`: the task's loss, its gradient and one optax update, jit-compiled;
+  the batch is sharded over every device of every process, the parameters replicated
+  (:mod:`jaxconv.distributed`);
+* a run directory: ``run.json`` (settings), ``metrics.jsonl`` (one line per epoch) and
+  ``checkpoints/`` (orbax). Each checkpoint holds the train state *and* the metrics of
+  every epoch up to it, so the two are committed together: on resume ``metrics.jsonl`` is
+  rewritten from the checkpoint, whatever moment a crash hit;
+* resume from the latest checkpoint, ending bitwise equal to an uninterrupted run (the
+  data order is a function of seed and epoch);
+* Ctrl-C stops after saving the last finished epoch (:class:`Interrupted`); a non-finite
+  loss stops the run before anything of it is saved (:class:`Diverged`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import signal
+import threading
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from jaxconv import input_pipeline, models
+from jaxconv import distributed, input_pipeline
 from jaxconv.models import AutoencoderConfig
 
-TrainState = train_state.TrainState
+Batch = Mapping[str, jax.Array]
+Arrays = Mapping[str, np.ndarray]
+
+SEED_LIMIT = 2**32  # jax.random.key folds larger seeds onto smaller ones
+
+
+class Task(Protocol):
+    """What a trained model is; :func:`train_step` and :func:`fit` are the same for all."""
+
+    name: ClassVar[str]  # recorded in run.json
+    train_metric: ClassVar[str]  # the name of the mean train loss in the metrics
+
+    def init_params(self, seed: int) -> dict: ...
+
+    def apply(self, params: dict, inputs: jax.Array) -> jax.Array: ...
+
+    def loss(self, params: dict, batch: Batch) -> jax.Array: ...
+
+    def eval_sums(self, params: dict, batch: Batch, mask: jax.Array) -> dict[str, jax.Array]:
+        """Sums over the real (``mask`` = 1) examples, added up over the test batches."""
+
+    def metrics(self, sums: dict[str, np.ndarray], count: int) -> dict[str, Any]:
+        """The test metrics from the sums of all ``count`` test examples."""
+
+    def optimizer(
+        self, learning_rate: float, steps_per_epoch: int
+    ) -> optax.GradientTransformation: ...
+
+
+class ModelConfig(Protocol):
+    """A frozen, hashable description of a model: what a checkpoint needs to be read back."""
+
+    def to_dict(self) -> dict: ...
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig: ...
+
+    def task(self) -> Task: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,83 +92,147 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 1e-3
     seed: int = 0
-    model: AutoencoderConfig = AutoencoderConfig()
+    model: Any = AutoencoderConfig()  # a ModelConfig
+
+    def __post_init__(self) -> None:
+        _check_int("batch_size", self.batch_size, 1)
+        _check_int("seed", self.seed, 0, SEED_LIMIT - 1)
+        rate = self.learning_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+            raise ValueError(f"learning_rate must be a positive number, got {rate!r}")
+        if not math.isfinite(rate):
+            raise ValueError(f"learning_rate must be finite, got {rate!r}")
+
+    @property
+    def task(self) -> Task:
+        return self.model.task()
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "model": self.model.to_dict()}
+        return {
+            **dataclasses.asdict(self),
+            "task": self.task.name,
+            "model": self.model.to_dict(),
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        return cls(**{**d, "model": AutoencoderConfig.from_dict(d["model"])})
+    def from_dict(cls, d: dict, model_class: type = AutoencoderConfig) -> TrainConfig:
+        """The settings of ``d`` (a ``run.json``); ``ValueError`` naming what is wrong."""
+        if not isinstance(d, dict):
+            raise ValueError(f"settings must be a JSON object, got {type(d).__name__}")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        missing = [name for name in fields if name not in d]
+        if missing:
+            raise ValueError(f"missing settings: {', '.join(missing)}")
+        task = model_class.task_name
+        if d.get("task", task) != task:
+            raise ValueError(f"it holds a {d['task']} run, not a {task} run")
+        try:
+            model = model_class.from_dict(d["model"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"bad model settings: {e!r}") from e
+        return cls(**{name: d[name] for name in fields if name != "model"}, model=model)
 
 
-def mse(reconstructions: jax.Array, images: jax.Array) -> jax.Array:
-    """Mean squared error over all pixels (``torch.nn.MSELoss()``)."""
-    return jnp.mean((reconstructions - images) ** 2)
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {bound}, got {value}")
 
 
-def create_train_state(config: TrainConfig, params: dict | None = None) -> TrainState:
-    """A fresh Adam state for ``params``, by default PyTorch's init from ``config.seed``."""
-    model = models.Autoencoder(config.model)
+class TrainState(train_state.TrainState):
+    """Flax's train state, with the task that gives its loss (static: not saved)."""
+
+    task: Task = flax.struct.field(pytree_node=False, default=None)
+
+
+def create_train_state(
+    config: TrainConfig, params: dict | None = None, *, steps_per_epoch: int = 1
+) -> TrainState:
+    """A fresh optimizer state for ``params``, by default the task's init from ``config.seed``.
+
+    ``steps_per_epoch`` is for tasks whose learning-rate schedule is counted in epochs.
+    """
+    task = config.task
     if params is None:
-        params = models.init_params(config.model, config.seed)
+        params = task.init_params(config.seed)
     params = jax.tree.map(jnp.asarray, params)
     return TrainState.create(
-        apply_fn=model.apply, params=params, tx=optax.adam(config.learning_rate)
+        apply_fn=task.apply,
+        params=params,
+        tx=task.optimizer(config.learning_rate, steps_per_epoch),
+        task=task,
     )
 
 
 @jax.jit
-def train_step(state: TrainState, images: jax.Array) -> tuple[TrainState, jax.Array]:
-    """One Adam step on the reconstruction MSE of ``images``; returns the new state and the loss."""
-
-    def loss_fn(params):
-        return mse(state.apply_fn({"params": params}, images), images)
-
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, jax.Array]:
+    """One optimizer step on the task's loss of ``batch``; returns the new state and the loss."""
+    loss, grads = jax.value_and_grad(state.task.loss)(state.params, batch)
     return state.apply_gradients(grads=grads), loss
 
 
 @jax.jit
-def eval_step(state: TrainState, images: jax.Array, mask: jax.Array) -> jax.Array:
-    """Sum over the real (``mask`` = 1) images of each image's reconstruction MSE."""
-    reconstructions = state.apply_fn({"params": state.params}, images)
-    per_image = jnp.mean((reconstructions - images) ** 2, axis=(1, 2, 3))
-    return jnp.sum(per_image * mask)
+def eval_step(state: TrainState, batch: Batch, mask: jax.Array) -> dict[str, jax.Array]:
+    """The task's sums over the real (``mask`` = 1) examples of ``batch``."""
+    return state.task.eval_sums(state.params, batch, mask)
 
 
 def reconstruct(state: TrainState, images: np.ndarray) -> np.ndarray:
-    """The model's reconstructions of ``images``."""
-    return np.asarray(jax.jit(state.apply_fn)({"params": state.params}, images))
+    """The model's outputs for ``images`` (an autoencoder's reconstructions)."""
+    return np.asarray(jax.jit(state.apply_fn)(state.params, images))
 
 
-def shardings() -> tuple[NamedSharding, NamedSharding]:
-    """(batch split over all local devices, replicated) on a 1-D device mesh."""
-    mesh = Mesh(np.array(jax.local_devices()), ("batch",))
-    return NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
+def _local(batch: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    rows = distributed.process_rows(batch_size)
+    return {key: value[rows] for key, value in batch.items()}
 
 
-def check_batch_size(batch_size: int, num_examples: int) -> None:
-    """Raises ``ValueError`` unless ``batch_size`` fits the data and splits over the devices."""
-    input_pipeline.steps_per_epoch(num_examples, batch_size)
-    devices = jax.local_device_count()
-    if batch_size % devices:
-        raise ValueError(
-            f"batch_size ({batch_size}) must be a multiple of the number of devices ({devices})"
+def evaluate(state: TrainState, test: Arrays, batch_size: int) -> dict[str, Any]:
+    """The task's test metrics over all of ``test`` (padded batches, padding masked out)."""
+    batch_sharding, _ = distributed.shardings()
+    totals: dict[str, np.ndarray] = {}
+    for batch, mask in input_pipeline.eval_batches(test, batch_size):
+        local = _local({**batch, "mask": mask}, batch_size)
+        sharded = distributed.global_batch(local, batch_sharding)
+        mask_array = sharded.pop("mask")
+        sums = jax.device_get(eval_step(state, sharded, mask_array))
+        for key, value in sums.items():
+            totals[key] = totals.get(key, 0) + np.asarray(value, np.float64)
+    return state.task.metrics(totals, input_pipeline.num_examples(test))
+
+
+class RunDirError(ValueError):
+    """A run directory that is missing, unfinished, unreadable, or from another model."""
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; nothing of the diverged epoch was saved."""
+
+    def __init__(self, epoch: int, step: int, loss: float, saved: int) -> None:
+        resume = f"the last good checkpoint (epoch {saved}) is kept" if saved else "none saved"
+        super().__init__(
+            f"the loss became {loss} at epoch {epoch}, step {step}: training diverged and "
+            f"stopped; {resume}. Lower --learning-rate and use a new --workdir"
         )
+        self.epoch, self.step = epoch, step
 
 
-def evaluate(state: TrainState, images: np.ndarray, batch_size: int) -> float:
-    """Reconstruction MSE over all of ``images`` (per image, then averaged)."""
-    batch_sharding, _ = shardings()
-    total = 0.0
-    for batch, mask in input_pipeline.eval_batches(images, batch_size):
-        total += float(eval_step(state, *jax.device_put((batch, mask), batch_sharding)))
-    return total / len(images)
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C: the run stopped after saving its last finished epoch."""
+
+    def __init__(self, saved: int) -> None:
+        super().__init__(saved)
+        self.saved = saved
 
 
 class RunDir:
-    """A run directory's files: settings, metrics and orbax checkpoints."""
+    """A run directory's files: settings, metrics and orbax checkpoints.
+
+    Only the primary process writes ``run.json`` and ``metrics.jsonl``; every process
+    takes part in saving and restoring checkpoints.
+    """
 
     def __init__(self, workdir: str | Path, keep: int = 3) -> None:
         self.path = Path(workdir)
@@ -123,30 +241,48 @@ class RunDir:
         self.checkpoint_dir = self.path / "checkpoints"
         self.keep = keep
 
-    def read_config(self) -> TrainConfig | None:
+    def read_config(self, model_class: type = AutoencoderConfig) -> TrainConfig | None:
+        """The settings in ``run.json`` (None if there is none); ``RunDirError`` if unreadable."""
         if not self.config_path.exists():
             return None
-        return TrainConfig.from_dict(json.loads(self.config_path.read_text()))
+        try:
+            return TrainConfig.from_dict(json.loads(self.config_path.read_text()), model_class)
+        except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+            raise RunDirError(
+                f"{self.config_path} cannot be read as jaxconv run settings ({e}); "
+                f"choose another --workdir or move the file away"
+            ) from e
 
     def check(self, config: TrainConfig) -> None:
-        """Raises ``ValueError`` if the directory holds a run with other settings."""
-        existing = self.read_config()
+        """Raises ``RunDirError`` unless ``workdir`` is a usable directory for ``config``."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"--workdir {self.path} is a file, not a directory")
+        existing = self.read_config(type(config.model))
         if existing is not None and existing != config:
-            raise ValueError(
+            raise RunDirError(
                 f"{self.path} holds a run with other settings ({existing}); resuming it with "
                 f"{config} would not continue it. Choose another --workdir."
             )
+        parent = next(p for p in (self.path, *self.path.parents) if p.exists())
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RunDirError(f"--workdir {self.path}: {parent} is not writable")
 
     def claim(self, config: TrainConfig) -> None:
-        """Writes ``run.json``; :meth:`check` it first."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        """Writes ``run.json`` (primary process); :meth:`check` it first."""
+        if distributed.is_primary():
+            self.path.mkdir(parents=True, exist_ok=True)
+            _write_atomically(self.config_path, json.dumps(config.to_dict(), indent=2) + "\n")
 
     def checkpoints(self) -> ocp.CheckpointManager:
         return ocp.CheckpointManager(
             self.checkpoint_dir.absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True),
-            item_handlers=ocp.StandardCheckpointHandler(),  # so that item_metadata reads shapes
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=self.keep, create=True, cleanup_tmp_directories=True
+            ),
+            item_handlers={  # named handlers, so that item_metadata reads the saved shapes
+                "state": ocp.StandardCheckpointHandler(),
+                "history": ocp.JsonCheckpointHandler(),
+            },
         )
 
     def metrics(self) -> list[dict]:
@@ -154,25 +290,68 @@ class RunDir:
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
 
-    def keep_metrics_until(self, epoch: int) -> list[dict]:
-        """Drops the lines of epochs after ``epoch`` (their checkpoint was never saved)."""
-        kept = [m for m in self.metrics() if m["epoch"] <= epoch]
-        self.metrics_path.write_text("".join(json.dumps(m) + "\n" for m in kept))
-        return kept
-
-    def append_metrics(self, metrics: dict) -> None:
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
+    def write_metrics(self, history: list[dict]) -> None:
+        """Replaces ``metrics.jsonl`` with one line per epoch of ``history`` (atomically)."""
+        if distributed.is_primary():
+            _write_atomically(self.metrics_path, "".join(json.dumps(m) + "\n" for m in history))
 
 
-def restore_latest(manager: ocp.CheckpointManager, state: TrainState) -> tuple[TrainState, int]:
-    """The latest checkpoint's state and epoch, or ``(state, 0)`` when there is none."""
+def _write_atomically(path: Path, text: str) -> None:
+    """``path`` holds either its old contents or ``text``, never a part of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save(manager: ocp.CheckpointManager, epoch: int, state: TrainState, history: list) -> None:
+    manager.save(
+        epoch,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)
+        ),
+    )
+    manager.wait_until_finished()
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager, state: TrainState
+) -> tuple[TrainState, list[dict], int]:
+    """The latest checkpoint's state, metrics history and epoch, or ``(state, [], 0)``.
+
+    Raises ``RunDirError`` naming the checkpoint when it does not fit ``state`` or
+    cannot be read; nothing on disk is changed.
+    """
     epoch = manager.latest_step()
     if epoch is None:
-        return state, 0
+        return state, [], 0
+    where = manager.directory / str(epoch)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    _check_fits(manager.item_metadata(epoch), abstract, epoch)
-    return manager.restore(epoch, args=ocp.args.StandardRestore(abstract)), epoch
+    try:
+        _check_fits(manager.item_metadata(epoch)["state"], abstract, epoch)
+        restored = manager.restore(
+            epoch,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
+            ),
+        )
+    except RunDirError:
+        raise
+    except Exception as e:  # orbax raises many kinds for a damaged checkpoint
+        raise RunDirError(
+            f"the checkpoint {where} cannot be read ({type(e).__name__}: {_first_line(e)}); "
+            f"move it out of {manager.directory} to resume from the one before"
+        ) from e
+    history = restored["history"]
+    if not isinstance(history, list) or [m.get("epoch") for m in history] != list(
+        range(1, epoch + 1)
+    ):
+        raise RunDirError(f"the checkpoint {where} holds no metrics of epochs 1 to {epoch}")
+    return restored["state"], history, epoch
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else ""
 
 
 def _shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
@@ -188,7 +367,7 @@ def _shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
 
 
 def _check_fits(metadata, abstract, epoch: int) -> None:
-    """Raises ``ValueError`` naming the arrays whose saved shape ``abstract`` does not
+    """Raises ``RunDirError`` naming the arrays whose saved shape ``abstract`` does not
     have, before a restore starts (orbax leaves work behind when one fails)."""
     saved, wanted = _shapes_by_path(metadata), _shapes_by_path(abstract)
     wrong = [
@@ -198,18 +377,42 @@ def _check_fits(metadata, abstract, epoch: int) -> None:
     ]
     if wrong:
         shown = "; ".join(wrong[:3]) + (f"; and {len(wrong) - 3} more" if len(wrong) > 3 else "")
-        raise ValueError(f"checkpoint of epoch {epoch}, arrays that differ: {shown}")
+        raise RunDirError(f"checkpoint of epoch {epoch}, arrays that differ: {shown}")
 
 
-def check_run(dataset: input_pipeline.Dataset, workdir: str | Path, config: TrainConfig) -> None:
-    """Raises ``ValueError`` for settings that cannot train on ``dataset`` in ``workdir``."""
-    check_batch_size(config.batch_size, len(dataset.train_images))
-    models.check_images(config.model, dataset.train_images.shape)
+def check_run(train: Arrays, test: Arrays, workdir: str | Path, config: TrainConfig) -> None:
+    """Raises ``ValueError`` for settings that cannot train on these splits in ``workdir``."""
+    if input_pipeline.num_examples(test) == 0:
+        raise ValueError(f"dataset {config.dataset!r} has an empty test split")
+    input_pipeline.steps_per_epoch(input_pipeline.num_examples(train), config.batch_size)
+    distributed.check_batch_size(config.batch_size)
     RunDir(workdir).check(config)
 
 
-def train_and_evaluate(
-    dataset: input_pipeline.Dataset,
+@contextmanager
+def _stop_on_ctrl_c() -> Iterator[threading.Event]:
+    """An event set by the first Ctrl-C (SIGINT); a second one interrupts at once."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum, frame) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        tqdm.write("Ctrl-C: stopping after saving the last finished epoch (again: stop now)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def fit(
+    train: Arrays,
+    test: Arrays,
     workdir: str | Path,
     config: TrainConfig,
     epochs: int,
@@ -218,96 +421,184 @@ def train_and_evaluate(
     keep: int = 3,
     progress: bool = True,
 ) -> tuple[TrainState, list[dict]]:
-    """Trains to ``epochs`` epochs in ``workdir``, resuming from its latest checkpoint.
+    """Trains ``config.task`` for ``epochs`` epochs in ``workdir``, resuming from its checkpoint.
 
-    Checkpoints are saved every ``checkpoint_every`` epochs and after the last; the
-    ``keep`` newest stay. Returns the final state and the metrics of every epoch.
+    ``train`` and ``test`` map the batch keys the task reads (``"image"``, ...) to arrays
+    with one row per example. Checkpoints are saved every ``checkpoint_every`` epochs and
+    after the last; the ``keep`` newest stay. Returns the final state and the metrics of
+    every epoch.
+
+    Raises:
+        ValueError: settings that cannot train here (``RunDirError`` for the workdir), or
+            ``epochs`` below the epoch of the latest checkpoint.
+        Diverged: the loss became NaN or infinite.
+        Interrupted: Ctrl-C; the last finished epoch is saved.
     """
-    check_run(dataset, workdir, config)
+    _check_int("epochs", epochs, 1)
+    _check_int("checkpoint_every", checkpoint_every, 1)
+    _check_int("keep", keep, 1)
+    check_run(train, test, workdir, config)
     run = RunDir(workdir, keep)
     run.claim(config)
-    batch_sharding, replicated = shardings()
-    manager = run.checkpoints()
-    state, start = restore_latest(manager, create_train_state(config))
-    state = jax.device_put(state, replicated)
-    history = run.keep_metrics_until(start)
-    steps = input_pipeline.steps_per_epoch(len(dataset.train_images), config.batch_size)
-    batch_shape = jax.ShapeDtypeStruct(
-        (config.batch_size, *config.model.image_shape), jnp.float32, sharding=batch_sharding
-    )
-    compile_start = time.perf_counter()
-    step = train_step.lower(state, batch_shape).compile()
-    if progress and start < epochs:
-        tqdm.write(f"compiled the train step in {time.perf_counter() - compile_start:.1f} s")
-
-    for epoch in range(start + 1, epochs + 1):
-        batches = input_pipeline.train_batches(
-            dataset.train_images, config.batch_size, seed=config.seed, epoch=epoch
-        )
-        bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
-        losses = []
-        start_time = time.perf_counter()
-        for images in batches:
-            state, loss = step(state, jax.device_put(images, batch_sharding))
-            losses.append(loss)
-            bar.update()
-            if bar.n % 10 == 0 or bar.n == steps:
-                elapsed = time.perf_counter() - start_time
-                bar.set_postfix(
-                    loss=f"{float(loss):.4f}", img_s=f"{bar.n * config.batch_size / elapsed:.0f}"
-                )
-        train_mse = float(np.mean(jax.device_get(losses)))
-        seconds = time.perf_counter() - start_time
-        bar.close()
-        metrics = {
-            "epoch": epoch,
-            "train_mse": train_mse,
-            "test_mse": evaluate(state, dataset.test_images, config.batch_size),
-            "images_per_s": steps * config.batch_size / seconds,
-            "seconds": seconds,
-        }
-        if epoch % checkpoint_every == 0 or epoch == epochs:
-            manager.save(epoch, args=ocp.args.StandardSave(state))
-            manager.wait_until_finished()
-        run.append_metrics(metrics)
-        history.append(metrics)
-        if progress:
-            tqdm.write(
-                f"epoch {epoch:3d}  train_mse {train_mse:.5f}  test_mse {metrics['test_mse']:.5f}  "
-                f"{metrics['images_per_s']:.0f} img/s"
+    batch_sharding, replicated = distributed.shardings()
+    num_train = input_pipeline.num_examples(train)
+    steps = input_pipeline.steps_per_epoch(num_train, config.batch_size)
+    task = config.task
+    with run.checkpoints() as manager:
+        fresh = jax.eval_shape(lambda: create_train_state(config, steps_per_epoch=steps))
+        state, history, start = restore_latest(manager, fresh)
+        if start > epochs:
+            raise ValueError(
+                f"{run.path} is checkpointed at epoch {start}, after --epochs {epochs}: "
+                f"ask for --epochs {start} or more, or use another --workdir"
             )
-    manager.close()
+        if start == 0:
+            state = create_train_state(config, steps_per_epoch=steps)
+        state = jax.device_put(state, replicated)
+        run.write_metrics(history)
+        example = {
+            key: jax.ShapeDtypeStruct(
+                (config.batch_size, *value.shape[1:]), value.dtype, sharding=batch_sharding
+            )
+            for key, value in train.items()
+        }
+        compile_start = time.perf_counter()
+        step_fn = train_step.lower(state, example).compile()
+        if progress and start < epochs:
+            tqdm.write(f"compiled the train step in {time.perf_counter() - compile_start:.1f} s")
+
+        saved, finished = start, state
+        with _stop_on_ctrl_c() as stop:
+            for epoch in range(start + 1, epochs + 1):
+                state, train_loss, seconds = _train_epoch(
+                    step_fn, state, train, config, epoch, epochs, steps, stop, progress, saved
+                )
+                if train_loss is None:  # Ctrl-C within the epoch: its state is dropped
+                    break
+                finished = state
+                metrics = {
+                    "epoch": epoch,
+                    task.train_metric: train_loss,
+                    **evaluate(state, test, config.batch_size),
+                    "images_per_s": steps * config.batch_size / seconds,
+                    "seconds": seconds,
+                }
+                history.append(metrics)
+                if epoch % checkpoint_every == 0 or epoch == epochs:
+                    _save(manager, epoch, state, history)
+                    saved = epoch
+                run.write_metrics(history)
+                if progress:
+                    tqdm.write(_summary(metrics))
+                if stop.is_set():
+                    break
+            if stop.is_set():
+                if saved < len(history):
+                    _save(manager, len(history), finished, history)
+                raise Interrupted(len(history))
     return state, history
 
 
-class RunDirError(ValueError):
-    """A run directory that is missing, unfinished, or from an incompatible model."""
+def _summary(metrics: dict) -> str:
+    numbers = "  ".join(
+        f"{key} {value:.5f}"
+        for key, value in metrics.items()
+        if isinstance(value, float) and key not in ("images_per_s", "seconds")
+    )
+    return f"epoch {metrics['epoch']:3d}  {numbers}  {metrics['images_per_s']:.0f} img/s"
 
 
-def load_run(workdir: str | Path) -> tuple[TrainConfig, TrainState]:
-    """The settings and the latest checkpointed state of the run in ``workdir``."""
+def _train_epoch(
+    step_fn,
+    state: TrainState,
+    train: Arrays,
+    config: TrainConfig,
+    epoch: int,
+    epochs: int,
+    steps: int,
+    stop: threading.Event,
+    progress: bool,
+    saved: int,
+) -> tuple[TrainState, float | None, float]:
+    """One epoch of train steps: ``(state, mean loss, seconds)``; mean loss None on Ctrl-C.
+
+    Raises ``Diverged`` at the first non-finite loss (checked every 10 steps and at the end,
+    before the state can be saved).
+    """
+    batch_sharding, _ = distributed.shardings()
+    bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+    losses = []
+    start_time = time.perf_counter()
+
+    def check_finite() -> None:
+        values = np.asarray(jax.device_get(losses))
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            bar.close()
+            raise Diverged(epoch, int(bad[0]) + 1, float(values[bad[0]]), saved)
+
+    batches = input_pipeline.train_batches(train, config.batch_size, seed=config.seed, epoch=epoch)
+    for batch in batches:
+        if stop.is_set():
+            bar.close()
+            return state, None, 0.0
+        local = _local(batch, config.batch_size)
+        state, loss = step_fn(state, distributed.global_batch(local, batch_sharding))
+        losses.append(loss)
+        bar.update()
+        if bar.n % 10 == 0 or bar.n == steps:
+            check_finite()
+            elapsed = time.perf_counter() - start_time
+            bar.set_postfix(
+                loss=f"{float(loss):.4f}", img_s=f"{bar.n * config.batch_size / elapsed:.0f}"
+            )
+    check_finite()
+    seconds = time.perf_counter() - start_time
+    bar.close()
+    return state, float(np.mean(jax.device_get(losses))), seconds
+
+
+def train_and_evaluate(
+    dataset: input_pipeline.Dataset,
+    workdir: str | Path,
+    config: TrainConfig,
+    epochs: int,
+    **kwargs: Any,
+) -> tuple[TrainState, list[dict]]:
+    """:func:`fit` of the autoencoder on ``dataset``'s images (keyword arguments: ``fit``'s)."""
+    return fit(
+        {"image": dataset.train_images},
+        {"image": dataset.test_images},
+        workdir,
+        config,
+        epochs,
+        **kwargs,
+    )
+
+
+def load_run(
+    workdir: str | Path, model_class: type = AutoencoderConfig
+) -> tuple[TrainConfig, TrainState]:
+    """The settings and the latest checkpointed state of the run in ``workdir``.
+
+    ``model_class`` is the kind of model expected (the autoencoder's config by default).
+    Raises ``RunDirError`` naming the file and the fix when there is no such run.
+    """
     run = RunDir(workdir)
     hint = f"train one first: jaxconv train --workdir {run.path}"
     if not run.config_path.exists():
         raise RunDirError(f"{run.path} holds no jaxconv run (no run.json); {hint}")
-    try:
-        config = run.read_config()
-    except (KeyError, TypeError, ValueError) as e:
-        raise RunDirError(
-            f"{run.config_path} is not from this version of jaxconv's model ({e!r}); {hint}"
-        ) from e
-    manager = run.checkpoints()
-    if manager.latest_step() is None:
-        raise RunDirError(f"{run.path} has no finished checkpoint yet; {hint}")
-    try:
+    config = run.read_config(model_class)
+    with run.checkpoints() as manager:
+        if manager.latest_step() is None:
+            raise RunDirError(f"{run.path} has no finished checkpoint yet; {hint}")
         # an abstract target: restoring needs shapes, not a compiled init
         target = jax.eval_shape(lambda: create_train_state(config))
-        state, _ = restore_latest(manager, target)
-    except (ValueError, KeyError) as e:
-        raise RunDirError(
-            f"the checkpoint in {run.checkpoint_dir} does not fit the model of "
-            f"{run.config_path}: {e}"
-        ) from e
-    finally:
-        manager.close()
+        try:
+            state, _, _ = restore_latest(manager, target)
+        except RunDirError as e:
+            raise RunDirError(
+                f"the checkpoint in {run.checkpoint_dir} does not fit the model of "
+                f"{run.config_path}: {e}"
+            ) from e
     return config, state

@@ -30,7 +30,7 @@ CONFIG = TrainConfig(batch_size=32)
 
 def test_train_step_lowers_the_loss(small_digits):
     state = create_train_state(CONFIG)
-    batch = jnp.asarray(small_digits.train_images[:32])
+    batch = {"image": jnp.asarray(small_digits.train_images[:32])}
     losses = []
     for _ in range(30):
         state, loss = train_step(state, batch)
@@ -58,7 +58,7 @@ def test_100_adam_steps_follow_torchs_loss_curve(small_digits):
         loss.backward()
         optimizer.step()
         torch_losses.append(loss.item())
-        state, jax_loss = train_step(state, jnp.asarray(batch))
+        state, jax_loss = train_step(state, {"image": jnp.asarray(batch)})
         jax_losses.append(float(jax_loss))
     assert torch_losses[-1] < 0.7 * torch_losses[0]  # it trained
     # float32 rounding differs (summation order); Adam, dividing by sqrt(v), lets the
