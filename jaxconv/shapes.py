@@ -6,15 +6,24 @@ padding ``p``, dilation ``d`` and output padding ``op``::
     conv:            out = floor((n + 2p - d(k-1) - 1) / s) + 1
     transposed conv: out = (n - 1)s - 2p + d(k-1) + op + 1
 
-``input_shape`` is the spatial sizes only (any number of dimensions). Every
-other argument is an int (the same for all dimensions) or a tuple with one
-entry per dimension (a 1-tuple is broadcast, as PyTorch does). The argument
-combinations that PyTorch rejects raise ``ValueError``; nothing it accepts is
-rejected.
+``input_shape`` is the spatial sizes only (any number of dimensions, each >= 1).
+Every other argument is an int (the same for all dimensions) or a tuple with one
+entry per dimension (a 1-tuple is broadcast, as PyTorch does); numpy integers count
+as ints, bools do not. An argument of the wrong type raises ``TypeError``; the
+values that PyTorch rejects raise ``ValueError``, and nothing it accepts is
+rejected. Every message names the argument.
+
+The layer checks shared by :mod:`jaxconv.nn` and :mod:`jaxconv.nnx` are here too:
+kernel shapes from channel counts (:func:`conv_kernel_shape`,
+:func:`conv_transpose_kernel_shape`), the arguments a layer can check before it
+sees an input (:func:`check_conv_args`, :func:`check_conv_transpose_args`), and
+torch's ``output_size`` rule (:func:`output_padding_for_size`).
 """
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Sequence
 from typing import Union
 
@@ -23,23 +32,43 @@ ConvPadding = Union[int, Sequence[int], str]
 PaddingPairs = tuple[tuple[int, int], ...]
 
 PADDING_STRINGS = ("same", "valid")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def as_int(name: str, value: object) -> int:
+    """``value`` as a Python int: an int or a numpy integer; ``TypeError`` for anything
+    else, bools included."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+
+
+def positive_int(name: str, value: object) -> int:
+    """``value`` as an int >= 1 (``TypeError`` for a non-int, ``ValueError`` below 1)."""
+    n = as_int(name, value)
+    if n < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return n
 
 
 def per_dim(name: str, value: IntOrTuple, ndim: int) -> tuple[int, ...]:
     """``value`` (an int, an ``ndim``-tuple or a 1-tuple) as one int per dimension."""
-    if isinstance(value, bool) or not isinstance(value, (int, Sequence)):
-        raise ValueError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}")
-    values = (value,) * ndim if isinstance(value, int) else tuple(value)
+    is_tuple = isinstance(value, Sequence) and not isinstance(value, str)
+    values = tuple(value) if is_tuple else (value,)
     if len(values) == 1:
         values *= ndim
-    if len(values) != ndim or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in values
-    ):
+    if len(values) != ndim:
         raise ValueError(
             f"{name} must be an int or a tuple of {ndim} ints (one per spatial "
             f"dimension), got {value!r}"
         )
-    return values
+    try:
+        return tuple(as_int(name, v) for v in values)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a tuple of {ndim} ints, got {value!r}") from None
 
 
 def _at_least(name: str, values: tuple[int, ...], minimum: int) -> tuple[int, ...]:
@@ -48,12 +77,13 @@ def _at_least(name: str, values: tuple[int, ...], minimum: int) -> tuple[int, ..
     return values
 
 
-def _spatial(input_shape: Sequence[int]) -> tuple[int, ...]:
-    shape = tuple(input_shape)
-    if not shape or not all(isinstance(n, int) and n >= 0 for n in shape):
-        raise ValueError(
-            f"input_shape must be a non-empty tuple of spatial sizes >= 0, got {input_shape!r}"
-        )
+def _spatial(input_shape: Sequence[int], name: str = "input_shape") -> tuple[int, ...]:
+    """The spatial sizes, each >= 1 (PyTorch refuses a zero-size spatial dimension)."""
+    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
+        raise TypeError(f"{name} must be a tuple of spatial sizes, got {input_shape!r}")
+    shape = tuple(as_int(name, n) for n in input_shape)
+    if not shape or min(shape) < 1:
+        raise ValueError(f"{name} must be one or more spatial sizes >= 1, got {input_shape!r}")
     return shape
 
 
@@ -121,6 +151,15 @@ def conv_output_shape(
     return tuple((n - e) // s + 1 for n, e, s in zip(padded, extent, strides))
 
 
+def _transpose_pads(ndim: int, padding: IntOrTuple) -> tuple[int, ...]:
+    if isinstance(padding, str):
+        raise ValueError(
+            f"padding of a transposed convolution must be an int or a tuple of ints, "
+            f"got {padding!r}"
+        )
+    return _at_least("padding", per_dim("padding", padding, ndim), 0)
+
+
 def _transpose_args(
     ndim: int,
     kernel_size: IntOrTuple,
@@ -129,13 +168,8 @@ def _transpose_args(
     output_padding: IntOrTuple,
     dilation: IntOrTuple,
 ) -> tuple[tuple[int, ...], ...]:
-    if isinstance(padding, str):
-        raise ValueError(
-            f"padding of a transposed convolution must be an int or a tuple of ints, "
-            f"got {padding!r}"
-        )
     kernel, strides, dilations = _conv_args(ndim, kernel_size, stride, dilation)
-    pads = _at_least("padding", per_dim("padding", padding, ndim), 0)
+    pads = _transpose_pads(ndim, padding)
     out_pads = _at_least("output_padding", per_dim("output_padding", output_padding, ndim), 0)
     if any(op >= s and op >= d for op, s, d in zip(out_pads, strides, dilations)):
         raise ValueError(
@@ -172,6 +206,51 @@ def conv_transpose_output_shape(
             f"would have output size {out}; every size must be positive"
         )
     return out
+
+
+def output_padding_for_size(
+    input_shape: Sequence[int],
+    output_size: Sequence[int],
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple = 0,
+    dilation: IntOrTuple = 1,
+) -> tuple[int, ...]:
+    """The ``output_padding`` of ``torch.nn.ConvTransposeNd.forward(x, output_size)``.
+
+    ``output_size`` is the spatial sizes, or a whole channels-last output shape
+    ``(batch, *spatial, channels)`` whose batch and channel entries are ignored, as
+    torch ignores them. Per dimension the reachable sizes run from
+    ``min = (n-1)s - 2p + d(k-1) + 1`` to ``min + s - 1`` and ``output_padding =
+    output_size - min``; any other size raises ``ValueError``, as in torch.
+    """
+    shape = _spatial(input_shape)
+    ndim = len(shape)
+    if not isinstance(output_size, Sequence) or isinstance(output_size, str):
+        raise TypeError(f"output_size must be a tuple of ints, got {output_size!r}")
+    sizes = tuple(as_int("output_size", n) for n in output_size)
+    if len(sizes) == ndim + 2:
+        sizes = sizes[1:-1]
+    if len(sizes) != ndim:
+        raise ValueError(
+            f"output_size must have {ndim} (spatial) or {ndim + 2} (batch, *spatial, "
+            f"channels) elements for {ndim} spatial dimensions, got {tuple(output_size)}"
+        )
+    kernel, strides, dilations = _conv_args(ndim, kernel_size, stride, dilation)
+    pads = _transpose_pads(ndim, padding)
+    smallest = tuple(
+        (n - 1) * s - 2 * p + d * (k - 1) + 1
+        for n, k, s, p, d in zip(shape, kernel, strides, pads, dilations)
+    )
+    largest = tuple(m + s - 1 for m, s in zip(smallest, strides))
+    if any(not lo <= n <= hi for n, lo, hi in zip(sizes, smallest, largest)):
+        raise ValueError(
+            f"output_size {sizes} cannot be reached: valid sizes range from {smallest} to "
+            f"{largest} for input spatial shape {shape}"
+        )
+    out_pads = tuple(n - m for n, m in zip(sizes, smallest))
+    conv_transpose_output_shape(shape, kernel, strides, pads, out_pads, dilations)
+    return out_pads
 
 
 def output_padding_for(
@@ -223,7 +302,7 @@ def conv_transpose_padding(
         tuples = [
             a
             for a in (kernel_size, stride, padding, output_padding, dilation)
-            if not isinstance(a, (int, str))
+            if isinstance(a, Sequence) and not isinstance(a, str)
         ]
         ndim = len(tuples[0]) if tuples else 1
     kernel, _, pads, out_pads, dilations = _transpose_args(
@@ -233,3 +312,108 @@ def conv_transpose_padding(
         (d * (k - 1) - p, d * (k - 1) - p + op)
         for k, p, op, d in zip(kernel, pads, out_pads, dilations)
     )
+
+
+def kernel_ndim(kernel_size: IntOrTuple, int_ndim: int = 2) -> int:
+    """The number of spatial dimensions a layer's ``kernel_size`` sets: the length of a
+    tuple (1, 2 or 3), ``int_ndim`` for an int."""
+    if isinstance(kernel_size, Sequence) and not isinstance(kernel_size, str):
+        if len(kernel_size) not in (1, 2, 3):
+            raise ValueError(
+                f"kernel_size must be an int or a tuple of 1, 2 or 3 ints (one per spatial "
+                f"dimension), got {kernel_size!r}"
+            )
+        return len(kernel_size)
+    as_int("kernel_size", kernel_size)
+    return int_ndim
+
+
+def _channels(
+    in_channels: object, out_channels: object, groups: object, names: tuple[str, str]
+) -> tuple[int, int, int]:
+    """Channel counts and groups as torch's ``ConvNd`` checks them: positive, divisible."""
+    groups = positive_int("groups", groups)
+    counts = tuple(positive_int(name, c) for name, c in zip(names, (in_channels, out_channels)))
+    for name, count in zip(names, counts):
+        if count % groups:
+            raise ValueError(f"{name} ({count}) must be divisible by groups ({groups})")
+    return (*counts, groups)
+
+
+def conv_kernel_shape(
+    ndim: int,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: IntOrTuple,
+    groups: int = 1,
+    names: tuple[str, str] = ("in_channels", "out_channels"),
+) -> tuple[int, ...]:
+    """A conv kernel's shape ``(*kernel_size, in_channels // groups, out_channels)``.
+
+    ``names`` are the caller's names for the two channel counts, for the messages.
+    """
+    cin, cout, groups = _channels(in_channels, out_channels, groups, names)
+    kernel = _at_least("kernel_size", per_dim("kernel_size", kernel_size, ndim), 1)
+    return (*kernel, cin // groups, cout)
+
+
+def conv_transpose_kernel_shape(
+    ndim: int,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: IntOrTuple,
+    groups: int = 1,
+    names: tuple[str, str] = ("in_channels", "out_channels"),
+) -> tuple[int, ...]:
+    """A transposed-conv kernel's shape ``(*kernel_size, out_channels // groups, in_channels)``."""
+    cin, cout, groups = _channels(in_channels, out_channels, groups, names)
+    kernel = _at_least("kernel_size", per_dim("kernel_size", kernel_size, ndim), 1)
+    return (*kernel, cout // groups, cin)
+
+
+def torch_init_bound(kernel_shape: Sequence[int]) -> float:
+    """PyTorch's default init bound ``1 / sqrt(fan_in)`` for a jaxconv kernel shape.
+
+    PyTorch draws weight and bias from ``U(-bound, bound)``, ``fan_in`` being
+    ``weight.shape[1] * prod(kernel_size)``: ``in // groups`` for a conv and
+    ``out // groups`` for a transposed conv, that is ``kernel.shape[-2] *
+    prod(kernel.shape[:-2])`` in both jaxconv layouts.
+    """
+    fan_in = kernel_shape[-2] * math.prod(kernel_shape[:-2])
+    return 1.0 / math.sqrt(fan_in) if fan_in else 0.0
+
+
+def check_conv_args(
+    ndim: int,
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple = 1,
+    padding: ConvPadding = 0,
+    dilation: IntOrTuple = 1,
+    padding_mode: str = "zeros",
+) -> None:
+    """Raises where torch's ``ConvNd`` refuses these arguments whatever the input."""
+    conv_padding(ndim, kernel_size, stride, padding, dilation)
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+
+
+def check_conv_transpose_args(
+    ndim: int,
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple = 0,
+    dilation: IntOrTuple = 1,
+    padding_mode: str = "zeros",
+) -> None:
+    """Raises where torch's ``ConvTransposeNd`` refuses these arguments whatever the input.
+
+    ``output_padding`` is checked where it is used: a call with ``output_size`` ignores
+    it, as torch does.
+    """
+    _conv_args(ndim, kernel_size, stride, dilation)
+    _transpose_pads(ndim, padding)
+    if padding_mode != "zeros":
+        raise ValueError(
+            f'Only "zeros" padding mode is supported for ConvTranspose{ndim}d, '
+            f"got padding_mode={padding_mode!r}"
+        )
