@@ -3,28 +3,87 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:  # the commands import jax and the rest when they run, not at startup
     from jaxconv.input_pipeline import Dataset
     from jaxconv.train import TrainConfig, TrainState
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+class Parser(argparse.ArgumentParser):
+    """argparse, answering a bad command line with one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _bounded_int(low: int, high: int | None = None):
+    """An argparse type: an integer in ``[low, high]``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {text}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _bounded_int(1)
+non_negative_int = _bounded_int(0)
+seed = _bounded_int(0, 2**32 - 1)  # jax.random.key folds larger seeds onto smaller ones
+epochs = _bounded_int(1, 1_000_000)
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
     return value
+
+
+def add_training_flags(
+    p: argparse.ArgumentParser,
+    *,
+    batch_size: int,
+    learning_rate: float,
+    epochs_default: int,
+    workdir_help: str,
+) -> None:
+    """The flags every training command shares: the run, its data and its checkpoints."""
+    p.add_argument("--epochs", type=epochs, default=epochs_default, help="(default: %(default)s)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=batch_size, help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=positive_float,
+        default=learning_rate,
+        help="Adam's (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed", type=seed, default=0, help="init and data order (default: %(default)s)"
+    )
+    p.add_argument("--workdir", type=Path, default=None, help=workdir_help)
+    p.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory")
+    p.add_argument(
+        "--checkpoint-every", type=positive_int, default=1, help="epochs (default: %(default)s)"
+    )
+    p.add_argument(
+        "--keep", type=positive_int, default=3, help="checkpoints kept (default: %(default)s)"
+    )
 
 
 def add_train_parser(subparsers) -> None:
@@ -43,39 +102,83 @@ def add_train_parser(subparsers) -> None:
         "tensorflow-datasets image dataset: mnist, fashion_mnist, kmnist, emnist/balanced, "
         "cifar10, ... (default: %(default)s)",
     )
-    p.add_argument("--epochs", type=positive_int, default=30, help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="(default: %(default)s)")
-    p.add_argument(
-        "--learning-rate", type=positive_float, default=1e-3, help="Adam's (default: %(default)s)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="init and data order (default: %(default)s)")
-    p.add_argument("--embedding-dim", type=positive_int, default=64, help="(default: %(default)s)")
-    p.add_argument(
-        "--workdir", type=Path, default=None, help="run directory (default: runs/DATASET)"
-    )
-    p.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory")
-    p.add_argument(
-        "--checkpoint-every", type=positive_int, default=1, help="epochs (default: %(default)s)"
+    add_training_flags(
+        p,
+        batch_size=64,
+        learning_rate=1e-3,
+        epochs_default=30,
+        workdir_help="run directory (default: runs/DATASET)",
     )
     p.add_argument(
-        "--keep", type=positive_int, default=3, help="checkpoints kept (default: %(default)s)"
+        "--embedding-dim",
+        type=_bounded_int(1, 65536),
+        default=64,
+        help="(default: %(default)s)",
     )
     p.set_defaults(run=run_train, parser=p)
 
 
-def run_train(args: argparse.Namespace) -> None:
-    from jaxconv import input_pipeline, plots
-    from jaxconv.models import AutoencoderConfig
-    from jaxconv.train import TrainConfig, check_run, reconstruct, train_and_evaluate
+def load_data(args: argparse.Namespace, name: str) -> Dataset:
+    """The dataset ``name`` (``--data-dir``): exit 1 if unavailable, 2 if unknown."""
+    from jaxconv import input_pipeline
 
-    parser = args.parser
-    workdir = args.workdir or Path("runs") / args.dataset.replace("/", "_")
     try:
-        dataset = input_pipeline.load_dataset(args.dataset, data_dir=args.data_dir)
+        return input_pipeline.load_dataset(name, data_dir=args.data_dir)
     except input_pipeline.DatasetUnavailableError as e:
-        parser.exit(1, f"jaxconv train: error: {e}\n")
+        fail(args, e)
     except ValueError as e:
-        parser.error(str(e))
+        args.parser.error(f"--dataset: {e}")
+
+
+def fail(args: argparse.Namespace, error: object, status: int = 1) -> NoReturn:
+    """Stops with ``error`` as one line on stderr (exit status 1: a runtime failure)."""
+    text = " ".join(str(error).split())
+    args.parser.exit(status, f"{args.parser.prog}: error: {text}\n")
+
+
+def train_run(args: argparse.Namespace, config: TrainConfig, train, test, workdir: Path):
+    """``train.fit`` for a command: its errors become one line on stderr and an exit status.
+
+    Bad settings exit 2; a diverged run, an unreadable checkpoint or a file system error
+    exits 1; Ctrl-C exits 130 after saving, saying how to resume.
+    """
+    from jaxconv.train import Diverged, Interrupted, RunDirError, fit
+
+    try:
+        return fit(
+            train,
+            test,
+            workdir,
+            config,
+            args.epochs,
+            checkpoint_every=args.checkpoint_every,
+            keep=args.keep,
+        )
+    except Interrupted as stopped:
+        command = " ".join(["jaxconv", *args.argv])
+        fail(
+            args,
+            f"interrupted; epoch {stopped.saved} is saved in {workdir}. Resume with: {command}",
+            130,
+        )
+    except Diverged as e:
+        fail(args, e)
+    except RunDirError as e:  # a checkpoint that cannot be restored
+        fail(args, e)
+    except ValueError as e:
+        args.parser.error(str(e))
+    except OSError as e:
+        fail(args, f"{workdir}: {e}")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from jaxconv import plots
+    from jaxconv.models import AutoencoderConfig
+    from jaxconv.train import TrainConfig, check_run, reconstruct
+
+    workdir = args.workdir or Path("runs") / args.dataset.replace("/", "_")
+    dataset = load_data(args, args.dataset)
+    splits = {"image": dataset.train_images}, {"image": dataset.test_images}
     try:
         config = TrainConfig(
             dataset=args.dataset,
@@ -86,17 +189,10 @@ def run_train(args: argparse.Namespace) -> None:
                 image_shape=dataset.image_shape, embedding_dim=args.embedding_dim
             ),
         )
-        check_run(dataset, workdir, config)
+        check_run(*splits, workdir, config)
     except ValueError as e:
-        parser.error(str(e))
-    state, history = train_and_evaluate(
-        dataset,
-        workdir,
-        config,
-        args.epochs,
-        checkpoint_every=args.checkpoint_every,
-        keep=args.keep,
-    )
+        args.parser.error(str(e))
+    state, history = train_run(args, config, *splits, workdir)
 
     originals = dataset.test_images[:10]
     figure = plots.reconstructions(
@@ -118,13 +214,6 @@ def run_train(args: argparse.Namespace) -> None:
     )
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return value
-
-
 def add_run_dir_parser(
     subparsers, name: str, help: str, description: str
 ) -> argparse.ArgumentParser:
@@ -144,17 +233,14 @@ def add_run_dir_parser(
 
 def load_run_and_data(args: argparse.Namespace) -> tuple[TrainConfig, TrainState, Dataset]:
     """``(TrainConfig, TrainState, Dataset)`` of ``args.workdir``; argparse errors otherwise."""
-    from jaxconv import input_pipeline, models
+    from jaxconv import models
     from jaxconv.train import RunDirError, load_run
 
     try:
         config, state = load_run(args.workdir)
     except RunDirError as e:
         args.parser.error(str(e))
-    try:
-        dataset = input_pipeline.load_dataset(config.dataset, data_dir=args.data_dir)
-    except input_pipeline.DatasetUnavailableError as e:
-        args.parser.exit(1, f"{args.parser.prog}: error: {e}\n")
+    dataset = load_data(args, config.dataset)
     try:
         models.check_images(config.model, dataset.test_images.shape)
     except ValueError as e:
@@ -374,7 +460,7 @@ def add_generate_parser(subparsers) -> None:
         "plus one for all. Writes generated.png and generated.json in WORKDIR.",
     )
     p.add_argument("--per-row", type=positive_int, default=10, help="(default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--seed", type=seed, default=0, help="(default: %(default)s)")
     p.set_defaults(run=run_generate, parser=p)
 
 
@@ -462,7 +548,7 @@ def run_generate(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="jaxconv", description="PyTorch-exact transposed convolutions and an autoencoder."
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -474,9 +560,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.run(args)
+    args.argv = argv
+    try:
+        args.run(args)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
+        parser.exit(130, "jaxconv: interrupted\n")
 
 
 if __name__ == "__main__":

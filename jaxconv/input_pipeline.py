@@ -136,8 +136,23 @@ def _load_tfds(name: str, data_dir: str | None) -> Dataset:
     if not builder.is_prepared():
         _prepare(name, builder)
 
+    splits = builder.info.splits  # empty under tfds.testing.mock_data
+    missing = [split for split in ("train", "test") if splits and split not in splits]
+    if missing:
+        raise ValueError(
+            f"TFDS dataset {name!r} has no {' or '.join(map(repr, missing))} split (it has "
+            f"{', '.join(map(repr, splits))}); jaxconv needs 'train' and 'test'."
+        )
+
     def read_split(split: str) -> tuple[np.ndarray, np.ndarray]:
         examples = list(builder.as_data_source(split=split))
+        sizes = {np.shape(example["image"]) for example in examples}
+        if len(sizes) > 1:
+            raise ValueError(
+                f"TFDS dataset {name!r} has images of {len(sizes)} different shapes in its "
+                f"{split!r} split (e.g. {', '.join(map(str, sorted(sizes)[:3]))}); jaxconv "
+                "trains on images of one shape."
+            )
         images = np.stack([example["image"] for example in examples])
         if images.dtype != np.uint8:
             raise ValueError(f"TFDS dataset {name!r} has {images.dtype} images, not uint8.")
