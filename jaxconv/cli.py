@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,13 @@ class Parser(argparse.ArgumentParser):
     """argparse, answering a bad command line with one line on stderr (exit status 2)."""
 
     def error(self, message: str) -> NoReturn:
+        # the library names its arguments (batch_size); the user typed flags (--batch-size).
+        # Only two-word names: a one-word name ("dataset") is also an ordinary word.
+        for action in self._actions:
+            flags = [f for f in action.option_strings if f.startswith("--")]
+            if flags and "_" in action.dest:
+                message = re.sub(rf"(?<![-\w]){action.dest}(?!\w)", flags[0], message)
+        message = " ".join(message.split())
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -174,7 +182,7 @@ def train_run(args: argparse.Namespace, config: TrainConfig, train, test, workdi
 def run_train(args: argparse.Namespace) -> None:
     from jaxconv import plots
     from jaxconv.models import AutoencoderConfig
-    from jaxconv.train import TrainConfig, check_run, reconstruct
+    from jaxconv.train import RunDirError, TrainConfig, check_run, reconstruct
 
     workdir = args.workdir or Path("runs") / args.dataset.replace("/", "_")
     dataset = load_data(args, args.dataset)
@@ -190,6 +198,8 @@ def run_train(args: argparse.Namespace) -> None:
             ),
         )
         check_run(*splits, workdir, config)
+    except RunDirError as e:
+        fail(args, e, 2)
     except ValueError as e:
         args.parser.error(str(e))
     state, history = train_run(args, config, *splits, workdir)
@@ -234,12 +244,14 @@ def add_run_dir_parser(
 def load_run_and_data(args: argparse.Namespace) -> tuple[TrainConfig, TrainState, Dataset]:
     """``(TrainConfig, TrainState, Dataset)`` of ``args.workdir``; argparse errors otherwise."""
     from jaxconv import models
-    from jaxconv.train import RunDirError, load_run
+    from jaxconv.train import CheckpointError, RunDirError, load_run
 
     try:
         config, state = load_run(args.workdir)
+    except CheckpointError as e:
+        fail(args, e)
     except RunDirError as e:
-        args.parser.error(str(e))
+        fail(args, e, 2)
     dataset = load_data(args, config.dataset)
     try:
         models.check_images(config.model, dataset.test_images.shape)
@@ -283,7 +295,7 @@ def add_interpolate_parser(subparsers) -> None:
     )
     p.add_argument(
         "--steps",
-        type=positive_int,
+        type=_bounded_int(1, 1000),
         default=10,
         help="images per row, endpoints included (default: %(default)s)",
     )
@@ -459,7 +471,9 @@ def add_generate_parser(subparsers) -> None:
         "at least 2 train images) and to all of them; decode samples of each, one row per class "
         "plus one for all. Writes generated.png and generated.json in WORKDIR.",
     )
-    p.add_argument("--per-row", type=positive_int, default=10, help="(default: %(default)s)")
+    p.add_argument(
+        "--per-row", type=_bounded_int(1, 1000), default=10, help="(default: %(default)s)"
+    )
     p.add_argument("--seed", type=seed, default=0, help="(default: %(default)s)")
     p.set_defaults(run=run_generate, parser=p)
 

@@ -207,6 +207,10 @@ class RunDirError(ValueError):
     """A run directory that is missing, unfinished, unreadable, or from another model."""
 
 
+class CheckpointError(RunDirError):
+    """A checkpoint that cannot be read (truncated, damaged): a runtime failure."""
+
+
 class Diverged(RuntimeError):
     """The loss became NaN or infinite; nothing of the diverged epoch was saved."""
 
@@ -255,17 +259,17 @@ class RunDir:
 
     def check(self, config: TrainConfig) -> None:
         """Raises ``RunDirError`` unless ``workdir`` is a usable directory for ``config``."""
-        if self.path.exists() and not self.path.is_dir():
-            raise RunDirError(f"--workdir {self.path} is a file, not a directory")
+        nearest = next(p for p in (self.path, *self.path.parents) if p.exists())
+        if not nearest.is_dir():
+            raise RunDirError(f"--workdir {self.path}: {nearest} is a file, not a directory")
+        if not os.access(nearest, os.W_OK | os.X_OK):
+            raise RunDirError(f"--workdir {self.path}: {nearest} is not writable")
         existing = self.read_config(type(config.model))
         if existing is not None and existing != config:
             raise RunDirError(
                 f"{self.path} holds a run with other settings ({existing}); resuming it with "
                 f"{config} would not continue it. Choose another --workdir."
             )
-        parent = next(p for p in (self.path, *self.path.parents) if p.exists())
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise RunDirError(f"--workdir {self.path}: {parent} is not writable")
 
     def claim(self, config: TrainConfig) -> None:
         """Writes ``run.json`` (primary process); :meth:`check` it first."""
@@ -337,7 +341,7 @@ def restore_latest(
     except RunDirError:
         raise
     except Exception as e:  # orbax raises many kinds for a damaged checkpoint
-        raise RunDirError(
+        raise CheckpointError(
             f"the checkpoint {where} cannot be read ({type(e).__name__}: {_first_line(e)}); "
             f"move it out of {manager.directory} to resume from the one before"
         ) from e
@@ -345,7 +349,7 @@ def restore_latest(
     if not isinstance(history, list) or [m.get("epoch") for m in history] != list(
         range(1, epoch + 1)
     ):
-        raise RunDirError(f"the checkpoint {where} holds no metrics of epochs 1 to {epoch}")
+        raise CheckpointError(f"the checkpoint {where} holds no metrics of epochs 1 to {epoch}")
     return restored["state"], history, epoch
 
 
@@ -596,6 +600,8 @@ def load_run(
         target = jax.eval_shape(lambda: create_train_state(config))
         try:
             state, _, _ = restore_latest(manager, target)
+        except CheckpointError:
+            raise
         except RunDirError as e:
             raise RunDirError(
                 f"the checkpoint in {run.checkpoint_dir} does not fit the model of "

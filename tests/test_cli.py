@@ -36,7 +36,7 @@ def test_train_writes_metrics_checkpoints_and_figures(tmp_path, capsys):
         (["--epochs", "0"], "--epochs"),
         (["--batch-size", "many"], "--batch-size"),
         (["--learning-rate", "-1"], "--learning-rate"),
-        (["--batch-size", "8192"], "batch_size"),
+        (["--batch-size", "8192"], "--batch-size must be in [1, 4500]"),
         (["--dataset", "no_such_dataset"], "Unknown dataset"),
     ],
 )
