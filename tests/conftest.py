@@ -1,6 +1,10 @@
+import jax
 import pytest
 
 from jaxconv.input_pipeline import Dataset, load_dataset
+
+# Parity with PyTorch's float32 needs float32 products: on GPUs XLA's default is TF32.
+jax.config.update("jax_default_matmul_precision", "highest")
 
 
 @pytest.fixture(scope="session")

@@ -125,7 +125,11 @@ print(json.dumps({"devices": jax.local_device_count(), "history": history}))
 
 
 def _run_on_cpu_devices(count: int, workdir) -> dict:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
+    env = {  # CPU devices whatever the default backend is
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
+    }
     out = subprocess.run(
         [sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(workdir)],
         env=env,
