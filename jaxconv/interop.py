@@ -351,13 +351,15 @@ def load_state_dict(target: nnx.Module, state_dict: Mapping[str, Any]) -> None:
     Keys match by name (see the module docstring); values are converted to jaxconv's
     layouts and to each parameter's dtype. Strict, as torch's ``load_state_dict``: a
     missing key, an unexpected key or a shape mismatch raises ``ValueError`` naming them
-    all, and ``target`` is left unchanged.
+    all, and ``target`` is left unchanged. ``target`` may be abstract
+    (``nnx.eval_shape(lambda: Model(..., rngs=nnx.Rngs(0)))``): loading makes it concrete
+    without computing an initialisation.
     """
     _check_state_dict(state_dict)
     params = _nnx_params(target)
-    values = _checked_values(state_dict, {key: param[...] for key, param in params.items()})
+    values = _checked_values(state_dict, {key: p.get_value() for key, p in params.items()})
     for key, param in params.items():
-        param[...] = jnp.asarray(values[key])
+        param.set_value(jnp.asarray(values[key]))
 
 
 def _linen_layers(params: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -403,9 +405,12 @@ def to_state_dict(
     if isinstance(source, nnx.Module):
         if name_map is not None:
             raise ValueError("name_map is for linen params; an NNX module's names are its paths")
+        values = {key: p.get_value() for key, p in _nnx_params(source).items()}
+        abstract = [key for key, v in values.items() if isinstance(v, jax.ShapeDtypeStruct)]
+        if abstract:
+            raise ValueError(f"source is abstract (nnx.eval_shape): no values for {abstract}")
         arrays = {
-            key: _torch_layout(p[...]) if _is_weight(key) else np.array(p[...])
-            for key, p in _nnx_params(source).items()
+            key: _torch_layout(v) if _is_weight(key) else np.array(v) for key, v in values.items()
         }
     elif isinstance(source, Mapping):
         arrays = _linen_state_dict(source, name_map)

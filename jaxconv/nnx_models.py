@@ -98,7 +98,7 @@ def linen_name_map(config: AutoencoderConfig = AutoencoderConfig()) -> dict[str,
 
 def from_linen_params(config: AutoencoderConfig, params: dict) -> Autoencoder:
     """The NNX autoencoder holding the linen model's ``params`` (bitwise the same values)."""
-    model = Autoencoder(config, rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: Autoencoder(config, rngs=nnx.Rngs(0)))  # no init computed
     state_dict = interop.to_state_dict(params, linen_name_map(config))
     interop.load_state_dict(model, state_dict)
     return model

@@ -324,7 +324,7 @@ def kernel_ndim(kernel_size: IntOrTuple, int_ndim: int = 2) -> int:
                 f"dimension), got {kernel_size!r}"
             )
         return len(kernel_size)
-    as_int("kernel_size", kernel_size)
+    per_dim("kernel_size", kernel_size, int_ndim)
     return int_ndim
 
 
