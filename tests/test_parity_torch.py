@@ -32,13 +32,6 @@ RTOL = 1e-5  # max abs error allowed, as a fraction of the largest torch value
 IMPLS = ("reference", "fast")
 
 
-@pytest.fixture(autouse=True)
-def float32_matmuls():
-    """float32 convs and matmuls on every backend (GPUs compute float32 in TF32 by default)."""
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
 TORCH_CONV = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
 TORCH_CONV_TRANSPOSE = {
     1: torch.nn.ConvTranspose1d,
