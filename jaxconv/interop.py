@@ -263,15 +263,9 @@ def _checked_values(
             )
         values[key] = value.astype(target.dtype)
     if missing or unexpected or mismatched:
-        problems = [
-            f"{what}: {items}"
-            for what, items in (
-                ("missing keys", missing),
-                ("unexpected keys", unexpected),
-                ("shape mismatches", mismatched),
-            )
-            if items
-        ]
+        problems = [f"missing keys: {missing}"] if missing else []
+        problems += [f"unexpected keys: {unexpected}"] if unexpected else []
+        problems += [f"shape mismatch: {m}" for m in mismatched]
         raise ValueError("state_dict does not fit the model: " + "; ".join(problems))
     return values
 
