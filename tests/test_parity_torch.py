@@ -18,7 +18,14 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from torch_reference import TORCH_ERRORS, channels_first, channels_last, kernel_to_torch
+from torch_reference import (
+    CONV_LAYER,
+    CONV_TRANSPOSE_LAYER,
+    TORCH_ERRORS,
+    channels_first,
+    channels_last,
+    kernel_to_torch,
+)
 
 from jaxconv import interop
 from jaxconv import nn as jnn
@@ -30,14 +37,6 @@ NUM_TRANSPOSE_CONFIGS = 500
 NUM_CONV_CONFIGS = 300
 RTOL = 1e-5  # max abs error allowed, as a fraction of the largest torch value
 IMPLS = ("reference", "fast")
-
-
-TORCH_CONV = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
-TORCH_CONV_TRANSPOSE = {
-    1: torch.nn.ConvTranspose1d,
-    2: torch.nn.ConvTranspose2d,
-    3: torch.nn.ConvTranspose3d,
-}
 
 
 def _per_dim(rng, ndim, low, high):
@@ -135,10 +134,10 @@ def _torch_layer(cfg: dict, transposed: bool):
         bias=cfg["bias"],
     )
     if transposed:
-        return TORCH_CONV_TRANSPOSE[cfg["ndim"]](
+        return CONV_TRANSPOSE_LAYER[cfg["ndim"]](
             cfg["in_channels"], cfg["out_channels"], output_padding=cfg["output_padding"], **common
         )
-    return TORCH_CONV[cfg["ndim"]](
+    return CONV_LAYER[cfg["ndim"]](
         cfg["in_channels"], cfg["out_channels"], padding_mode=cfg["padding_mode"], **common
     )
 

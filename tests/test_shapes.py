@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jaxconv import shapes
@@ -97,3 +98,70 @@ def test_output_padding_below_dilation_is_allowed():
 def test_shapes_imports_without_jax():
     code = "import sys, jaxconv.shapes; assert 'jax' not in sys.modules, 'jax imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# torch's output_size: ConvTransposeNd._output_padding
+
+
+def test_output_padding_for_size_is_the_size_above_the_smallest():
+    # 5 -> smallest (5-1)*2 - 2 + 2 + 1 = 9, largest 10
+    assert shapes.output_padding_for_size((5,), (10,), 3, stride=2, padding=1) == (1,)
+    assert shapes.output_padding_for_size((5, 5), (9, 10), 3, stride=2, padding=1) == (0, 1)
+
+
+def test_output_size_may_be_the_whole_channels_last_shape():
+    assert shapes.output_padding_for_size((5,), (8, 10, 3), 3, stride=2, padding=1) == (1,)
+
+
+@pytest.mark.parametrize("size", [(8,), (11,)])
+def test_an_unreachable_output_size_raises_naming_the_range(size):
+    with pytest.raises(
+        ValueError, match=r"output_size .* valid sizes range from \(9,\) to \(10,\)"
+    ):
+        shapes.output_padding_for_size((5,), size, 3, stride=2, padding=1)
+
+
+def test_an_output_size_of_another_length_raises():
+    with pytest.raises(ValueError, match="output_size must have 2 .* or 4"):
+        shapes.output_padding_for_size((5, 5), (10,), 3, stride=2)
+
+
+# numpy integers, bools and zero sizes
+
+
+def test_numpy_integers_count_as_ints():
+    assert shapes.conv_output_shape((np.int64(9),), np.int32(3), stride=np.int64(2)) == (4,)
+    assert shapes.per_dim("stride", (np.int16(1), 2), 2) == (1, 2)
+
+
+@pytest.mark.parametrize("value", [True, 2.0, "3", None, (1, 2.5)])
+def test_a_non_int_is_a_type_error_naming_the_argument(value):
+    with pytest.raises(TypeError, match="stride must be an int"):
+        shapes.conv_output_shape((9, 9), 3, stride=value)
+
+
+def test_a_zero_size_spatial_dimension_is_refused_as_torch_does():
+    with pytest.raises(ValueError, match="input_shape"):
+        shapes.conv_output_shape((0, 5), 1, padding=1)
+
+
+# the layer checks shared by jaxconv.nn and jaxconv.nnx
+
+
+def test_kernel_shapes_are_the_two_jaxconv_layouts():
+    assert shapes.conv_kernel_shape(2, 6, 4, (3, 2), groups=2) == (3, 2, 3, 4)
+    assert shapes.conv_transpose_kernel_shape(2, 6, 4, (3, 2), groups=2) == (3, 2, 2, 6)
+
+
+def test_kernel_shape_errors_use_the_callers_names():
+    with pytest.raises(ValueError, match=r"out_features \(5\) must be divisible by groups \(2\)"):
+        shapes.conv_kernel_shape(1, 4, 5, 3, groups=2, names=("in_features", "out_features"))
+
+
+@pytest.mark.parametrize("kernel_size, ndim", [(3, 2), ((3,), 1), ((3, 1), 2), ((1, 2, 3), 3)])
+def test_kernel_ndim_is_the_tuple_length_and_two_for_an_int(kernel_size, ndim):
+    assert shapes.kernel_ndim(kernel_size) == ndim
+
+
+def test_torch_init_bound_is_one_over_root_fan_in():
+    assert shapes.torch_init_bound((3, 3, 4, 8)) == pytest.approx(1 / 6)

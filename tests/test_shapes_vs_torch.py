@@ -4,7 +4,7 @@ import random
 import warnings
 
 import pytest
-from torch_reference import torch_output_shape
+from torch_reference import torch_output_shape, torch_output_size_shape
 
 from jaxconv import shapes
 
@@ -85,3 +85,38 @@ def test_output_padding_for_inverts_torch_conv_shape(chunk):
         assert back == input_shape, (input_shape, kernel, kwargs, op)
         checked += 1
     assert checked > 300
+
+
+def _smallest_transpose_output(input_shape, kernel, kwargs) -> list[int]:
+    """torch's smallest output size for ``output_size``; the input's where arguments are bad."""
+    ndim = len(input_shape)
+    try:
+        s, p, d = (shapes.per_dim(a, kwargs[a], ndim) for a in ("stride", "padding", "dilation"))
+    except ValueError:
+        return list(input_shape)
+    return [
+        (n - 1) * si - 2 * pi + di * (k - 1) + 1
+        for n, k, si, pi, di in zip(input_shape, kernel, s, p, d)
+    ]
+
+
+@pytest.mark.parametrize("chunk", range(2))
+def test_output_size_rule_matches_torch(chunk):
+    """``forward(x, output_size)``: sizes from 2 below to 5 above torch's smallest, spatial
+    or whole (torch's whole shape is channels-first, ours channels-last)."""
+    rng = random.Random(300 + chunk)
+    for _ in range(1000):
+        input_shape, kernel, kwargs = _random_config(rng)
+        smallest = _smallest_transpose_output(input_shape, kernel, kwargs)
+        spatial = tuple(rng.randint(m - 2, m + 5) for m in smallest)
+        whole = rng.random() < 0.3
+        theirs = (1, 1, *spatial) if whole else spatial
+        expected = torch_output_size_shape(input_shape, kernel, theirs, **kwargs)
+        if expected is not None and 0 in expected:
+            expected = None  # some torch CPU kernels allow an empty output, others raise
+        ours = (1, *spatial, 1) if whole else spatial
+        op = _ours(shapes.output_padding_for_size, input_shape, ours, kernel, **kwargs)
+        got = op and _ours(
+            shapes.conv_transpose_output_shape, input_shape, kernel, output_padding=op, **kwargs
+        )
+        assert got == expected, (input_shape, kernel, kwargs, theirs)

@@ -38,3 +38,27 @@ def torch_output_shape(transposed: bool, input_shape, kernel_size, **kwargs):
         return tuple(op(x, w, **kwargs).shape[2:])
     except TORCH_ERRORS:
         return None
+
+
+CONV_LAYER = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}
+CONV_TRANSPOSE_LAYER = {
+    1: torch.nn.ConvTranspose1d,
+    2: torch.nn.ConvTranspose2d,
+    3: torch.nn.ConvTranspose3d,
+}
+
+
+def torch_output_size_shape(input_shape, kernel_size, output_size, **kwargs):
+    """The spatial shape of ``ConvTransposeNd.forward(x, output_size)`` for a 1-channel
+    layer, or None if torch raises.
+
+    1-tuples are expanded: torch's functional ops broadcast them (as jaxconv does), but
+    the module's output_size rule indexes them per dimension (an IndexError).
+    """
+    ndim = len(input_shape)
+    kwargs = {k: v * ndim if isinstance(v, tuple) and len(v) == 1 else v for k, v in kwargs.items()}
+    try:
+        layer = CONV_TRANSPOSE_LAYER[ndim](1, 1, kernel_size, bias=False, **kwargs)
+        return tuple(layer(torch.zeros(1, 1, *input_shape), output_size=output_size).shape[2:])
+    except (*TORCH_ERRORS, IndexError):  # the module indexes a too-short tuple
+        return None
