@@ -161,7 +161,7 @@ def test_fit_gaussian_is_the_sample_mean_and_unbiased_covariance():
     gaussian = embedding.fit_gaussian(x)
     np.testing.assert_allclose(gaussian.mean, [2.0, 2.0])
     np.testing.assert_allclose(gaussian.covariance, np.cov(x, rowvar=False))
-    with pytest.raises(ValueError, match="N >= 2"):
+    with pytest.raises(ValueError, match="x must have at least 2 row"):
         embedding.fit_gaussian(x[:1])
 
 
