@@ -296,8 +296,9 @@ def repeated(
     """A round of ``n`` calls and one ``sync`` of the last result, and ``n``.
 
     ``n`` is 1, or where ``min_round_s > 0`` as many calls as make a round last that
-    long (after a warm-up): on a GPU, calls are launched asynchronously and overlap
-    within a round as in a training loop, and a round is long enough to time.
+    long (after a warm-up, by the median of three single calls): on a GPU, calls are
+    launched asynchronously and overlap within a round as in a training loop, and a
+    round is long enough to time.
     """
 
     def run(n: int) -> None:
@@ -308,7 +309,8 @@ def repeated(
     n = 1
     if min_round_s > 0:
         run(1)
-        n = min(MAX_CALLS, max(1, math.ceil(min_round_s / _timed(lambda: run(1)))))
+        once = statistics.median(_timed(lambda: run(1)) for _ in range(3))
+        n = min(MAX_CALLS, max(1, math.ceil(min_round_s / once)))
     return functools.partial(run, n), n
 
 

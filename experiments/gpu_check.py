@@ -2,13 +2,15 @@
 autoencoder's train step and the command line, into one JSON and a short log.
 
     PYTHONPATH=. python experiments/gpu_check.py --out DIR [--quick] [--runs-dir DIR]
+                                                 [--batch-scale N]
 
 Writes ``DIR/gpu_check.json`` (rewritten after every case: a killed run keeps what it
-did) and ``DIR/gpu_check.log``. Each part has a time budget (``BUDGET_S``, within
-``TOTAL_S`` for the whole); a part that runs out stops, and its status and the cases
-it left out say so. Float32 runs with TF32 off on both sides throughout (the timings
-too): ``torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 =
-False`` and ``jax_default_matmul_precision="highest"``.
+did) and ``DIR/gpu_check.log``. Each part has a time budget (``BUDGET_S``, plus what
+the parts before it left unused, within ``TOTAL_S`` for the whole); a part that runs
+out stops, and its status and the cases it left out say so. Float32 runs with TF32
+off on both sides throughout (the timings too): ``torch.backends.cuda.matmul.allow_tf32
+= torch.backends.cudnn.allow_tf32 = False`` and ``jax_default_matmul_precision=
+"highest"``.
 
 1. ``parity``: random layer configurations, transposed convs then convs (1-D/2-D/3-D,
    groups, dilation, output_padding, padding modes), those torch rejects skipped:
@@ -613,8 +615,9 @@ def cli_part(ctx: Context, part: dict, budget: Budget) -> None:
 
 def run_part(
     ctx: Context, name: str, budget_s: float, total: Budget, fn: Callable[..., None]
-) -> None:
-    """``fn(ctx, part, budget)`` with its status, time and any error recorded in the JSON."""
+) -> float:
+    """``fn(ctx, part, budget)`` with its status, time and any error recorded in the JSON;
+    returns the seconds it took."""
     budget = Budget(max(0.0, min(budget_s, total.left())))
     part = ctx.report.data["parts"][name] = {"status": "running", "budget_s": budget.seconds}
     ctx.log(f"{name}: start, {budget.seconds:.0f} s budget")
@@ -629,6 +632,7 @@ def run_part(
     part["seconds"] = time.perf_counter() - start
     ctx.log(f"{name}: {part['status']} in {part['seconds']:.0f} s")
     ctx.report.save()
+    return part["seconds"]
 
 
 def main() -> None:
@@ -691,8 +695,10 @@ def main() -> None:
         "train_step": train_step_part,
         "cli": cli_part,
     }
+    unused = 0.0  # what earlier parts left of their budgets goes to the next one
     for name, fn in parts.items():
-        run_part(ctx, name, budgets[name], total, fn)
+        budget_s = budgets[name] + unused
+        unused = max(0.0, budget_s - run_part(ctx, name, budget_s, total, fn))
     ctx.report.data["meta"]["seconds"] = total.seconds - total.left()
     ctx.report.save()
     ctx.log(f"wrote {ctx.report.path}")
