@@ -147,6 +147,20 @@ class Layer:
         """Those of one conv over the stride-dilated input (the reference's forward)."""
         return self._macs(self.input[0] * math.prod(self.output_spatial()))
 
+    def torch_module(self, device: str = "cpu") -> torch.nn.Module:
+        """``torch.nn.ConvTransposeNd`` with these arguments (float32, torch's init)."""
+        return TORCH_CONV_TRANSPOSE[self.ndim](
+            self.input[-1],
+            self.out_channels,
+            self.kernel,
+            self.stride,
+            self.padding,
+            self.output_padding,
+            groups=self.groups,
+            bias=self.bias,
+            device=device,
+        )
+
     def with_batch(self, batch: int) -> Layer:
         return dataclasses.replace(self, input=(batch, *self.input[1:]))
 
@@ -479,16 +493,7 @@ def op_case(
     """
     ndim, in_channels = layer.ndim, layer.input[-1]
     torch.manual_seed(0)
-    torch_layer = TORCH_CONV_TRANSPOSE[ndim](
-        in_channels,
-        layer.out_channels,
-        layer.kernel,
-        layer.stride,
-        layer.padding,
-        layer.output_padding,
-        groups=layer.groups,
-        bias=layer.bias,
-    )
+    torch_layer = layer.torch_module()
     x_cpu = torch.randn(layer.input[0], in_channels, *layer.input[1:-1])
     r_cpu = torch.randn(layer.input[0], layer.out_channels, *layer.output_spatial())
 

@@ -23,17 +23,7 @@ def test_suite_has_twenty_published_layers_of_every_kind_with_sources():
 
 @pytest.mark.parametrize("layer", benchmark.SUITE, ids=SUITE_IDS)
 def test_suite_layer_is_valid_for_torch_with_the_output_shape_it_states(layer):
-    torch_layer = benchmark.TORCH_CONV_TRANSPOSE[layer.ndim](
-        layer.input[-1],
-        layer.out_channels,
-        layer.kernel,
-        layer.stride,
-        layer.padding,
-        layer.output_padding,
-        groups=layer.groups,
-        bias=layer.bias,
-        device="meta",
-    )
+    torch_layer = layer.torch_module(device="meta")
     x = torch.empty(layer.input[0], layer.input[-1], *layer.input[1:-1], device="meta")
     assert tuple(torch_layer(x).shape[2:]) == layer.output_spatial()
 
