@@ -64,7 +64,10 @@ def _labels(name: str, value: object, rows: int | None = None) -> np.ndarray:
         raise TypeError(f"{name} must be integer labels, got dtype {labels.dtype}")
     if labels.ndim != 1 or (rows is not None and len(labels) != rows) or np.any(labels < 0):
         count = "" if rows is None else f"{rows} "
-        raise ValueError(f"{name} must be {count}labels >= 0 in one dimension, got {labels!r}")
+        raise ValueError(
+            f"{name} must be {count}labels >= 0 in one dimension, got shape {labels.shape}"
+            f"{f' with minimum {labels.min()}' if labels.size else ''}"
+        )
     return labels
 
 

@@ -77,13 +77,21 @@ def _at_least(name: str, values: tuple[int, ...], minimum: int) -> tuple[int, ..
     return values
 
 
-def _spatial(input_shape: Sequence[int], name: str = "input_shape") -> tuple[int, ...]:
+def _ints(name: str, value: object) -> tuple[int, ...]:
+    """``value`` as a tuple of ints; ``TypeError`` naming ``name`` for anything else."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        try:
+            return tuple(as_int(name, n) for n in value)
+        except TypeError:
+            pass
+    raise TypeError(f"{name} must be a tuple of ints, got {value!r}")
+
+
+def _spatial(input_shape: Sequence[int]) -> tuple[int, ...]:
     """The spatial sizes, each >= 1 (PyTorch refuses a zero-size spatial dimension)."""
-    if not isinstance(input_shape, Sequence) or isinstance(input_shape, str):
-        raise TypeError(f"{name} must be a tuple of spatial sizes, got {input_shape!r}")
-    shape = tuple(as_int(name, n) for n in input_shape)
+    shape = _ints("input_shape", input_shape)
     if not shape or min(shape) < 1:
-        raise ValueError(f"{name} must be one or more spatial sizes >= 1, got {input_shape!r}")
+        raise ValueError(f"input_shape must be one or more spatial sizes >= 1, got {input_shape!r}")
     return shape
 
 
@@ -226,9 +234,7 @@ def output_padding_for_size(
     """
     shape = _spatial(input_shape)
     ndim = len(shape)
-    if not isinstance(output_size, Sequence) or isinstance(output_size, str):
-        raise TypeError(f"output_size must be a tuple of ints, got {output_size!r}")
-    sizes = tuple(as_int("output_size", n) for n in output_size)
+    sizes = _ints("output_size", output_size)
     if len(sizes) == ndim + 2:
         sizes = sizes[1:-1]
     if len(sizes) != ndim:
