@@ -1,0 +1,32 @@
+"""The README's examples run as written: every ```python block, in order, in one namespace."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def python_blocks(markdown: str) -> list[str]:
+    """The code of the markdown's fenced ```python blocks, in order."""
+    return re.findall(r"^```python\n(.*?)^```\s*$", markdown, flags=re.MULTILINE | re.DOTALL)
+
+
+def run_blocks(markdown: str) -> dict:
+    """Executes the blocks in one namespace; a failure's traceback names the block."""
+    namespace = {"__name__": "readme"}
+    for number, block in enumerate(python_blocks(markdown), 1):
+        exec(compile(block, f"README.md, python block {number}", "exec"), namespace)
+    return namespace
+
+
+def test_python_blocks_are_found_in_order():
+    markdown = "```python\na = 1\n```\ntext\n```bash\nls\n```\n```python\nb = a\n```\n"
+    assert python_blocks(markdown) == ["a = 1\n", "b = a\n"]
+
+
+def test_the_readme_has_python_examples():
+    assert python_blocks(README.read_text())
+
+
+def test_the_readme_python_examples_run_as_written():
+    run_blocks(README.read_text())
