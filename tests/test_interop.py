@@ -81,7 +81,8 @@ def test_a_state_dict_of_another_shape_raises_naming_the_key():
 
 def test_importing_jaxconv_does_not_import_torch():
     code = (
-        "import sys, jaxconv, jaxconv.nn, jaxconv.interop, jaxconv.ops;"
+        "import sys, jaxconv, jaxconv.nn, jaxconv.nnx, jaxconv.nnx_models, jaxconv.interop,"
+        " jaxconv.ops;"
         "assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
