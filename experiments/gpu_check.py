@@ -440,6 +440,12 @@ def suite_part(ctx: Context, part: dict, budget: Budget) -> None:
         ctx.report.save()
     if part["cases"]:
         part["summary"] = benchmark.suite_summary(part["cases"])
+        for mode in benchmark.MODES:
+            for impl, s in part["summary"][mode]["torch_over"].items():
+                ctx.log(
+                    f"suite: {mode} torch/{impl} geometric mean {s['geomean']:.2f}, worst "
+                    f"{s['worst']:.2f} ({s['worst_case']})"
+                )
 
 
 # ----------------------------------------------------------------------------------
@@ -598,7 +604,8 @@ def cli_part(ctx: Context, part: dict, budget: Budget) -> None:
     if helped.returncode != 0:
         part["segment"] = {
             "status": "not run: no `jaxconv segment` command "
-            f"(`python -m jaxconv segment --help` exits {helped.returncode})"
+            f"(`python -m jaxconv segment --help` exits {helped.returncode})",
+            "output_tail": helped.stderr[-500:],
         }
     elif budget.left() < 10:
         part["segment"] = {"status": f"not run: {budget.left():.0f} s of the budget left"}
