@@ -92,6 +92,36 @@ def add_training_flags(
     p.add_argument(
         "--keep", type=positive_int, default=3, help="checkpoints kept (default: %(default)s)"
     )
+    group = p.add_argument_group(
+        "several processes",
+        "one run over several JAX processes (hosts): the three flags (or the environment "
+        "variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) on every "
+        "process, or --distributed auto where JAX detects the cluster (SLURM, TPU pods, "
+        "Open MPI, Kubernetes); `jaxconv launch` starts local processes",
+    )
+    group.add_argument("--coordinator-address", metavar="HOST:PORT", default=None)
+    group.add_argument("--num-processes", type=positive_int, default=None)
+    group.add_argument("--process-id", type=non_negative_int, default=None)
+    group.add_argument("--distributed", choices=["auto"], default=None)
+
+
+def join_processes(args: argparse.Namespace) -> None:
+    """Joins the run's processes (``jax.distributed``) as the flags or environment say."""
+    from jaxconv import distributed
+
+    try:
+        processes = distributed.cluster(
+            args.coordinator_address,
+            args.num_processes,
+            args.process_id,
+            auto=args.distributed == "auto",
+        )
+    except ValueError as e:
+        args.parser.error(str(e))
+    try:
+        distributed.initialize(processes)
+    except Exception as e:  # jax raises RuntimeError/XlaRuntimeError when the peers never come
+        fail(args, f"joining the processes failed: {e}")
 
 
 def add_train_parser(subparsers) -> None:
@@ -140,8 +170,12 @@ def load_data(args: argparse.Namespace, name: str) -> Dataset:
 
 def fail(args: argparse.Namespace, error: object, status: int = 1) -> NoReturn:
     """Stops with ``error`` as one line on stderr (exit status 1: a runtime failure)."""
+    from jaxconv import distributed
+
     text = " ".join(str(error).split())
-    args.parser.exit(status, f"{args.parser.prog}: error: {text}\n")
+    sys.stderr.write(f"{args.parser.prog}: error: {text}\n")
+    distributed.exit_now(status)
+    args.parser.exit(status)
 
 
 def train_run(args: argparse.Namespace, config: TrainConfig, train, test, workdir: Path):
@@ -180,10 +214,11 @@ def train_run(args: argparse.Namespace, config: TrainConfig, train, test, workdi
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from jaxconv import plots
+    from jaxconv import distributed, plots
     from jaxconv.models import AutoencoderConfig
     from jaxconv.train import RunDirError, TrainConfig, check_run, reconstruct
 
+    join_processes(args)
     workdir = args.workdir or Path("runs") / args.dataset.replace("/", "_")
     dataset = load_data(args, args.dataset)
     splits = {"image": dataset.train_images}, {"image": dataset.test_images}
@@ -203,6 +238,8 @@ def run_train(args: argparse.Namespace) -> None:
     except ValueError as e:
         args.parser.error(str(e))
     state, history = train_run(args, config, *splits, workdir)
+    if not distributed.is_primary():
+        return
 
     originals = dataset.test_images[:10]
     figure = plots.reconstructions(
@@ -561,6 +598,20 @@ def run_generate(args: argparse.Namespace) -> None:
     )
 
 
+def add_launch_parser(subparsers) -> None:
+    from jaxconv import launch
+
+    p = subparsers.add_parser(
+        "launch",
+        help="run a training command as several local processes (jax.distributed)",
+        description="Start N local processes of one run, joined on a free loopback port; "
+        "their output is prefixed with [process index]. Fails when any process fails. "
+        "Example: jaxconv launch -n 2 -- train --epochs 2",
+    )
+    launch.add_arguments(p)
+    p.set_defaults(run=launch.run, parser=p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="jaxconv", description="PyTorch-exact transposed convolutions and an autoencoder."
@@ -570,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_interpolate_parser(subparsers)
     add_embed_parser(subparsers)
     add_generate_parser(subparsers)
+    add_launch_parser(subparsers)
     return parser
 
 

@@ -1,8 +1,13 @@
-"""Processes and devices: the one place that knows how a global batch is laid out.
+"""Processes and devices: the one place that knows about several processes.
 
-A run is one JAX process or several joined by ``jax.distributed`` (one per host). Every
-device of every process holds a slice of each global batch (parameters are replicated),
-so the results do not depend on how the devices are split into processes:
+A run is one JAX process or several joined by ``jax.distributed`` (one per host):
+
+* :class:`Cluster` / :func:`initialize`: which processes, from flags, from the
+  ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` environment
+  variables, or detected by JAX itself (``auto``: SLURM, TPU pods, Open MPI, Kubernetes).
+
+Every device of every process holds a slice of each global batch (parameters are
+replicated), so the results do not depend on how the devices are split into processes:
 
 * :func:`shardings`: ``(batch split over all devices, replicated)`` on a 1-D mesh;
 * :func:`process_rows`: which rows of a global batch this process loads;
@@ -12,11 +17,132 @@ so the results do not depend on how the devices are split into processes:
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
+import sys
 from collections.abc import Mapping
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+ENVIRONMENT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+# A process that stops answering fails the others after this long (JAX's coordination
+# service checks heartbeats); starting waits this long for every process to join.
+HEARTBEAT_TIMEOUT_S = 30
+INITIALIZATION_TIMEOUT_S = 120
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster:
+    """The processes of a run: explicit (all three fields) or detected by JAX (``auto``)."""
+
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    auto: bool = False
+
+    def __post_init__(self) -> None:
+        if self.auto:
+            return
+        if not re.fullmatch(r"[^\s:]+:\d{1,5}", self.coordinator_address or "") or not (
+            0 < int(self.coordinator_address.rsplit(":", 1)[1]) < 65536
+        ):
+            raise ValueError(
+                f"coordinator_address must be HOST:PORT (port 1-65535), "
+                f"got {self.coordinator_address!r}"
+            )
+        if not isinstance(self.num_processes, int) or self.num_processes < 1:
+            raise ValueError(
+                f"num_processes must be a positive integer, got {self.num_processes!r}"
+            )
+        if not isinstance(self.process_id, int) or not 0 <= self.process_id < self.num_processes:
+            raise ValueError(
+                f"process_id must be in [0, {self.num_processes - 1}] (num_processes "
+                f"{self.num_processes}), got {self.process_id!r}"
+            )
+
+
+def cluster(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    auto: bool = False,
+    environ: Mapping[str, str] = os.environ,
+) -> Cluster | None:
+    """The run's processes: from the arguments (all three or none), else from ``environ``'s
+    ``JAX_*`` variables (all three or none), else ``auto``; ``None`` for one process.
+
+    Raises ``ValueError`` naming what is missing or wrong.
+    """
+    given = (coordinator_address, num_processes, process_id)
+    if any(v is not None for v in given):
+        if auto:
+            raise ValueError("distributed='auto' and explicit coordinator arguments conflict")
+        if any(v is None for v in given):
+            raise ValueError(
+                "coordinator_address, num_processes and process_id go together: all three or none"
+            )
+        return Cluster(*given)
+    present = [name for name in ENVIRONMENT if environ.get(name)]
+    if present:
+        if len(present) < len(ENVIRONMENT):
+            missing = sorted(set(ENVIRONMENT) - set(present))
+            raise ValueError(f"{', '.join(present)} set without {', '.join(missing)}")
+        address, count, index = (environ[name] for name in ENVIRONMENT)
+        try:
+            return Cluster(address, int(count), int(index))
+        except ValueError as e:
+            raise ValueError(f"from the environment ({', '.join(ENVIRONMENT)}): {e}") from e
+    return Cluster(auto=True) if auto else None
+
+
+_joined = False  # whether this process joined others with jax.distributed
+
+
+def initialize(processes: Cluster | None) -> None:
+    """Joins ``processes`` with ``jax.distributed`` (before any JAX computation); a no-op
+    for ``None``, one process."""
+    global _joined
+    if processes is None:
+        return
+    timeouts = dict(
+        initialization_timeout=INITIALIZATION_TIMEOUT_S,
+        heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+    )
+    if processes.auto:
+        jax.distributed.initialize(**timeouts)
+    else:
+        jax.distributed.initialize(
+            processes.coordinator_address,
+            processes.num_processes,
+            processes.process_id,
+            **timeouts,
+        )
+    _joined = True
+
+
+def exit_now(status: int) -> None:
+    """Ends a process that joined others at once, with ``status``; returns otherwise.
+
+    A normal exit waits at ``jax.distributed``'s shutdown barrier for the other
+    processes, which may be waiting for this one in a collective: both would hang until
+    a timeout. Gone at once, the others fail at their next collective (gloo, NCCL) or
+    within ``HEARTBEAT_TIMEOUT_S``.
+    """
+    if _joined:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def log_prefix() -> str:
+    """``"[process i/n] "`` when there are several processes, else nothing."""
+    if jax.process_count() == 1:
+        return ""
+    return f"[process {jax.process_index()}/{jax.process_count()}] "
 
 
 def shardings() -> tuple[NamedSharding, NamedSharding]:

@@ -180,8 +180,9 @@ def eval_step(state: TrainState, batch: Batch, mask: jax.Array) -> dict[str, jax
 
 
 def reconstruct(state: TrainState, images: np.ndarray) -> np.ndarray:
-    """The model's outputs for ``images`` (an autoencoder's reconstructions)."""
-    return np.asarray(jax.jit(state.apply_fn)(state.params, images))
+    """The model's outputs for ``images`` (an autoencoder's reconstructions), computed in
+    this process alone (the parameters are fetched from wherever they are)."""
+    return np.asarray(jax.jit(state.apply_fn)(jax.device_get(state.params), images))
 
 
 def _local(batch: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
@@ -329,7 +330,10 @@ def restore_latest(
     if epoch is None:
         return state, [], 0
     where = manager.directory / str(epoch)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    _, replicated = distributed.shardings()  # where every process can read them from
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state
+    )
     try:
         _check_fits(manager.item_metadata(epoch)["state"], abstract, epoch)
         restored = manager.restore(
@@ -469,7 +473,7 @@ def fit(
         compile_start = time.perf_counter()
         step_fn = train_step.lower(state, example).compile()
         if progress and start < epochs:
-            tqdm.write(f"compiled the train step in {time.perf_counter() - compile_start:.1f} s")
+            _log(f"compiled the train step in {time.perf_counter() - compile_start:.1f} s")
 
         saved, finished = start, state
         with _stop_on_ctrl_c() as stop:
@@ -493,7 +497,7 @@ def fit(
                     saved = epoch
                 run.write_metrics(history)
                 if progress:
-                    tqdm.write(_summary(metrics))
+                    _log(_summary(metrics))
                 if stop.is_set():
                     break
             if stop.is_set():
@@ -501,6 +505,11 @@ def fit(
                     _save(manager, len(history), finished, history)
                 raise Interrupted(len(history))
     return state, history
+
+
+def _log(text: str) -> None:
+    """A line of progress, with the process's id when there are several."""
+    tqdm.write(distributed.log_prefix() + text)
 
 
 def _summary(metrics: dict) -> str:
@@ -530,7 +539,12 @@ def _train_epoch(
     before the state can be saved).
     """
     batch_sharding, _ = distributed.shardings()
-    bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+    bar = tqdm(
+        total=steps,
+        desc=f"epoch {epoch}/{epochs}",
+        disable=not (progress and distributed.is_primary()),
+        leave=False,
+    )
     losses = []
     start_time = time.perf_counter()
 

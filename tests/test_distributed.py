@@ -1,0 +1,153 @@
+"""Several processes (jax.distributed over loopback, CPU): the same run however the devices
+are split into processes, checkpoints that move between splits, and no hang on a failure."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxconv import distributed
+from jaxconv.train import load_run
+
+TRAIN = ["train", "--batch-size", "500"]
+TIMEOUT_S = 240  # every launch below is bounded; nothing is left running
+
+
+def _jaxconv(*argv: str, devices: int = 1) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices)}
+    for name in distributed.ENVIRONMENT:
+        env.pop(name, None)
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxconv", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S + 30,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _launch(n: int, *argv: str) -> subprocess.CompletedProcess:
+    return _jaxconv("launch", "-n", str(n), "--timeout", str(TIMEOUT_S), "--", *argv)
+
+
+def _train(workdir: Path, epochs: int, processes: int = 1, devices: int = 1) -> None:
+    argv = [*TRAIN, "--epochs", str(epochs), "--workdir", str(workdir)]
+    if processes > 1:
+        _launch(processes, *argv)
+    else:
+        _jaxconv(*argv, devices=devices)
+
+
+def _losses(workdir: Path) -> np.ndarray:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return np.array([[json.loads(line)[k] for k in ("train_mse", "test_mse")] for line in lines])
+
+
+def _params(workdir: Path) -> list[np.ndarray]:
+    _, state = load_run(workdir)
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(state.params)]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    np.testing.assert_allclose(_losses(a), _losses(b), rtol=1e-5)
+    for x, y in zip(_params(a), _params(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """2 epochs in 1 process with 1 device."""
+    workdir = tmp_path_factory.mktemp("one") / "run"
+    _train(workdir, 2)
+    return workdir
+
+
+def test_two_processes_train_as_one_process_with_two_devices_and_with_one(one_process, tmp_path):
+    _train(tmp_path / "two_processes", 2, processes=2)
+    _train(tmp_path / "two_devices", 2, devices=2)
+    assert len(_losses(one_process)) == 2
+    _assert_same_run(tmp_path / "two_processes", one_process)
+    _assert_same_run(tmp_path / "two_devices", one_process)
+
+
+def test_only_process_zero_writes_the_runs_files_and_every_process_logs(tmp_path):
+    result = _launch(2, *TRAIN, "--epochs", "1", "--workdir", str(tmp_path))
+    for index in (0, 1):
+        assert f"[{index}] [process {index}/2] epoch   1" in result.stdout
+    assert result.stdout.count("reconstructions:") == 1
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)], ids=["2 then 1", "1 then 2"])
+def test_a_checkpoint_resumes_with_another_number_of_processes(first, then, one_process, tmp_path):
+    _train(tmp_path, 1, processes=first)
+    _train(tmp_path, 2, processes=then)
+    _assert_same_run(tmp_path, one_process)
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()]
+
+
+def test_a_killed_process_fails_the_launch_and_stops_the_others(tmp_path):
+    command = [sys.executable, "-m", "jaxconv", "launch", "-n", "2", "--timeout", "200", "--"]
+    argv = [*TRAIN, "--epochs", "100", "--workdir", str(tmp_path)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    launcher = subprocess.Popen(
+        [*command, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    for line in launcher.stdout:  # wait until both train
+        if "compiled the train step" in line:
+            break
+    children = _children(launcher.pid)
+    assert len(children) == 2
+    os.kill(children[1], signal.SIGKILL)
+    start = time.monotonic()
+    _, err = launcher.communicate(timeout=60)
+    assert time.monotonic() - start < 30
+    assert launcher.returncode == 128 + signal.SIGKILL
+    assert "process 1 exited" in err
+    assert not any(Path(f"/proc/{child}").exists() for child in children)
+
+
+def test_the_cluster_comes_from_flags_or_the_environment_all_three_or_none():
+    environ = dict(zip(distributed.ENVIRONMENT, ("10.0.0.1:1234", "4", "3")))
+    assert distributed.cluster(environ={}) is None
+    assert distributed.cluster(environ=environ) == distributed.Cluster("10.0.0.1:1234", 4, 3)
+    assert distributed.cluster("h:1", 2, 0, environ=environ) == distributed.Cluster("h:1", 2, 0)
+    assert distributed.cluster(auto=True, environ={}) == distributed.Cluster(auto=True)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, message",
+    [
+        (("h:1", 2, None), {}, "all three or none"),
+        ((None, 2, None), {}, "all three or none"),
+        (("h:1", 2, 0), {"auto": True}, "conflict"),
+        (("h", 2, 0), {}, "HOST:PORT"),
+        (("h:0", 2, 0), {}, "HOST:PORT"),
+        (("h:99999", 2, 0), {}, "HOST:PORT"),
+        (("h:1", 0, 0), {}, "num_processes"),
+        (("h:1", 2, 2), {}, "process_id"),
+        (("h:1", 2, -1), {}, "process_id"),
+        ((), {"environ": {"JAX_NUM_PROCESSES": "2"}}, "JAX_COORDINATOR_ADDRESS"),
+        (
+            (),
+            {"environ": dict(zip(distributed.ENVIRONMENT, ("h:1", "two", "0")))},
+            "environment",
+        ),
+    ],
+)
+def test_a_bad_cluster_is_refused_naming_the_argument(args, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        distributed.cluster(*args, **{"environ": {}, **kwargs})
