@@ -266,10 +266,11 @@ SUITE = [
                  "batch 256"),
 ]
 # fmt: on
-# --quick: one 1-D, one depthwise, one 3-D and one of the lecture's, at batch 1
+# --quick: one 1-D, one grouped, one 3-D and one of the lecture's, at batch 1 (not a
+# depthwise one: jaxconv builds one program per group, 64 of them, which compile ~50 s)
 QUICK_SUITE = (
     "HiFi-GAN V1 up 4 (x2)",
-    "CenterNet IDAUp f2 depthwise",
+    "StyleGAN2 modconv up g=4",
     "3-D U-Net up-conv 16->32",
     "lecture decoder 2 (7->14)",
 )
