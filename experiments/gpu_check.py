@@ -664,12 +664,15 @@ def main() -> None:
     jax.config.update("jax_default_matmul_precision", "highest")
     gpu = jax.default_backend() != "cpu" and torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
+    if not gpu:  # a busy machine stalls torch's 2 threads in OpenMP waits (up to 17x)
+        torch.set_num_threads(1 if args.quick else benchmark.THREADS)
     budgets = QUICK_BUDGET_S if args.quick else BUDGET_S
     meta = {
         "quick": args.quick,
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()],
         "torch_device": torch.cuda.get_device_name(0) if gpu else "cpu",
+        "torch_cpu_threads": torch.get_num_threads(),
         "versions": {
             "jax": jax.__version__,
             "torch": torch.__version__,
