@@ -190,6 +190,8 @@ def test_linen_params_export_bitwise_to_torch_through_the_name_map():
     back.load_state_dict(interop.to_state_dict({"params": params}, name_map, as_torch=True))
     for key, value in torch_model.state_dict().items():
         assert torch.equal(back.state_dict()[key], value), key
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.equal(back(x), torch_model(x))
 
 
 def test_to_state_dict_gives_arrays_that_torch_from_numpy_loads():

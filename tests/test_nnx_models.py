@@ -30,6 +30,8 @@ def test_a_torch_state_dict_round_trips_bitwise_through_the_nnx_model():
         torch_model.state_dict().items(), back.state_dict().items()
     ):
         assert key == back_key and torch.equal(theirs, ours), key
+    images = torch.rand(2, 1, 28, 28)
+    assert torch.equal(back(images), torch_model(images))
 
 
 def test_torch_weights_load_by_name_and_give_torchs_reconstructions():
