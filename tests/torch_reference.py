@@ -1,5 +1,7 @@
 """What PyTorch does, for the parity tests: layouts, ops, and 'does torch raise?'."""
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -58,7 +60,9 @@ def torch_output_size_shape(input_shape, kernel_size, output_size, **kwargs):
     ndim = len(input_shape)
     kwargs = {k: v * ndim if isinstance(v, tuple) and len(v) == 1 else v for k, v in kwargs.items()}
     try:
-        layer = CONV_TRANSPOSE_LAYER[ndim](1, 1, kernel_size, bias=False, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns on initialising a zero-size kernel
+            layer = CONV_TRANSPOSE_LAYER[ndim](1, 1, kernel_size, bias=False, **kwargs)
         return tuple(layer(torch.zeros(1, 1, *input_shape), output_size=output_size).shape[2:])
     except (*TORCH_ERRORS, IndexError):  # the module indexes a too-short tuple
         return None
