@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from jaxconv import nn as jnn
+from jaxconv import ops
 
 KEY = jax.random.key(0)
 torch.manual_seed(0)  # the torch layers below are drawn at collection
@@ -88,3 +89,22 @@ def test_default_init_draws_what_a_direct_uniform_draw_gives():
 def test_bad_input_raises_value_error_before_tracing(layer, shape, message):
     with pytest.raises(ValueError, match=message):
         jax.jit(layer.init)(KEY, jnp.zeros(shape))
+
+
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+@pytest.mark.parametrize("op", ["conv", "conv_transpose"])
+def test_a_bfloat16_bias_gradient_is_summed_in_float32(op, impl):
+    # d<y, r>/d bias is the sum of r over batch and pixels: 64 * 16 * 16 = 16,384 terms,
+    # which a bfloat16 running sum rounds far off; float32 gets it to bfloat16's precision.
+    x = jnp.ones((64, 16, 16, 4), jnp.bfloat16)
+    kernel = jnp.ones((3, 3, 4, 4), jnp.bfloat16)
+    r = jax.random.uniform(jax.random.key(0), (64, 16, 16, 4), jnp.float32, 0.5, 1.5)
+
+    def loss(bias):
+        fn = getattr(ops, op)
+        y = fn(x, kernel, bias, padding=1, impl=impl)
+        return jnp.sum(y.astype(jnp.float32) * r)
+
+    grad = jax.grad(loss)(jnp.zeros(4, jnp.bfloat16)).astype(jnp.float32)
+    expected = jnp.sum(r.astype(jnp.bfloat16).astype(jnp.float32), axis=(0, 1, 2))
+    np.testing.assert_allclose(grad, expected, rtol=2**-7)
