@@ -210,3 +210,8 @@ class AutoencoderTask:
 
     def optimizer(self, learning_rate: float, steps_per_epoch: int) -> optax.GradientTransformation:
         return optax.adam(learning_rate)
+
+    def augment(
+        self, rows: dict[str, np.ndarray], rngs: list[np.random.Generator]
+    ) -> dict[str, np.ndarray]:
+        return rows  # the images as they are

@@ -72,6 +72,11 @@ class Task(Protocol):
         self, learning_rate: float, steps_per_epoch: int
     ) -> optax.GradientTransformation: ...
 
+    def augment(
+        self, rows: dict[str, np.ndarray], rngs: list[np.random.Generator]
+    ) -> dict[str, np.ndarray]:
+        """The training batch made of ``rows`` (one generator per row for random draws)."""
+
 
 class ModelConfig(Protocol):
     """A frozen, hashable description of a model: what a checkpoint needs to be read back."""
@@ -464,11 +469,12 @@ def fit(
             state = create_train_state(config, steps_per_epoch=steps)
         state = jax.device_put(state, replicated)
         run.write_metrics(history)
+        first = _train_batch(task, train, np.arange(config.batch_size), config, 0)
         example = {
             key: jax.ShapeDtypeStruct(
                 (config.batch_size, *value.shape[1:]), value.dtype, sharding=batch_sharding
             )
-            for key, value in train.items()
+            for key, value in first.items()
         }
         compile_start = time.perf_counter()
         step_fn = train_step.lower(state, example).compile()
@@ -521,6 +527,19 @@ def _summary(metrics: dict) -> str:
     return f"epoch {metrics['epoch']:3d}  {numbers}  {metrics['images_per_s']:.0f} img/s"
 
 
+def _train_batch(
+    task: Task, train: Arrays, examples: np.ndarray, config: TrainConfig, epoch: int
+) -> dict[str, np.ndarray]:
+    """The rows ``examples`` of ``train`` as the task trains on them (augmented).
+
+    Each example's random draws come from its own generator, seeded by ``(seed, epoch,
+    example)``: the same however the batch is split over processes, and on resume.
+    """
+    rows = {key: value[examples] for key, value in train.items()}
+    rngs = [np.random.default_rng([config.seed, epoch, int(i)]) for i in examples]
+    return task.augment(rows, rngs)
+
+
 def _train_epoch(
     step_fn,
     state: TrainState,
@@ -555,12 +574,14 @@ def _train_epoch(
             bar.close()
             raise Diverged(epoch, int(bad[0]) + 1, float(values[bad[0]]), saved)
 
-    batches = input_pipeline.train_batches(train, config.batch_size, seed=config.seed, epoch=epoch)
-    for batch in batches:
+    order = input_pipeline.epoch_permutation(input_pipeline.num_examples(train), config.seed, epoch)
+    rows = distributed.process_rows(config.batch_size)
+    for step in range(steps):
         if stop.is_set():
             bar.close()
             return state, None, 0.0
-        local = _local(batch, config.batch_size)
+        examples = order[step * config.batch_size : (step + 1) * config.batch_size][rows]
+        local = _train_batch(state.task, train, examples, config, epoch)
         state, loss = step_fn(state, distributed.global_batch(local, batch_sharding))
         losses.append(loss)
         bar.update()
