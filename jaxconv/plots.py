@@ -197,3 +197,56 @@ def sweep(
     if title:
         ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+DIGIT_CLASS_NAMES = ("background", *map(str, range(10)))
+
+
+def class_colours(num_classes: int) -> np.ndarray:
+    """``(num_classes, 4)`` RGBA: class 0 black, then tab10's colours, then tab20b's."""
+    palette = [(0.0, 0.0, 0.0, 1.0), *plt.get_cmap("tab10").colors, *plt.get_cmap("tab20b").colors]
+    if num_classes > len(palette):
+        raise ValueError(f"at most {len(palette)} classes have a colour, got {num_classes}")
+    return matplotlib.colors.to_rgba_array(palette[:num_classes])
+
+
+def segmentation(
+    images: np.ndarray,
+    true_labels: np.ndarray,
+    predicted_labels: np.ndarray,
+    path: str | Path,
+    title: str = "",
+    class_names: Sequence[str] = DIGIT_CLASS_NAMES,
+) -> Path:
+    """One column per scene: the ``(n, H, W, C)`` input above its ``(n, H, W)`` true and
+    predicted label maps, each class in its fixed colour (:func:`class_colours`), with a
+    legend of ``class_names``."""
+    colours = matplotlib.colors.ListedColormap(class_colours(len(class_names)))
+    rows = [("input", images), ("true labels", true_labels), ("predicted", predicted_labels)]
+    columns = len(images)
+    fig, axes = plt.subplots(
+        3, columns, figsize=(1.5 * columns + 2.6, 4.6 + 0.3 * bool(title)), squeeze=False
+    )
+    for axes_row, (name, row) in zip(axes, rows):
+        for ax, image in zip(axes_row, row):
+            if image.ndim == 3:
+                _show(ax, image)
+            else:
+                ax.imshow(
+                    image,
+                    cmap=colours,
+                    vmin=-0.5,
+                    vmax=len(class_names) - 0.5,
+                    interpolation="nearest",
+                )
+                ax.set_xticks([])
+                ax.set_yticks([])
+        axes_row[0].set_ylabel(name, rotation=0, ha="right", va="center")
+    handles = [
+        matplotlib.patches.Patch(color=colours(c), label=name) for c, name in enumerate(class_names)
+    ]
+    fig.legend(handles=handles, loc="center right", title="class", frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1))
+    return _save(fig, path, tight=False)

@@ -142,22 +142,40 @@ def digit_scenes(
     return train, test
 
 
+def random_crops(
+    images: np.ndarray, labels: np.ndarray, size: tuple[int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size`` (height, width) window of each image and its label map, each at its own
+    position, uniform over the positions inside the image (drawn from ``rng``)."""
+    height, width = size
+    if height > images.shape[1] or width > images.shape[2]:
+        raise ValueError(f"crops of {height}x{width} do not fit images of {images.shape[1:3]}")
+    tops = rng.integers(0, images.shape[1] - height + 1, len(images))
+    lefts = rng.integers(0, images.shape[2] - width + 1, len(images))
+    rows = tops[:, None] + np.arange(height)
+    columns = lefts[:, None] + np.arange(width)
+    index = (np.arange(len(images))[:, None, None], rows[:, :, None], columns[:, None, :])
+    return images[index], labels[index]
+
+
 DIGIT_CLASS_NAMES = ("background", *map(str, range(10)))
 
 
 @dataclasses.dataclass(frozen=True)
 class _MaskFormat:
-    """Where a TFDS dataset keeps its label map: ``feature``, whose value ``first_value + i``
-    is class ``i`` of ``class_names``."""
+    """Where a TFDS dataset keeps its label map: ``feature``, whose value ``values[i]`` is
+    class ``i`` of ``class_names`` (class 0 is the background, as in digit scenes)."""
 
     feature: str
-    first_value: int
+    values: tuple[int, ...]
     class_names: tuple[str, ...]
 
 
-# The Oxford-IIIT Pet trimap: 1 pet, 2 background, 3 the pet's outline.
 TFDS_SEGMENTATION = {
-    "oxford_iiit_pet": _MaskFormat("segmentation_mask", 1, ("pet", "background", "outline")),
+    # the Oxford-IIIT Pet trimap: 1 pet, 2 background, 3 the pet's outline
+    "oxford_iiit_pet": _MaskFormat(
+        "segmentation_mask", (2, 1, 3), ("background", "pet", "outline")
+    ),
 }
 
 
@@ -218,15 +236,17 @@ def _load_tfds(name: str, data_dir: str | None, height: int, width: int) -> Segm
                 raise ValueError(f"TFDS dataset {name!r} has {image.dtype} images, not uint8.")
             images.append(resize(image.astype(np.float32) / 255.0, height, width))
             labels.append(_nearest(np.asarray(example[mask.feature])[..., 0], height, width))
-        labels = np.stack(labels).astype(np.int32) - mask.first_value
-        if labels.min() < 0 or labels.max() >= len(mask.class_names):
-            values = np.unique(labels) + mask.first_value
+        values = np.stack(labels)
+        unknown = np.setdiff1d(values, mask.values)
+        if unknown.size:
             raise ValueError(
-                f"TFDS dataset {name!r}: {mask.feature} holds values {values.tolist()}, but "
-                f"only {mask.first_value}..{mask.first_value + len(mask.class_names) - 1} "
-                f"are classes ({', '.join(mask.class_names)})"
+                f"TFDS dataset {name!r}: {mask.feature} holds values {unknown.tolist()}, which "
+                f"are no class; the classes are the values {list(mask.values)} "
+                f"({', '.join(mask.class_names)})"
             )
-        return np.stack(images), labels
+        to_class = np.zeros(max(mask.values) + 1, np.int32)
+        to_class[list(mask.values)] = np.arange(len(mask.values))
+        return np.stack(images), to_class[values]
 
     train_images, train_labels = read_split("train")
     test_images, test_labels = read_split("test")

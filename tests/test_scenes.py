@@ -116,6 +116,24 @@ def test_digits_that_are_not_28x28x1_raise():
         make_scenes(np.zeros((3, 28, 28, 3), np.float32), np.zeros(3), 1)
 
 
+def test_random_crops_cut_the_same_window_of_each_image_and_its_labels():
+    images = np.arange(3 * 6 * 7, dtype=np.float32).reshape(3, 6, 7, 1)
+    labels = images[..., 0].astype(np.int32)
+    crops, crop_labels = scenes.random_crops(images, labels, (3, 4), np.random.default_rng(0))
+    assert crops.shape == (3, 3, 4, 1) and crop_labels.shape == (3, 3, 4)
+    np.testing.assert_array_equal(crop_labels, crops[..., 0])
+    for image, crop in zip(images, crops):
+        top, left = np.argwhere(image[..., 0] == crop[0, 0, 0])[0]
+        np.testing.assert_array_equal(image[top : top + 3, left : left + 4], crop)
+
+
+def test_random_crops_larger_than_the_images_raise():
+    with pytest.raises(ValueError, match="do not fit"):
+        scenes.random_crops(
+            np.zeros((1, 8, 8, 1)), np.zeros((1, 8, 8)), (9, 4), np.random.default_rng()
+        )
+
+
 @pytest.mark.parametrize("height, width", [(18, 40), (28, 28), (13, 57)])
 def test_resize_is_jax_image_resize_linear_with_antialiasing(height, width):
     images = np.random.default_rng(0).random((2, 28, 31, 3), np.float32)
@@ -166,16 +184,16 @@ def test_pets_under_tfds_mock_are_resized_images_and_class_maps(can_prepare, tmp
         )
     assert data.train_images.shape == (4, 16, 18, 3) and data.train_images.dtype == np.float32
     assert data.test_labels.shape == (2, 16, 18) and data.test_labels.dtype == np.int32
-    assert data.num_classes == 3 and data.class_names == ("pet", "background", "outline")
+    assert data.num_classes == 3 and data.class_names == ("background", "pet", "outline")
     np.testing.assert_allclose(data.train_images[:, 5, 5, 0], np.arange(4) * 10 / 255, atol=1e-6)
     for labels in data.train_labels:
-        np.testing.assert_array_equal(labels[0], 2)  # trimap value 3
-        np.testing.assert_array_equal(labels[1:, :9], 0)  # pet, value 1
-        np.testing.assert_array_equal(labels[1:, 9:], 1)  # background, value 2
+        np.testing.assert_array_equal(labels[0], 2)  # outline, trimap value 3
+        np.testing.assert_array_equal(labels[1:, :9], 1)  # pet, value 1
+        np.testing.assert_array_equal(labels[1:, 9:], 0)  # background, value 2
 
 
 def test_tfds_mask_values_outside_the_classes_raise(can_prepare, tmp_path):
-    with tfds.testing.mock_data(num_examples=2), pytest.raises(ValueError, match="only 1..3"):
+    with tfds.testing.mock_data(num_examples=2), pytest.raises(ValueError, match="no class"):
         scenes.load_segmentation_dataset("oxford_iiit_pet", data_dir=str(tmp_path))
 
 
