@@ -143,17 +143,21 @@ def digit_scenes(
 
 
 def random_crops(
-    images: np.ndarray, labels: np.ndarray, size: tuple[int, int], rng: np.random.Generator
+    images: np.ndarray,
+    labels: np.ndarray,
+    size: tuple[int, int],
+    rngs: Sequence[np.random.Generator],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A ``size`` (height, width) window of each image and its label map, each at its own
-    position, uniform over the positions inside the image (drawn from ``rng``)."""
+    """A ``size`` (height, width) window of each image and its label map, image ``i``'s
+    top-left corner drawn from ``rngs[i]``, uniform over the windows inside the image."""
     height, width = size
     if height > images.shape[1] or width > images.shape[2]:
         raise ValueError(f"crops of {height}x{width} do not fit images of {images.shape[1:3]}")
-    tops = rng.integers(0, images.shape[1] - height + 1, len(images))
-    lefts = rng.integers(0, images.shape[2] - width + 1, len(images))
-    rows = tops[:, None] + np.arange(height)
-    columns = lefts[:, None] + np.arange(width)
+    corners = np.array(
+        [rng.integers((images.shape[1] - height + 1, images.shape[2] - width + 1)) for rng in rngs]
+    ).reshape(-1, 2)
+    rows = corners[:, :1] + np.arange(height)
+    columns = corners[:, 1:] + np.arange(width)
     index = (np.arange(len(images))[:, None, None], rows[:, :, None], columns[:, None, :])
     return images[index], labels[index]
 

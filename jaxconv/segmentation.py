@@ -8,6 +8,7 @@ The network (``SegmentationConfig.widths`` = ``(w0, ..., wL)``)::
     up to level i < L:    Up(wi) to the size of skip i -GN-ReLU, concat skip i,
                           Conv(wi, 3, p1)-GN-ReLU
     head:                 Conv(num_classes, 1)                          -> per-pixel logits
+    bottom head:          Conv(num_classes, 1) of the bottom level      -> trained only
 
 ``Up`` is ``ConvTranspose(wi, 3, s2, p1, output_padding)`` (``upsampling="transposed"``),
 ``output_padding`` being what the down conv's floor division dropped from the skip's size
@@ -15,6 +16,10 @@ The network (``SegmentationConfig.widths`` = ``(w0, ..., wL)``)::
 or, for ``upsampling="resize"``, a bilinear ``jax.image.resize`` to the skip's size then
 ``Conv(wi, 3, p1)``. Either way every level gets back exactly its skip's size, so the model
 takes any height and width. GN is GroupNorm (per image, so the same at any size and batch).
+
+Training (:func:`train_loss`, :func:`optimizer`): softmax cross-entropy with foreground
+pixels weighted ``FOREGROUND_WEIGHT``, plus :func:`bottom_loss`, which asks the bottom level
+which digit each of its cells shows; AdamW with warmup and cosine decay.
 """
 
 from __future__ import annotations
@@ -223,17 +228,17 @@ def train_loss(config: SegmentationConfig, params: dict, batch: dict) -> jax.Arr
 
 
 def optimizer(
-    steps_per_epoch: int, epochs: int, learning_rate: float = LEARNING_RATE
+    learning_rate: float, steps_per_epoch: int, epochs: int
 ) -> optax.GradientTransformation:
     """AdamW (weight decay ``WEIGHT_DECAY``) whose rate rises linearly from 0 over the first
     ``WARMUP`` of the ``steps_per_epoch * epochs`` steps to ``learning_rate``, then follows a
     cosine down to 1 % of it at the last step."""
-    schedule = learning_rate_schedule(steps_per_epoch, epochs, learning_rate)
+    schedule = learning_rate_schedule(learning_rate, steps_per_epoch, epochs)
     return optax.adamw(schedule, weight_decay=WEIGHT_DECAY)
 
 
 def learning_rate_schedule(
-    steps_per_epoch: int, epochs: int, learning_rate: float = LEARNING_RATE
+    learning_rate: float, steps_per_epoch: int, epochs: int
 ) -> optax.Schedule:
     """The rate of :func:`optimizer` at each step."""
     steps = steps_per_epoch * epochs

@@ -119,12 +119,23 @@ def test_digits_that_are_not_28x28x1_raise():
 def test_random_crops_cut_the_same_window_of_each_image_and_its_labels():
     images = np.arange(3 * 6 * 7, dtype=np.float32).reshape(3, 6, 7, 1)
     labels = images[..., 0].astype(np.int32)
-    crops, crop_labels = scenes.random_crops(images, labels, (3, 4), np.random.default_rng(0))
+    rngs = [np.random.default_rng(i) for i in range(3)]
+    crops, crop_labels = scenes.random_crops(images, labels, (3, 4), rngs)
     assert crops.shape == (3, 3, 4, 1) and crop_labels.shape == (3, 3, 4)
     np.testing.assert_array_equal(crop_labels, crops[..., 0])
     for image, crop in zip(images, crops):
         top, left = np.argwhere(image[..., 0] == crop[0, 0, 0])[0]
         np.testing.assert_array_equal(image[top : top + 3, left : left + 4], crop)
+
+
+def test_each_crop_is_positioned_by_its_own_generator():
+    images = np.arange(2 * 30 * 30, dtype=np.float32).reshape(2, 30, 30, 1)
+    labels = images[..., 0].astype(np.int32)
+    both, _ = scenes.random_crops(
+        images, labels, (5, 5), [np.random.default_rng(s) for s in (1, 2)]
+    )
+    alone, _ = scenes.random_crops(images[1:], labels[1:], (5, 5), [np.random.default_rng(2)])
+    np.testing.assert_array_equal(both[1], alone[0])
 
 
 def test_random_crops_larger_than_the_images_raise():

@@ -149,7 +149,7 @@ def test_train_loss_is_the_weighted_pixel_loss_plus_the_bottom_loss(tiny_params)
 
 
 def test_learning_rate_warms_up_then_decays_to_one_percent():
-    schedule = segmentation.learning_rate_schedule(steps_per_epoch=50, epochs=4, learning_rate=1.0)
+    schedule = segmentation.learning_rate_schedule(1.0, steps_per_epoch=50, epochs=4)
     warmup = round(segmentation.WARMUP * 200)
     assert float(schedule(0)) == 0.0
     assert float(schedule(warmup // 2)) == pytest.approx(0.5)
