@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxconv.scenes import DIGIT_CLASS_NAMES  # noqa: E402
+
 DPI = 100
 
 
@@ -197,9 +199,6 @@ def sweep(
     if title:
         ax.set_title(title, fontsize=10)
     return _save(fig, path)
-
-
-DIGIT_CLASS_NAMES = ("background", *map(str, range(10)))
 
 
 def class_colours(num_classes: int) -> np.ndarray:
