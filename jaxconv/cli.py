@@ -156,12 +156,13 @@ def add_train_parser(subparsers) -> None:
     p.set_defaults(run=run_train, parser=p)
 
 
-def load_data(args: argparse.Namespace, name: str) -> Dataset:
-    """The dataset ``name`` (``--data-dir``): exit 1 if unavailable, 2 if unknown."""
+def load_data(args: argparse.Namespace, name: str, loader=None):
+    """The dataset ``name`` from ``loader`` (default: ``input_pipeline.load_dataset``) and
+    ``--data-dir``: exit 1 if it cannot be had here, 2 if it is unknown."""
     from jaxconv import input_pipeline
 
     try:
-        return input_pipeline.load_dataset(name, data_dir=args.data_dir)
+        return (loader or input_pipeline.load_dataset)(name, data_dir=args.data_dir)
     except input_pipeline.DatasetUnavailableError as e:
         fail(args, e)
     except ValueError as e:
@@ -258,6 +259,132 @@ def run_train(args: argparse.Namespace) -> None:
         f"  checkpoints:     {workdir / 'checkpoints'}\n"
         f"  reconstructions: {figure}\n"
         f"  loss curves:     {loss}"
+    )
+
+
+def add_segment_parser(subparsers) -> None:
+    from jaxconv import scenes, segmentation
+    from jaxconv.input_pipeline import EMBEDDED_DATASET
+
+    p = subparsers.add_parser(
+        "segment",
+        help="train the pixel-wise segmentation model (U-Net, learned up-sampling)",
+        description="Train a fully convolutional U-Net to label every pixel of scenes of "
+        "mnist5k digits (or a TFDS segmentation dataset); resumes from WORKDIR's latest "
+        "checkpoint. Writes metrics.jsonl, checkpoints/, segmentation.json and "
+        "segmentation.png in WORKDIR. The learning-rate schedule spans --epochs, so a run "
+        "resumes with the same --epochs.",
+    )
+    p.add_argument(
+        "--dataset",
+        default=EMBEDDED_DATASET,
+        help=f"'{EMBEDDED_DATASET}': scenes of its digits (offline), or a TFDS segmentation "
+        f"dataset: {', '.join(scenes.TFDS_SEGMENTATION)} (default: %(default)s)",
+    )
+    add_training_flags(
+        p,
+        batch_size=16,
+        learning_rate=segmentation.LEARNING_RATE,
+        epochs_default=8,
+        workdir_help="run directory (default: runs/segment-UPSAMPLING)",
+    )
+    p.add_argument(
+        "--image-size",
+        nargs=2,
+        type=_bounded_int(segmentation.MIN_SIZE, 1024),
+        default=(64, 64),
+        metavar=("H", "W"),
+        help="scene size to train and test at (default: 64 64)",
+    )
+    p.add_argument(
+        "--num-scenes",
+        nargs=2,
+        type=_bounded_int(1, 10_000_000),
+        default=scenes.DEFAULT_SCENES,
+        metavar=("TRAIN", "TEST"),
+        help="digit scenes generated per split (default: %(default)s)",
+    )
+    p.add_argument(
+        "--upsampling",
+        choices=segmentation.UPSAMPLINGS,
+        default="transposed",
+        help="learned transposed convs, or the baseline: bilinear resize then a conv "
+        "(default: %(default)s)",
+    )
+    p.set_defaults(run=run_segment, parser=p)
+
+
+def run_segment(args: argparse.Namespace) -> None:
+    import functools
+    import json
+
+    import jax
+
+    from jaxconv import distributed, plots, scenes, segmentation
+    from jaxconv.train import RunDirError, TrainConfig, check_run
+
+    join_processes(args)
+    workdir = args.workdir or Path("runs") / f"segment-{args.upsampling}"
+    size = tuple(args.image_size)
+    count = tuple(args.num_scenes)
+    loader = functools.partial(
+        scenes.load_segmentation_dataset, image_size=size, num_scenes=count, seed=args.seed
+    )
+    data = load_data(args, args.dataset, loader)
+    splits = (
+        {"image": data.train_images, "label": data.train_labels},
+        {"image": data.test_images, "label": data.test_labels},
+    )
+    try:
+        config = TrainConfig(
+            dataset=args.dataset,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+            model=segmentation.SegmentationConfig(
+                upsampling=args.upsampling,
+                num_classes=data.num_classes,
+                image_channels=data.train_images.shape[-1],
+                image_size=size,
+                crop=segmentation.crop_for(size),
+                num_scenes=count,
+                epochs=args.epochs,
+            ),
+        )
+        check_run(*splits, workdir, config)
+    except RunDirError as e:
+        fail(args, e, 2)
+    except ValueError as e:
+        args.parser.error(str(e))
+    state, history = train_run(args, config, *splits, workdir)
+    if not distributed.is_primary():
+        return
+
+    predict = segmentation.predict_fn(config.model, jax.device_get(state.params))
+    predicted = predict(data.test_images)
+    numbers = segmentation.scores(
+        segmentation.label_confusion(predicted, data.test_labels, data.num_classes)
+    )
+    record = {**numbers, "image_size": list(size), "class_names": list(data.class_names)}
+    (workdir / "segmentation.json").write_text(json.dumps(record, indent=2) + "\n")
+    shown = slice(0, 8)
+    figure = plots.segmentation(
+        data.test_images[shown],
+        data.test_labels[shown],
+        predicted[shown],
+        workdir / "segmentation.png",
+        title=f"{data.name} test scenes, {size[0]}x{size[1]}, {args.upsampling} up-sampling: "
+        f"mIoU {numbers['miou']:.3f}, pixel accuracy {numbers['pixel_accuracy']:.4f}",
+        class_names=data.class_names,
+    )
+    last = history[-1]
+    print(
+        f"\nepoch {last['epoch']}: train loss {last['train_loss']:.4f}, test mIoU "
+        f"{numbers['miou']:.4f}, pixel accuracy {numbers['pixel_accuracy']:.4f}\n"
+        f"  metrics:      {workdir / 'metrics.jsonl'}\n"
+        f"  checkpoints:  {workdir / 'checkpoints'}\n"
+        f"  numbers:      {workdir / 'segmentation.json'}\n"
+        f"  figure:       {figure}"
     )
 
 
@@ -618,6 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_train_parser(subparsers)
+    add_segment_parser(subparsers)
     add_interpolate_parser(subparsers)
     add_embed_parser(subparsers)
     add_generate_parser(subparsers)

@@ -38,6 +38,7 @@ class AutoencoderConfig:
     """
 
     task_name: ClassVar[str] = "autoencoder"
+    command: ClassVar[str] = "train"  # the jaxconv command that trains it
 
     image_shape: tuple[int, int, int] = (28, 28, 1)
     channels: tuple[int, ...] = (16, 32)

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -34,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxconv import scenes, shapes
+from jaxconv import scenes, shapes, train
 from jaxconv.nn import Conv, ConvTranspose
 
 KERNEL, STRIDE, PADDING = 3, 2, 1  # every down and up-sampling layer
@@ -51,12 +53,20 @@ WEIGHT_DECAY = 1e-4
 
 @dataclasses.dataclass(frozen=True)
 class SegmentationConfig:
-    """The network's shape: what a checkpoint needs to be read back.
+    """The network's shape and how it is trained: what a run and its checkpoint are.
 
     ``widths``: features per level, level ``i`` at ``1 / 2**i`` of the image size.
     ``depth``: extra stride-1 convs after each down-sampling. ``norm_groups``: GroupNorm
     groups (at most the layer's width); 0 for no normalisation.
+
+    Training (:class:`SegmentationTask`): ``image_size`` is the train and test scenes'
+    size, ``crop`` the random window of it each training step sees (``None``: the whole
+    scene), ``num_scenes`` the train and test scenes generated, ``epochs`` the length of
+    the learning-rate schedule.
     """
+
+    task_name: ClassVar[str] = "segmentation"
+    command: ClassVar[str] = "segment"  # the jaxconv command that trains it
 
     widths: tuple[int, ...] = (16, 32, 64, 128)
     depth: int = 1
@@ -64,6 +74,10 @@ class SegmentationConfig:
     num_classes: int = scenes.NUM_CLASSES
     image_channels: int = 1
     norm_groups: int = 8
+    image_size: tuple[int, int] = (64, 64)
+    crop: tuple[int, int] | None = (48, 48)
+    num_scenes: tuple[int, int] = scenes.DEFAULT_SCENES
+    epochs: int = 8
 
     def __post_init__(self) -> None:
         if len(self.widths) < 2 or min(self.widths) < 1:
@@ -79,13 +93,44 @@ class SegmentationConfig:
                 f"num_classes must be >= 2 and image_channels >= 1, got {self.num_classes}, "
                 f"{self.image_channels}"
             )
+        if len(self.image_size) != 2 or min(self.image_size) < MIN_SIZE:
+            raise ValueError(
+                f"image_size must be (height, width), each >= {MIN_SIZE}, got {self.image_size}"
+            )
+        if self.crop is not None and not (
+            len(self.crop) == 2
+            and MIN_SIZE <= min(self.crop)
+            and all(c <= n for c, n in zip(self.crop, self.image_size))
+        ):
+            raise ValueError(
+                f"crop must be (height, width) between {MIN_SIZE} and image_size "
+                f"{self.image_size}, got {self.crop}"
+            )
+        if len(self.num_scenes) != 2 or min(self.num_scenes) < 1 or self.epochs < 1:
+            raise ValueError(
+                f"num_scenes must be two positive counts and epochs >= 1, got "
+                f"{self.num_scenes}, {self.epochs}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> SegmentationConfig:
-        return cls(**{**d, "widths": tuple(d["widths"])})
+        tuples = {
+            key: None if d.get(key) is None else tuple(d[key])
+            for key in ("widths", "image_size", "crop", "num_scenes")
+        }
+        return cls(**{**d, **tuples})
+
+    def task(self) -> SegmentationTask:
+        return SegmentationTask(self)
+
+
+def crop_for(image_size: Sequence[int]) -> tuple[int, int]:
+    """The training crop of the recipe: three quarters of each side (48 of 64), at least
+    ``MIN_SIZE``."""
+    return tuple(max(MIN_SIZE, min(n, round(0.75 * n))) for n in image_size)
 
 
 def up_output_padding(skip_size: Sequence[int]) -> tuple[int, ...]:
@@ -266,6 +311,12 @@ def confusion_matrix(
     return counts.reshape(num_classes, num_classes).astype(jnp.int32)
 
 
+def label_confusion(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """:func:`confusion_matrix` of two label maps of the same shape (numpy, int64 counts)."""
+    cells = np.asarray(labels, np.int64).ravel() * num_classes + np.asarray(predicted).ravel()
+    return np.bincount(cells, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
 def scores(confusion: np.ndarray) -> dict:
     """mIoU, pixel accuracy and per-class IoU of a confusion matrix (rows true).
 
@@ -336,3 +387,57 @@ def predict_fn(
         return labels
 
     return predict
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationTask:
+    """Pixel-wise prediction for :mod:`jaxconv.train`: :func:`train_loss` on random crops,
+    :func:`optimizer`; test metrics mIoU and pixel accuracy (:func:`scores`).
+
+    Batches hold ``"image"`` ``(B, H, W, C)`` float32 and ``"label"`` ``(B, H, W)`` int32.
+    """
+
+    config: SegmentationConfig
+
+    name: ClassVar[str] = "segmentation"
+    train_metric: ClassVar[str] = "train_loss"
+
+    def init_params(self, seed: int) -> dict:
+        return init_params(self.config, seed)
+
+    def apply(self, params: dict, images: jax.Array) -> jax.Array:
+        return UNet(self.config).apply({"params": params}, images)
+
+    def loss(self, params: dict, batch: Mapping[str, jax.Array]) -> jax.Array:
+        return train_loss(self.config, params, batch)
+
+    def eval_sums(
+        self, params: dict, batch: Mapping[str, jax.Array], mask: jax.Array
+    ) -> dict[str, jax.Array]:
+        logits = self.apply(params, batch["image"])
+        return {"confusion": confusion_matrix(logits, batch["label"], mask)}
+
+    def metrics(self, sums: dict[str, np.ndarray], count: int) -> dict[str, float]:
+        numbers = scores(sums["confusion"])
+        return {"test_miou": numbers["miou"], "test_pixel_accuracy": numbers["pixel_accuracy"]}
+
+    def optimizer(self, learning_rate: float, steps_per_epoch: int) -> optax.GradientTransformation:
+        return optimizer(learning_rate, steps_per_epoch, self.config.epochs)
+
+    def augment(
+        self, rows: dict[str, np.ndarray], rngs: list[np.random.Generator]
+    ) -> dict[str, np.ndarray]:
+        if self.config.crop is None:
+            return rows
+        images, labels = scenes.random_crops(rows["image"], rows["label"], self.config.crop, rngs)
+        return {"image": images, "label": labels}
+
+
+def load_predictor(workdir: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """``predict(images) -> labels`` (:func:`predict_fn`) of the run that ``jaxconv
+    segment`` trained in ``workdir`` (its latest checkpoint).
+
+    Raises ``jaxconv.train.RunDirError`` naming the problem when there is no such run.
+    """
+    config, state = train.load_run(workdir, SegmentationConfig)
+    return predict_fn(config.model, jax.device_get(state.params))

@@ -624,7 +624,7 @@ def load_run(
     Raises ``RunDirError`` naming the file and the fix when there is no such run.
     """
     run = RunDir(workdir)
-    hint = f"train one first: jaxconv train --workdir {run.path}"
+    hint = f"train one first: jaxconv {model_class.command} --workdir {run.path}"
     if not run.config_path.exists():
         raise RunDirError(f"{run.path} holds no jaxconv run (no run.json); {hint}")
     config = run.read_config(model_class)

@@ -1,0 +1,82 @@
+"""``jaxconv segment`` and ``jaxconv.segmentation.load_predictor``: a short run that learns,
+its outputs, resume, and the predictor on images of other sizes."""
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxconv import cli, scenes, segmentation
+from jaxconv.input_pipeline import load_dataset
+from jaxconv.train import RunDirError, load_run
+
+FLAGS = [
+    "segment", "--epochs", "4", "--image-size", "32", "32", "--num-scenes", "3000", "200",
+    "--batch-size", "32", "--learning-rate", "5e-3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("segment") / "run"
+    cli.main([*FLAGS, "--workdir", str(workdir)])
+    return workdir
+
+
+def _chance_miou(labels: np.ndarray, num_classes: int) -> float:
+    """Expected mIoU of guessing each pixel's class at random with the labels' frequencies:
+    IoU_c = p_c^2 / (2 p_c - p_c^2) = p_c / (2 - p_c) for the classes present."""
+    p = np.bincount(labels.ravel(), minlength=num_classes) / labels.size
+    return float(np.mean([q / (2 - q) for q in p if q > 0]))
+
+
+def test_a_short_run_beats_chance_by_a_wide_margin(run):
+    result = json.loads((run / "segmentation.json").read_text())
+    _, test = scenes.digit_scenes(load_dataset(), 1, 200, height=32, width=32, seed=0)
+    chance = _chance_miou(test.labels, scenes.NUM_CLASSES)
+    assert result["miou"] > 2 * chance, (result["miou"], chance)
+
+
+def test_segment_writes_its_metrics_numbers_and_figure(run, capsys):
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3, 4]
+    for m in lines:
+        assert m.keys() >= {
+            "epoch", "train_loss", "test_miou", "test_pixel_accuracy", "images_per_s", "seconds"
+        }  # fmt: skip
+    result = json.loads((run / "segmentation.json").read_text())
+    assert result["image_size"] == [32, 32] and len(result["per_class_iou"]) == 11
+    assert result["miou"] == pytest.approx(lines[-1]["test_miou"])
+    with Image.open(run / "segmentation.png") as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    assert len(np.unique(pixels, axis=0)) > 20  # scenes, label colours and a legend
+
+
+def test_a_resumed_segment_run_ends_bitwise_equal(run, tmp_path):
+    copy = Path(shutil.copytree(run, tmp_path / "run"))
+    for step in ("3", "4"):
+        shutil.rmtree(copy / "checkpoints" / step)
+    cli.main([*FLAGS, "--workdir", str(copy)])
+    _, resumed = load_run(copy, segmentation.SegmentationConfig)
+    _, straight = load_run(run, segmentation.SegmentationConfig)
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (17, 23), (33, 64)])
+def test_the_predictor_labels_every_pixel_of_any_size(run, height, width):
+    predict = segmentation.load_predictor(run)
+    images = np.random.default_rng(0).uniform(0, 1, (3, height, width, 1)).astype(np.float32)
+    labels = predict(images)
+    assert labels.shape == (3, height, width) and labels.dtype == np.int32
+    assert labels.min() >= 0 and labels.max() < scenes.NUM_CLASSES
+
+
+def test_the_predictor_of_an_autoencoder_run_is_refused(tmp_path):
+    cli.main(["train", "--epochs", "1", "--batch-size", "500", "--workdir", str(tmp_path)])
+    with pytest.raises(RunDirError, match="autoencoder run, not a segmentation run"):
+        segmentation.load_predictor(tmp_path)
