@@ -249,3 +249,18 @@ def segmentation(
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1 - 1.4 / fig.get_figwidth(), 1))
     return _save(fig, path, tight=False)
+
+
+def segmentation_sweep(
+    sizes: Sequence[str], miou: dict[str, Sequence[float]], path: str | Path
+) -> Path:
+    """Test mIoU (``miou[upsampling]``, one value per test scene size) against the size."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for upsampling, values in miou.items():
+        ax.plot(sizes, values, marker="o", label=f"{upsampling} up-sampling")
+    ax.set_xlabel("test scene size (trained at 64x64)")
+    ax.set_ylabel("test mIoU (11 classes)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
