@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> None:
         flags = ["--upsampling", upsampling, "--epochs", str(args.epochs), "--seed", str(args.seed)]
         cli.main(["segment", *flags, "--workdir", str(workdir)])
         predict = segmentation.load_predictor(workdir)
-        metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().split()]
+        metrics = [
+            json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
+        ]
         results[upsampling] = {
             "train_minutes": sum(m["seconds"] for m in metrics) / 60,
             "images_per_s": metrics[-1]["images_per_s"],
