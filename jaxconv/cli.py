@@ -179,16 +179,31 @@ def fail(args: argparse.Namespace, error: object, status: int = 1) -> NoReturn:
     args.parser.exit(status)
 
 
-def train_run(args: argparse.Namespace, config: TrainConfig, train, test, workdir: Path):
-    """``train.fit`` for a command: its errors become one line on stderr and an exit status.
+def train_run(args: argparse.Namespace, make_model, train, test, workdir: Path):
+    """``(config, state, history)``: the run's settings from the shared training flags and
+    ``make_model()`` (its model config), checked, then ``train.fit``.
 
-    Bad settings exit 2; a diverged run, an unreadable checkpoint or a file system error
-    exits 1; Ctrl-C exits 130 after saving, saying how to resume.
+    Errors become one line on stderr and an exit status: bad settings or workdir exit 2;
+    a diverged run, an unreadable checkpoint or a file system error exits 1; Ctrl-C exits
+    130 after saving, saying how to resume.
     """
-    from jaxconv.train import Diverged, Interrupted, RunDirError, fit
+    from jaxconv.train import Diverged, Interrupted, RunDirError, TrainConfig, check_run, fit
 
     try:
-        return fit(
+        config = TrainConfig(
+            dataset=args.dataset,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+            model=make_model(),
+        )
+        check_run(train, test, workdir, config)
+    except RunDirError as e:
+        fail(args, e, 2)
+    except ValueError as e:
+        args.parser.error(str(e))
+    try:
+        return config, *fit(
             train,
             test,
             workdir,
@@ -217,28 +232,17 @@ def train_run(args: argparse.Namespace, config: TrainConfig, train, test, workdi
 def run_train(args: argparse.Namespace) -> None:
     from jaxconv import distributed, plots
     from jaxconv.models import AutoencoderConfig
-    from jaxconv.train import RunDirError, TrainConfig, check_run, reconstruct
+    from jaxconv.train import reconstruct
 
     join_processes(args)
     workdir = args.workdir or Path("runs") / args.dataset.replace("/", "_")
     dataset = load_data(args, args.dataset)
     splits = {"image": dataset.train_images}, {"image": dataset.test_images}
-    try:
-        config = TrainConfig(
-            dataset=args.dataset,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            seed=args.seed,
-            model=AutoencoderConfig(
-                image_shape=dataset.image_shape, embedding_dim=args.embedding_dim
-            ),
-        )
-        check_run(*splits, workdir, config)
-    except RunDirError as e:
-        fail(args, e, 2)
-    except ValueError as e:
-        args.parser.error(str(e))
-    state, history = train_run(args, config, *splits, workdir)
+
+    def model() -> AutoencoderConfig:
+        return AutoencoderConfig(image_shape=dataset.image_shape, embedding_dim=args.embedding_dim)
+
+    _, state, history = train_run(args, model, *splits, workdir)
     if not distributed.is_primary():
         return
 
@@ -321,7 +325,6 @@ def run_segment(args: argparse.Namespace) -> None:
     import jax
 
     from jaxconv import distributed, plots, scenes, segmentation
-    from jaxconv.train import RunDirError, TrainConfig, check_run
 
     join_processes(args)
     workdir = args.workdir or Path("runs") / f"segment-{args.upsampling}"
@@ -335,28 +338,19 @@ def run_segment(args: argparse.Namespace) -> None:
         {"image": data.train_images, "label": data.train_labels},
         {"image": data.test_images, "label": data.test_labels},
     )
-    try:
-        config = TrainConfig(
-            dataset=args.dataset,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            seed=args.seed,
-            model=segmentation.SegmentationConfig(
-                upsampling=args.upsampling,
-                num_classes=data.num_classes,
-                image_channels=data.train_images.shape[-1],
-                image_size=size,
-                crop=segmentation.crop_for(size),
-                num_scenes=count,
-                epochs=args.epochs,
-            ),
+
+    def model() -> segmentation.SegmentationConfig:
+        return segmentation.SegmentationConfig(
+            upsampling=args.upsampling,
+            num_classes=data.num_classes,
+            image_channels=data.train_images.shape[-1],
+            image_size=size,
+            crop=segmentation.crop_for(size),
+            num_scenes=count,
+            epochs=args.epochs,
         )
-        check_run(*splits, workdir, config)
-    except RunDirError as e:
-        fail(args, e, 2)
-    except ValueError as e:
-        args.parser.error(str(e))
-    state, history = train_run(args, config, *splits, workdir)
+
+    config, state, history = train_run(args, model, *splits, workdir)
     if not distributed.is_primary():
         return
 
