@@ -8,22 +8,27 @@ neither the layer type nor ``groups``.
 
 Whole models:
 
-- Flax NNX (:mod:`jaxconv.nnx`): :func:`load_state_dict` and :func:`to_state_dict`
-  match torch keys to attribute paths by name: ``decoder.0.weight`` is the ``kernel`` of
-  the layer at ``model.decoder.layers[0]`` (an ``nnx.Sequential``'s ``layers`` are
-  indexed like ``torch.nn.Sequential``), ``blocks.1.bias`` the ``bias`` of
-  ``model.blocks[1]``; a lone layer's keys are ``weight`` and ``bias``.
-- Flax linen (:mod:`jaxconv.nn`): linen paths (``encoder/Conv_0``) are not torch's
-  names, so a *name map* ``{torch prefix: linen path}`` (``{"encoder.0":
-  "encoder/Conv_0"}``) pairs them: :func:`params_from_state_dict` and
+- Flax NNX: :func:`load_state_dict` and :func:`to_state_dict` match torch keys to
+  attribute paths by name: ``decoder.0.weight`` is the ``kernel`` of the layer at
+  ``model.decoder.layers[0]`` (an ``nnx.Sequential``'s ``layers`` are indexed like
+  ``torch.nn.Sequential``), ``blocks.1.running_mean`` the ``running_mean`` of
+  ``model.blocks[1]``; a lone layer's keys are ``weight``, ``bias``, ... Which layers
+  map, under which names and with which layout change, is one table, :data:`LAYERS`:
+  :mod:`jaxconv.nnx`'s layers and Flax's own ``Linear``, ``Conv``, ``BatchNorm``,
+  ``LayerNorm``, ``GroupNorm``, ``InstanceNorm``, ``Embed`` and ``PReLU``.
+- Flax linen (:mod:`jaxconv.nn`, conv layers only): linen paths (``encoder/Conv_0``)
+  are not torch's names, so a *name map* ``{torch prefix: linen path}``
+  (``{"encoder.0": "encoder/Conv_0"}``) pairs them: :func:`params_from_state_dict` and
   :func:`to_state_dict` take one, and :func:`name_map_by_order` makes one from the
   order of the layers where that order is unambiguous.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, Union
 
 import flax.linen as nn
 import jax
@@ -37,12 +42,22 @@ from jaxconv import nnx as jnnx
 NameMap = Mapping[str, str]
 
 
-def _to_numpy(array: Any, name: str = "weight") -> np.ndarray:
-    """A numpy view of a numpy/JAX array or a torch tensor (detached, on the CPU)."""
+def _to_numpy(array: Any, name: str = "weight", integer: bool = False) -> np.ndarray:
+    """A numpy view of a numpy/JAX array or a torch tensor (detached, on the CPU): of a
+    floating-point dtype (``bfloat16`` included), or an integer one where ``integer``."""
     if hasattr(array, "detach"):
-        array = array.detach().cpu().numpy()
+        array = array.detach().cpu()
+        if str(array.dtype) == "torch.bfloat16":  # .numpy() refuses it: the same bits
+            import torch  # already imported by whoever made the tensor
+
+            array = array.view(torch.int16).numpy().view(jnp.bfloat16)
+        else:
+            array = array.numpy()
     result = np.asarray(array)
-    if not (np.issubdtype(result.dtype, np.floating) or result.dtype.name == "bfloat16"):
+    if integer:
+        if not np.issubdtype(result.dtype, np.integer):
+            raise TypeError(f"{name} must be an integer array, got dtype {result.dtype}")
+    elif not (np.issubdtype(result.dtype, np.floating) or result.dtype == jnp.bfloat16):
         raise TypeError(f"{name} must be a floating-point array, got dtype {result.dtype}")
     return result
 
@@ -292,16 +307,100 @@ def _leaf_paths(tree: Mapping[str, Any], path: tuple[str, ...] = ()) -> list[tup
 
 # Flax NNX: layers named by their attribute paths
 
+Convert = Callable[[np.ndarray], np.ndarray]
+Rename = Union[Mapping[str, str], Callable[[str], str]]
 
-def _nnx_layers(module: nnx.Module) -> dict[str, jnnx.Conv | jnnx.ConvTranspose]:
-    """``{torch prefix: layer}`` for the jaxconv NNX layers in ``module``.
 
-    A prefix is the attribute path joined by dots, without the ``layers`` of an
-    ``nnx.Sequential``; parameters of other modules raise ``ValueError``, naming them.
+def _same(array: np.ndarray) -> np.ndarray:
+    return array
+
+
+def _scalar(array: np.ndarray) -> np.ndarray:
+    """torch's one-slope ``PReLU`` weight ``(1,)`` to Flax's scalar ``negative_slope``."""
+    return array.reshape(()) if array.shape == (1,) else array
+
+
+def _one(array: np.ndarray) -> np.ndarray:
+    return array.reshape(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """One tensor of a torch layer and where an NNX layer keeps it.
+
+    ``torch_name`` is the tensor's name in torch (``weight``); ``attribute`` the NNX
+    layer's attribute holding it (``kernel``), or ``None`` where the layer has no place
+    for it (the tensor is read, checked and dropped, and not written back); ``to_jax``
+    and ``to_torch`` convert between the layouts (each the other's inverse);
+    ``integer`` marks a counter (torch ``int64``, here ``int32``).
     """
-    if not isinstance(module, nnx.Module):
-        raise TypeError(f"target must be a flax.nnx Module, got {type(module).__name__}")
-    modules = dict(nnx.iter_modules(module))
+
+    torch_name: str
+    attribute: str | None
+    to_jax: Convert = _same
+    to_torch: Convert = _same
+    integer: bool = False
+
+
+_WEIGHT_REVERSED = Slot("weight", "kernel", _reverse_layout, _torch_layout)
+_BIAS = Slot("bias", "bias")
+_AFFINE = (Slot("weight", "scale"), _BIAS)
+_RUNNING = (
+    Slot("running_mean", "running_mean"),
+    Slot("running_var", "running_var"),
+    Slot("num_batches_tracked", "num_batches_tracked", integer=True),
+)
+
+# torch's tensors of each NNX layer type (a subclass takes its base's entry). The reversed
+# layout is the conv's (out, in/g, *k) <-> (*k, in/g, out) and, for a 2-D weight, Linear's
+# (out, in) <-> (in, out). Flax's BatchNorm keeps no batch count: torch's is read and
+# dropped, and not exported (torch's load_state_dict then keeps its module's own count).
+LAYERS: dict[type, tuple[Slot, ...]] = {
+    jnnx.Conv: (_WEIGHT_REVERSED, _BIAS),
+    jnnx.ConvTranspose: (_WEIGHT_REVERSED, _BIAS),
+    nnx.Conv: (_WEIGHT_REVERSED, _BIAS),
+    nnx.Linear: (_WEIGHT_REVERSED, _BIAS),
+    nnx.BatchNorm: (
+        *_AFFINE,
+        Slot("running_mean", "mean"),
+        Slot("running_var", "var"),
+        Slot("num_batches_tracked", None, integer=True),
+    ),
+    nnx.LayerNorm: _AFFINE,
+    nnx.GroupNorm: _AFFINE,
+    nnx.InstanceNorm: _AFFINE,
+    nnx.Embed: (Slot("weight", "embedding"),),
+    nnx.PReLU: (Slot("weight", "negative_slope", _scalar, _one),),
+}
+
+
+class IncompatibleKeys(NamedTuple):
+    """What :func:`load_state_dict` did not match, as torch's ``load_state_dict`` returns it:
+    the model's keys that ``state_dict`` lacks, and ``state_dict``'s keys (as given) that
+    the model lacks."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def _slots_of(layer: nnx.Module) -> tuple[Slot, ...] | None:
+    for cls in type(layer).__mro__:
+        if cls in LAYERS:
+            return LAYERS[cls]
+    return None
+
+
+def _nnx_slots(model: nnx.Module) -> dict[str, tuple[Slot, nnx.Variable | None]]:
+    """``{torch key: (slot, variable)}`` for every tensor of the known layers in ``model``.
+
+    A key is the layer's attribute path joined by dots, without the ``layers`` of an
+    ``nnx.Sequential``, then the slot's torch name; ``variable`` is ``None`` for a tensor
+    the layer has no place for. A parameter or batch statistic outside those slots
+    raises ``ValueError``, naming it.
+    """
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model must be a flax.nnx Module, got {type(model).__name__}")
+    modules = dict(nnx.iter_modules(model))
 
     def torch_name(path: tuple) -> str:
         parts = [
@@ -311,49 +410,136 @@ def _nnx_layers(module: nnx.Module) -> dict[str, jnnx.Conv | jnnx.ConvTranspose]
         ]
         return ".".join(parts)
 
-    layers = {
-        path: layer
-        for path, layer in modules.items()
-        if isinstance(layer, (jnnx.Conv, jnnx.ConvTranspose))
-    }
+    slots: dict[str, tuple[Slot, nnx.Variable | None]] = {}
+    covered = set()
+    for path, layer in modules.items():
+        for slot in _slots_of(layer) or ():
+            variable = None if slot.attribute is None else getattr(layer, slot.attribute, None)
+            if slot.attribute is not None and variable is None:
+                continue  # an optional tensor this layer does not have (bias=False)
+            slots[_key(torch_name(path), slot.torch_name)] = (slot, variable)
+            covered.add((*path, slot.attribute))
     others = [
         torch_name(path)
-        for path, variable in nnx.iter_graph(module)
-        if isinstance(variable, nnx.Param) and path[:-1] not in layers
+        for path, variable in nnx.iter_graph(model)
+        if isinstance(variable, (nnx.Param, nnx.BatchStat)) and path not in covered
     ]
     if others:
+        known = sorted(f"{cls.__module__}.{cls.__qualname__}" for cls in LAYERS)
         raise ValueError(
-            f"only jaxconv.nnx Conv / ConvTranspose parameters map to torch's; the module "
-            f"also has {sorted(others)}"
+            f"model has parameters or batch statistics outside the layers that map to torch's "
+            f"({known}): {sorted(others)}"
         )
-    return {torch_name(path): layer for path, layer in layers.items()}
+    return slots
 
 
-def _nnx_params(module: nnx.Module) -> dict[str, nnx.Param]:
-    """``{torch key: nnx.Param}`` of the jaxconv layers in ``module``."""
-    params = {}
-    for prefix, layer in _nnx_layers(module).items():
-        params[_key(prefix, "weight")] = layer.kernel
-        if layer.bias is not None:
-            params[_key(prefix, "bias")] = layer.bias
-    return params
+def _renamed(keys: Any, rename: Rename | None) -> dict[str, str]:
+    """``{renamed key: key}``: ``rename`` is a function of a key, or ``{regex: replacement}``
+    applied in order, each ``re.sub`` to the previous one's result."""
+    if rename is None:
+        change: Callable[[str], str] = _same  # type: ignore[assignment]
+    elif isinstance(rename, Mapping):
+        try:
+            patterns = [(re.compile(p), r) for p, r in rename.items()]
+        except (re.error, TypeError) as error:
+            raise ValueError(f"rename must map regular expressions to replacements: {error}")
+
+        def change(key: str) -> str:
+            for pattern, replacement in patterns:
+                key = pattern.sub(replacement, key)
+            return key
+
+    elif callable(rename):
+        change = rename
+    else:
+        raise TypeError(
+            f"rename must be a mapping {{regex: replacement}} or a function of the key, got "
+            f"{rename!r}"
+        )
+    renamed: dict[str, str] = {}
+    for key in keys:
+        new = change(key)
+        if not isinstance(new, str):
+            raise TypeError(f"rename must give a str for {key!r}, got {new!r}")
+        if new in renamed:
+            raise ValueError(f"rename gives {new!r} for both {renamed[new]!r} and {key!r}")
+        renamed[new] = key
+    return renamed
 
 
-def load_state_dict(target: nnx.Module, state_dict: Mapping[str, Any]) -> None:
-    """Loads a torch ``state_dict`` into the jaxconv NNX layers of ``target``, in place.
+def load_state_dict(
+    model: nnx.Module,
+    state_dict: Mapping[str, Any],
+    *,
+    strict: bool = True,
+    rename: Rename | None = None,
+) -> IncompatibleKeys:
+    """Loads a torch ``state_dict`` into ``model``'s layers by name, in place.
 
-    Keys match by name (see the module docstring); values are converted to jaxconv's
-    layouts and to each parameter's dtype. Strict, as torch's ``load_state_dict``: a
-    missing key, an unexpected key or a shape mismatch raises ``ValueError`` naming them
-    all, and ``target`` is left unchanged. ``target`` may be abstract
-    (``nnx.eval_shape(lambda: Model(..., rngs=nnx.Rngs(0)))``): loading makes it concrete
-    without computing an initialisation.
+    Keys match by name (see the module docstring and :data:`LAYERS`); values go through
+    each slot's layout change and take the variable's dtype (torch ``bfloat16`` too,
+    bitwise). ``rename`` maps ``state_dict``'s keys (torch's names) to the model's keys:
+    a function of the key, or ``{regex: replacement}`` applied in order (``re.sub`` each
+    on the previous result). Every check runs before anything is assigned: a shape
+    mismatch always raises ``ValueError``, and with ``strict`` (torch's default) a
+    missing or unexpected key does too, naming them all, and ``model`` is left
+    unchanged. With ``strict=False`` what matches is loaded and the rest returned:
+    :class:`IncompatibleKeys` (empty lists when everything matched). ``model`` may be
+    abstract (``nnx.eval_shape(lambda: Model(..., rngs=nnx.Rngs(0)))``): loading makes it
+    concrete without computing an initialisation.
     """
+    slots = _nnx_slots(model)
     _check_state_dict(state_dict)
-    params = _nnx_params(target)
-    values = _checked_values(state_dict, {key: p.get_value() for key, p in params.items()})
-    for key, param in params.items():
-        param.set_value(jnp.asarray(values[key]))
+    names = _renamed(state_dict, rename)
+    missing = [
+        key for key, (_, variable) in slots.items() if variable is not None and key not in names
+    ]
+    unexpected = [source for key, source in names.items() if key not in slots]
+    values, mismatched = {}, []
+    for key, source in names.items():
+        if key not in slots:
+            continue
+        slot, variable = slots[key]
+        given = _to_numpy(state_dict[source], source, integer=slot.integer)
+        try:
+            value = slot.to_jax(given)
+        except ValueError:  # a transposition of another rank
+            value = given
+        if variable is None:
+            continue
+        target = variable.get_value()
+        if value.shape != tuple(target.shape):
+            mismatched.append(
+                f"{source}: {given.shape} in torch's layout, {value.shape} in jaxconv's, "
+                f"but the model's {key} is {tuple(target.shape)}"
+            )
+        values[key] = value.astype(target.dtype)
+    if mismatched or (strict and (missing or unexpected)):
+        problems = [f"missing keys: {missing}"] if missing else []
+        problems += [f"unexpected keys: {unexpected}"] if unexpected else []
+        problems += [f"shape mismatch: {m}" for m in mismatched]
+        raise ValueError("state_dict does not fit the model: " + "; ".join(problems))
+    for key, value in values.items():
+        slots[key][1].set_value(jnp.asarray(value))
+    return IncompatibleKeys(missing, unexpected)
+
+
+def _nnx_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+    arrays = {}
+    abstract = []
+    for key, (slot, variable) in _nnx_slots(model).items():
+        if variable is None:
+            continue
+        value = variable.get_value()
+        if isinstance(value, jax.ShapeDtypeStruct):
+            abstract.append(key)
+            continue
+        value = np.asarray(value)
+        value = value.astype(np.int64) if slot.integer else slot.to_torch(value)
+        arrays[key] = np.array(value, order="C")
+    if abstract:
+        raise ValueError(f"source is abstract (nnx.eval_shape): no values for {abstract}")
+    return arrays
 
 
 def _linen_layers(params: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -385,33 +571,33 @@ def to_state_dict(
     name_map: NameMap | None = None,
     *,
     as_torch: bool = False,
+    rename: Rename | None = None,
 ) -> dict[str, Any]:
     """jaxconv parameters as a torch ``state_dict``: ``{key: array in torch's layout}``.
 
-    ``source`` is an NNX module (keys from its attribute paths, as
-    :func:`load_state_dict` reads them) or linen params (``{'params': ...}`` or what is
-    under it), whose layers ``name_map`` ``{torch prefix: linen path}`` names (the map
+    ``source`` is an NNX module (every tensor of its layers in :data:`LAYERS`, keyed by
+    attribute path as :func:`load_state_dict` reads them; batch counters as ``int64``)
+    or linen params of jaxconv conv layers (``{'params': ...}`` or what is under it), whose
+    layers ``name_map`` ``{torch prefix: linen path}`` names (the map
     :func:`params_from_state_dict` takes; without it a layer's prefix is its linen path
-    with dots, ``encoder.Conv_0``). Values are C-contiguous numpy copies, which
+    with dots, ``encoder.Conv_0``). ``rename`` maps these keys to the ones written (the
+    other direction from :func:`load_state_dict`'s): a function of the key or ``{regex:
+    replacement}`` applied in order. Values are C-contiguous numpy copies, which
     ``torch.from_numpy`` takes; ``as_torch=True`` returns torch tensors (importing torch).
-    Either way ``torch_module.load_state_dict`` gets bitwise the parameters' values.
+    Either way ``torch_module.load_state_dict`` gets bitwise the values (``bfloat16``
+    too).
     """
     if isinstance(source, nnx.Module):
         if name_map is not None:
             raise ValueError("name_map is for linen params; an NNX module's names are its paths")
-        values = {key: p.get_value() for key, p in _nnx_params(source).items()}
-        abstract = [key for key, v in values.items() if isinstance(v, jax.ShapeDtypeStruct)]
-        if abstract:
-            raise ValueError(f"source is abstract (nnx.eval_shape): no values for {abstract}")
-        arrays = {
-            key: _torch_layout(v) if _is_weight(key) else np.array(v) for key, v in values.items()
-        }
+        arrays = _nnx_state_dict(source)
     elif isinstance(source, Mapping):
         arrays = _linen_state_dict(source, name_map)
     else:
         raise TypeError(
             f"source must be a flax.nnx Module or linen params, got {type(source).__name__}"
         )
+    arrays = {new: arrays[key] for new, key in _renamed(arrays, rename).items()}
     return _as_torch(arrays) if as_torch else arrays
 
 
@@ -434,8 +620,8 @@ def _as_torch(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
     import torch
 
     def tensor(a: np.ndarray) -> Any:
-        if a.dtype.name == "bfloat16":  # numpy's bfloat16 (ml_dtypes) is not torch's
-            return torch.from_numpy(a.astype(np.float32)).to(torch.bfloat16)
+        if a.dtype == jnp.bfloat16:  # numpy's bfloat16 (ml_dtypes) is not torch's: same bits
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(a)
 
     return {key: tensor(a) for key, a in arrays.items()}

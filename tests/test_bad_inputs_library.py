@@ -664,7 +664,7 @@ INTEROP = [
         jnn.Conv(8, 3),
         X,
     ),
-    T("load_state_dict target", "target", interop.load_state_dict, jnn.Conv(8, 3), {}),
+    T("load_state_dict model", "model", interop.load_state_dict, jnn.Conv(8, 3), {}),
     T("load_state_dict state_dict", "state_dict", interop.load_state_dict, abstract_nnx_conv(), []),
     V(
         "load_state_dict missing key",

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -284,7 +285,244 @@ def test_an_nnx_load_that_does_not_fit_is_refused_naming_the_keys(change, messag
         np.testing.assert_array_equal(value, before[key])
 
 
-def test_an_nnx_module_with_other_parameters_is_refused_naming_them():
-    model = nnx.Sequential(jnnx.Conv(2, 2, 3, rngs=nnx.Rngs(0)), nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
-    with pytest.raises(ValueError, match=r"1.kernel"):
-        interop.load_state_dict(model, {})
+class _OwnParameter(nnx.Module):
+    def __init__(self):
+        self.conv = jnnx.Conv(2, 2, 3, rngs=nnx.Rngs(0))
+        self.gain = nnx.Param(jnp.ones(2))
+
+
+def test_an_nnx_module_with_parameters_outside_known_layers_is_refused_naming_them():
+    with pytest.raises(ValueError, match=r"outside the layers .*\['gain'\]"):
+        interop.load_state_dict(_OwnParameter(), {})
+    with pytest.raises(ValueError, match=r"\['gain'\]"):
+        interop.to_state_dict(_OwnParameter())
+
+
+# Flax's own layers, each with its layout change
+
+
+def _torch_batch_norm():
+    layer = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        layer.weight.normal_(), layer.bias.normal_()
+        layer.running_mean.normal_(), layer.running_var.uniform_(0.5, 2.0)
+    layer.num_batches_tracked.fill_(7)
+    return layer.eval()
+
+
+def _torch_affine(layer):
+    with torch.no_grad():
+        layer.weight.normal_(), layer.bias.normal_()
+    return layer
+
+
+FLAX_LAYERS = {
+    "Linear": (
+        lambda: nnx.Linear(5, 3, rngs=nnx.Rngs(0)),
+        lambda: torch.nn.Linear(5, 3),
+        (4, 5),
+        False,
+    ),
+    "Conv": (
+        lambda: nnx.Conv(4, 6, (3, 2), feature_group_count=2, padding="VALID", rngs=nnx.Rngs(0)),
+        lambda: torch.nn.Conv2d(4, 6, (3, 2), groups=2),
+        (2, 4, 7, 6),
+        True,
+    ),
+    "BatchNorm": (
+        lambda: nnx.BatchNorm(3, use_running_average=True, rngs=nnx.Rngs(0)),
+        _torch_batch_norm,
+        (2, 3, 4, 4),
+        True,
+    ),
+    "LayerNorm": (
+        lambda: nnx.LayerNorm(6, epsilon=1e-5, rngs=nnx.Rngs(0)),
+        lambda: _torch_affine(torch.nn.LayerNorm(6)),
+        (2, 3, 6),
+        False,
+    ),
+    "GroupNorm": (
+        lambda: nnx.GroupNorm(6, num_groups=3, epsilon=1e-5, rngs=nnx.Rngs(0)),
+        lambda: _torch_affine(torch.nn.GroupNorm(3, 6)),
+        (2, 6, 4, 5),
+        True,
+    ),
+    "InstanceNorm": (
+        lambda: nnx.InstanceNorm(3, epsilon=1e-5, rngs=nnx.Rngs(0)),
+        lambda: _torch_affine(torch.nn.InstanceNorm2d(3, affine=True)),
+        (2, 3, 4, 5),
+        True,
+    ),
+    "PReLU": (lambda: nnx.PReLU(), lambda: torch.nn.PReLU(init=0.3), (2, 3, 4), True),
+}  # (Flax layer, torch layer, torch input shape, whether torch's channels are axis 1)
+
+
+@pytest.mark.parametrize("name", FLAX_LAYERS)
+def test_flax_layers_take_torchs_tensors_and_give_torchs_outputs(name):
+    make, make_torch, shape, channels_first_input = FLAX_LAYERS[name]
+    torch_layer, layer = make_torch(), make()
+    assert interop.load_state_dict(layer, torch_layer.state_dict()) == ([], [])
+    x = torch.randn(*shape)
+    if channels_first_input:
+        got = channels_first(layer(jnp.asarray(channels_last(x))))
+    else:
+        got = layer(jnp.asarray(x.numpy()))
+    np.testing.assert_allclose(got, torch_layer(x).detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FLAX_LAYERS)
+def test_flax_layers_export_bitwise_what_torch_loads_strictly(name):
+    make, make_torch, _, _ = FLAX_LAYERS[name]
+    torch_layer, layer = make_torch(), make()
+    interop.load_state_dict(layer, torch_layer.state_dict())
+    back = make_torch()
+    back.load_state_dict(interop.to_state_dict(layer, as_torch=True), strict=True)
+    for key, value in torch_layer.state_dict().items():
+        if key != "num_batches_tracked":  # Flax keeps no count; torch keeps back's own
+            assert torch.equal(back.state_dict()[key], value), key
+
+
+def test_flax_embed_takes_torchs_embedding_table_as_it_is():
+    torch_layer = torch.nn.Embedding(7, 3)
+    layer = nnx.Embed(7, 3, rngs=nnx.Rngs(0))
+    interop.load_state_dict(layer, torch_layer.state_dict())
+    ids = torch.tensor([[0, 6, 2]])
+    np.testing.assert_array_equal(layer(ids.numpy()), torch_layer(ids).detach().numpy())
+    back = torch.nn.Embedding(7, 3)
+    back.load_state_dict(interop.to_state_dict(layer, as_torch=True))
+    assert torch.equal(back.weight, torch_layer.weight)
+
+
+def test_flax_batch_norm_reads_and_drops_torchs_batch_count():
+    layer = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
+    state_dict = _torch_batch_norm().state_dict()
+    assert interop.load_state_dict(layer, state_dict, strict=False) == ([], [])
+    del state_dict["num_batches_tracked"]
+    assert interop.load_state_dict(layer, state_dict) == ([], [])
+    assert set(interop.to_state_dict(layer)) == {"weight", "bias", "running_mean", "running_var"}
+    np.testing.assert_array_equal(layer.var[...], state_dict["running_var"].numpy())
+
+
+# strict, non-strict, rename
+
+
+def test_strict_false_loads_what_matches_and_returns_the_rest():
+    torch_model, model = _TorchModel(), _NNXModel(nnx.Rngs(0))
+    state_dict = dict(torch_model.state_dict())
+    del state_dict["blocks.0.bias"]
+    state_dict["head.weight"] = torch.zeros(3)
+    result = interop.load_state_dict(model, state_dict, strict=False)
+    assert isinstance(result, interop.IncompatibleKeys)
+    assert result.missing_keys == ["blocks.0.bias"] and result.unexpected_keys == ["head.weight"]
+    got = interop.to_state_dict(model)
+    np.testing.assert_array_equal(got["blocks.0.weight"], state_dict["blocks.0.weight"].numpy())
+    assert not np.array_equal(got["blocks.0.bias"], torch_model.state_dict()["blocks.0.bias"])
+
+
+def test_strict_load_names_every_problem_and_leaves_the_model_unchanged():
+    state_dict = dict(_TorchModel().state_dict())
+    del state_dict["blocks.0.bias"], state_dict["decoder.0.bias"]
+    state_dict["head.weight"] = torch.zeros(3)
+    state_dict["decoder.2.weight"] = torch.zeros(2, 4, 5, 5)
+    model = _NNXModel(nnx.Rngs(0))
+    before = interop.to_state_dict(model)
+    message = (
+        r"missing keys: \['blocks.0.bias', 'decoder.0.bias'\]; unexpected keys: "
+        r"\['head.weight'\]; shape mismatch: decoder.2.weight: \(2, 4, 5, 5\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        interop.load_state_dict(model, state_dict)
+    for key, value in interop.to_state_dict(model).items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+def test_a_shape_mismatch_raises_even_when_not_strict_and_changes_nothing():
+    state_dict = dict(_TorchModel().state_dict())
+    state_dict["blocks.0.bias"] = torch.zeros(5)
+    model = _NNXModel(nnx.Rngs(0))
+    before = interop.to_state_dict(model)
+    with pytest.raises(ValueError, match=r"shape mismatch: blocks.0.bias: \(5,\)"):
+        interop.load_state_dict(model, state_dict, strict=False)
+    for key, value in interop.to_state_dict(model).items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+def _prefixed_state_dict():
+    """torch's keys under another prefix: ``net.up.0.weight`` for the model's ``decoder.0``."""
+    state_dict = _TorchModel().state_dict()
+    renamed = {}
+    for key, value in state_dict.items():
+        renamed["net." + key.replace("decoder.", "up.").replace("blocks.", "heads.")] = value
+    return state_dict, renamed
+
+
+def test_rename_by_regexes_applies_them_in_order():
+    state_dict, renamed = _prefixed_state_dict()
+    model = _abstract_nnx_model()
+    # the second pattern sees the first one's result: in the other order nothing matches
+    rename = {r"^net\.": "", r"^up\.": "decoder.", r"^heads\.": "blocks."}
+    assert interop.load_state_dict(model, renamed, rename=rename) == ([], [])
+    got = interop.to_state_dict(model)
+    for key, value in state_dict.items():
+        np.testing.assert_array_equal(got[key], value.numpy())
+    with pytest.raises(ValueError, match="missing keys"):
+        reversed_order = dict(reversed(list(rename.items())))
+        interop.load_state_dict(_abstract_nnx_model(), renamed, rename=reversed_order)
+
+
+def test_rename_by_a_function_of_the_key_and_back_on_export():
+    state_dict, renamed = _prefixed_state_dict()
+    model = _abstract_nnx_model()
+
+    def to_model(key):
+        return key.removeprefix("net.").replace("up.", "decoder.").replace("heads.", "blocks.")
+
+    def to_torch(key):
+        return "net." + key.replace("decoder.", "up.").replace("blocks.", "heads.")
+
+    interop.load_state_dict(model, renamed, rename=to_model)
+    exported = interop.to_state_dict(model, rename=to_torch)
+    assert set(exported) == set(renamed)
+    for key, value in renamed.items():
+        np.testing.assert_array_equal(exported[key], value.numpy())
+
+
+def test_rename_that_merges_two_keys_is_refused_naming_both():
+    with pytest.raises(
+        ValueError, match=r"'decoder.0.bias' for both 'decoder.0.weight' and 'decoder.0.bias'"
+    ):
+        interop.load_state_dict(
+            _abstract_nnx_model(), _TorchModel().state_dict(), rename={r"\.weight$": ".bias"}
+        )
+
+
+@pytest.mark.parametrize("rename", [3, {"(": "x"}], ids=["type", "bad regex"])
+def test_a_bad_rename_is_refused_naming_it(rename):
+    with pytest.raises((TypeError, ValueError), match="rename"):
+        interop.load_state_dict(_abstract_nnx_model(), _TorchModel().state_dict(), rename=rename)
+
+
+# torch bfloat16
+
+
+def test_torch_bfloat16_tensors_round_trip_bitwise():
+    torch_model = _TorchModel().to(torch.bfloat16)
+    model = nnx.eval_shape(lambda: _NNXModel(nnx.Rngs(0)))
+    for _, variable in nnx.iter_graph(model):
+        if isinstance(variable, nnx.Param):
+            variable.set_value(jax.ShapeDtypeStruct(variable.get_value().shape, jnp.bfloat16))
+    interop.load_state_dict(model, torch_model.state_dict())
+    assert model.decoder.layers[0].kernel[...].dtype == jnp.bfloat16
+    back = _TorchModel().to(torch.bfloat16)
+    back.load_state_dict(interop.to_state_dict(model, as_torch=True))
+    for key, value in torch_model.state_dict().items():
+        assert torch.equal(back.state_dict()[key].view(torch.int16), value.view(torch.int16)), key
+
+
+def test_torch_bfloat16_weights_import_for_linen_too():
+    weight = torch.randn(6, 2, 3, 5, dtype=torch.bfloat16)
+    kernel = interop.conv_params(weight)["kernel"]
+    assert kernel.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(
+        kernel[1, 4, 0, 5].view(np.int16), weight[5, 0, 1, 4].view(torch.int16).numpy()
+    )
