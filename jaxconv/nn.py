@@ -31,6 +31,16 @@ _NAMES = ("the channels of x", "features")  # the channel counts, named as this 
 class _TorchConvBase(nn.Module):
     """Parameter creation shared by :class:`Conv` and :class:`ConvTranspose`."""
 
+    def _check_input_channels(self, x: jax.Array, transposed: bool) -> None:
+        """Once the layer has a kernel, ``x`` must have its input channels (checked here:
+        Flax's own error for a kernel of another shape does not say that inputs are
+        channels-last)."""
+        if not self.has_variable("params", "kernel"):
+            return
+        kernel_shape = jnp.shape(self.get_variable("params", "kernel"))
+        in_channels = kernel_shape[-1] if transposed else kernel_shape[-2] * int(self.groups)
+        ops.check_channels(jnp.shape(x), in_channels, f"the layer's kernel {kernel_shape}")
+
     def _kernel_and_bias(
         self, kernel_shape: tuple[int, ...], features: int
     ) -> tuple[jax.Array, jax.Array | None]:
@@ -71,6 +81,7 @@ class Conv(_TorchConvBase):
     def __call__(self, x: jax.Array) -> jax.Array:
         ops.resolve_impl(self.impl)
         ndim = ops.input_ndim(x)
+        self._check_input_channels(x, transposed=False)
         kernel_shape = shapes.conv_kernel_shape(
             ndim, x.shape[-1], self.features, self.kernel_size, self.groups, _NAMES
         )
@@ -120,6 +131,7 @@ class ConvTranspose(_TorchConvBase):
     def __call__(self, x: jax.Array, output_size: Sequence[int] | None = None) -> jax.Array:
         ops.resolve_impl(self.impl)
         ndim = ops.input_ndim(x)
+        self._check_input_channels(x, transposed=True)
         kernel_shape = shapes.conv_transpose_kernel_shape(
             ndim, x.shape[-1], self.features, self.kernel_size, self.groups, _NAMES
         )

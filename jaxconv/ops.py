@@ -124,11 +124,7 @@ def _check_layout(
         )
     groups = shapes.positive_int("groups", groups)
     in_channels = kernel.shape[-1] if transposed else kernel.shape[-2] * groups
-    if x.shape[-1] != in_channels:
-        raise ValueError(
-            f"x has {x.shape[-1]} channels, but the kernel {kernel.shape} with groups={groups} "
-            f"expects {in_channels}"
-        )
+    check_channels(x.shape, in_channels, f"the kernel {kernel.shape} with groups={groups}")
     if kernel.shape[-1] % groups:  # the channels that the kernel does not divide by groups
         name = "in_channels" if transposed else "out_channels"
         raise ValueError(f"{name} ({kernel.shape[-1]}) must be divisible by groups ({groups})")
@@ -138,6 +134,24 @@ def _check_layout(
             f"bias must have shape ({out_channels},) (the output channels), got {bias.shape}"
         )
     return ndim, groups
+
+
+def check_channels(x_shape: Sequence[int], expected: int, what: str) -> None:
+    """``ValueError`` unless the last axis of ``x_shape`` has ``expected`` entries; where
+    axis 1 has them instead, the message says that inputs are channels-last (a torch
+    ``(batch, channels, *spatial)`` input met a jaxconv layer)."""
+    if x_shape[-1] == expected:
+        return
+    hint = ""
+    if len(x_shape) >= 3 and x_shape[1] == expected:
+        hint = (
+            f"; x looks channels-first (axis 1 has {expected} entries), but jaxconv takes "
+            f"channels-last inputs (batch, *spatial, channels): pass jnp.moveaxis(x, 1, -1)"
+        )
+    raise ValueError(
+        f"x has {x_shape[-1]} channels (its last axis, shape {tuple(x_shape)}), but {what} "
+        f"expects {expected}{hint}"
+    )
 
 
 def resolve_impl(impl: str) -> str:

@@ -263,3 +263,21 @@ def test_nnx_jit_and_grad_train_a_layer():
 
     losses = [float(step(layer, x)) for _ in range(3)]
     assert losses[2] < losses[1] < losses[0]
+
+
+@BOTH_OPS
+def test_an_nchw_input_gets_a_channels_last_hint(transposed):
+    """Issue 21: a torch-layout input used to get a bare channel-count error."""
+    x_nchw = jnp.zeros((2, 4, 9, 7))  # 4 channels on axis 1, as torch has them
+    with pytest.raises(ValueError, match=r"channels-first .* channels-last .*moveaxis\(x, 1, -1\)"):
+        _nnx_output(transposed, 4, 8, 3, x_nchw)
+    linen = (jnn.ConvTranspose if transposed else jnn.Conv)(8, 3)
+    params = linen.init(KEY, jnp.moveaxis(x_nchw, 1, -1))
+    with pytest.raises(ValueError, match=r"channels-first .* channels-last .*moveaxis\(x, 1, -1\)"):
+        linen.apply(params, x_nchw)
+
+
+def test_a_channel_mismatch_without_the_nchw_pattern_has_no_hint():
+    with pytest.raises(ValueError, match=r"x has 5 channels") as caught:
+        _nnx_output(False, 4, 8, 3, jnp.zeros((2, 9, 9, 5)))
+    assert "channels-first" not in str(caught.value)
