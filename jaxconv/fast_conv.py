@@ -51,8 +51,11 @@ loop nest. Here instead:
   transposes them back: the input gradient of ``T`` is the strided conv ``C``,
   that of ``C`` the phase-decomposed ``T``, and both kernel gradients are ``R``.
   Forward mode and higher derivatives follow JAX's rules for those operations.
-- Groups: each group is its own pair of ops on its slice of the channels (XLA:CPU's
-  grouped convs, above all their ``batch_group_count`` weight gradients, are slow).
+- Groups, in one program whatever their number: channels are ordered (group,
+  channel); each matmul above is one einsum batched over the groups, XLA's convs
+  take ``feature_group_count``, and the phase kernel's output channels are ordered
+  (group, phase, channel). (XLA:CPU's own grouped kernel gradient, a
+  ``batch_group_count`` conv, is slow: it is used only past ``IM2COL_MAX_BYTES``.)
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
 class Geometry(NamedTuple):
-    """Per spatial dimension: stride, ``(lo, hi)`` padding of ``C``'s input, dilation.
+    """Per spatial dimension: stride, ``(lo, hi)`` padding of ``C``'s input, dilation;
+    and the number of groups.
 
     The pads are exact: ``C`` reads all of its padded input (``n + lo + hi - d(k-1) - 1``
     a multiple of ``s``), so that ``T`` gives back exactly ``C``'s input shape.
@@ -83,6 +87,7 @@ class Geometry(NamedTuple):
     strides: tuple[int, ...]
     pads: Pads
     dilation: tuple[int, ...]
+    groups: int = 1
 
 
 def conv(
@@ -104,7 +109,7 @@ def conv(
         (lo, hi - (n + lo + hi - d * (k - 1) - 1) % s)
         for n, k, s, (lo, hi), d in zip(x.shape[1:-1], kernel_size, strides, pads, dilation)
     )
-    return _per_group(_conv, x, kernel, Geometry(strides, exact, dilation), groups)
+    return _conv(x, kernel, Geometry(strides, exact, dilation, groups))
 
 
 def conv_transpose(
@@ -117,15 +122,7 @@ def conv_transpose(
     groups: int,
 ) -> jax.Array:
     """``T``: the transposed conv, cropped by ``pads`` (PyTorch: ``(p, p - output_padding)``)."""
-    return _per_group(_conv_transpose, y, kernel, Geometry(strides, pads, dilation), groups)
-
-
-def _per_group(op: Callable, x: jax.Array, kernel: jax.Array, geometry: Geometry, groups: int):
-    """``op`` on each group's channels of ``x`` and slice of the kernel's last axis."""
-    if groups == 1:
-        return op(x, kernel, geometry)
-    parts = zip(jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1))
-    return jnp.concatenate([op(xg, kg, geometry) for xg, kg in parts], axis=-1)
+    return _conv_transpose(y, kernel, Geometry(strides, pads, dilation, groups))
 
 
 # ----------------------------------------------------------------------------------
@@ -134,30 +131,44 @@ def _per_group(op: Callable, x: jax.Array, kernel: jax.Array, geometry: Geometry
 
 def _strided(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
     """``C(x, K)``: ``lax.pad``, then a 'VALID' conv with the strides."""
-    return _valid_conv(_pad(x, geometry.pads), kernel, geometry.strides, geometry.dilation)
+    return _valid_conv(
+        _pad(x, geometry.pads), kernel, geometry.strides, geometry.dilation, geometry.groups
+    )
 
 
-def _valid_conv(x, kernel, strides, dilation) -> jax.Array:
-    """A 'VALID' conv: XLA's, or im2col and a matmul where XLA:CPU's conv is slower."""
+def _valid_conv(x, kernel, strides, dilation, groups) -> jax.Array:
+    """A 'VALID' conv: XLA's, or im2col and a matmul (batched over the groups) where
+    XLA:CPU's conv is slower."""
     kernel_size, depth = kernel.shape[:-2], math.prod(kernel.shape[:-1])
     rows = [
         (n - d * (k - 1) - 1) // s + 1
         for n, k, s, d in zip(x.shape[1:-1], kernel_size, strides, dilation)
     ]
     wanted = len(rows) == 3 or depth <= IM2COL_MAX_DEPTH or math.prod(rows) == 1
-    columns_per_image = math.prod(rows) * depth
+    columns_per_image = math.prod(rows) * math.prod(kernel_size) * x.shape[-1]
     if not (wanted and _fits(columns_per_image, x.dtype)):
-        return _xla_conv(x, kernel, strides, dilation)
+        return _xla_conv(x, kernel, strides, dilation, groups)
 
     def im2col_matmul(x):
         columns = _windows(x, kernel_size, strides, dilation, rows)
-        out = columns.reshape(-1, depth) @ kernel.reshape(depth, -1)
+        out = _grouped_matmul(columns, kernel, groups)
         return out.reshape(x.shape[0], *rows, kernel.shape[-1])
 
     return _by_chunks(im2col_matmul, (x,), columns_per_image)
 
 
-def _xla_conv(x: jax.Array, kernel: jax.Array, strides, dilation) -> jax.Array:
+def _grouped_matmul(columns: jax.Array, kernel: jax.Array, groups: int) -> jax.Array:
+    """``(B, *rows, taps, g * c)`` windows times the kernel ``(*k, c, g * o)``, group by
+    group: ``(B * rows, g * o)``. One group is one plain matmul (an einsum adds copies)."""
+    taps, channels = math.prod(kernel.shape[:-2]), kernel.shape[-2]
+    if groups == 1:
+        return columns.reshape(-1, taps * channels) @ kernel.reshape(taps * channels, -1)
+    lhs = columns.reshape(columns.size // (taps * groups * channels), taps, groups, channels)
+    rhs = kernel.reshape(taps, channels, groups, kernel.shape[-1] // groups)
+    return jnp.einsum("ntgc,tcgo->ngo", lhs, rhs).reshape(lhs.shape[0], kernel.shape[-1])
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array, strides, dilation, groups) -> jax.Array:
     return lax.conv_general_dilated(
         x,
         kernel,
@@ -165,6 +176,7 @@ def _xla_conv(x: jax.Array, kernel: jax.Array, strides, dilation) -> jax.Array:
         padding="VALID",
         rhs_dilation=dilation,
         dimension_numbers=_dimension_numbers(x.ndim - 2),
+        feature_group_count=groups,
     )
 
 
@@ -209,11 +221,18 @@ def _transposed(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Arra
 
 
 def _from_one_pixel(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
-    """``T`` of a 1x1 input: ``K[j] y`` placed at ``j*d``, then cropped by the pads."""
-    batch, kernel_size = y.shape[0], kernel.shape[:-1]
-    taps = (y.reshape(batch, y.shape[-1]) @ kernel.reshape(-1, kernel.shape[-1]).T).reshape(
-        batch, *kernel_size
-    )
+    """``T`` of a 1x1 input: ``K[j] y`` (group by group) placed at ``j*d``, then cropped
+    by the pads."""
+    batch, groups, (*kernel_size, channels) = y.shape[0], geometry.groups, kernel.shape[:-1]
+    if groups == 1:  # one plain matmul (an einsum adds copies)
+        taps = y.reshape(batch, y.shape[-1]) @ kernel.reshape(-1, kernel.shape[-1]).T
+    else:
+        taps = jnp.einsum(
+            "ngc,tagc->ntga",
+            y.reshape(batch, groups, y.shape[-1] // groups),
+            kernel.reshape(math.prod(kernel_size), channels, groups, -1),
+        )
+    taps = taps.reshape(batch, *kernel_size, groups * channels)
     return _pad(taps, [(-lo, -hi, d - 1) for (lo, hi), d in zip(geometry.pads, geometry.dilation)])
 
 
@@ -244,13 +263,14 @@ def _phase_plan(spatial: tuple[int, ...], kernel_size: tuple[int, ...], geometry
 
 
 def _phase_kernel(kernel: jax.Array, geometry: Geometry) -> jax.Array:
-    """The stride-1 kernel ``(*taps, in, s**n * out)`` of ``T``, from ``K`` ``(*k, out, in)``.
+    """The stride-1 kernel ``(*taps, in / g, g * s**n * out / g)`` of ``T``, from ``K``
+    ``(*k, out / g, in)``.
 
     Along a strided dimension, tap ``j`` goes to tap ``a_j`` and phase ``b_j`` of
     ``j*d = a_j*s + b_j``: the kernel dilated by ``d``, zero-filled to a multiple of
     ``s`` and reshaped ``(taps, s)``. An unstrided dimension keeps its ``k`` taps and
     leaves the dilation to the conv. Taps are reversed (a correlation); output
-    channels are ordered (phase, channel).
+    channels are ordered (group, phase, channel).
     """
     ndim = kernel.ndim - 2
     k = kernel
@@ -265,9 +285,12 @@ def _phase_kernel(kernel: jax.Array, geometry: Geometry) -> jax.Array:
             k = lax.pad(k, jnp.zeros((), k.dtype), config)
             size = taps * s
         k = k.reshape(*k.shape[:axis], size // s, s, *k.shape[axis + 1 :])
+    k = k.reshape(*k.shape[:-1], geometry.groups, -1)  # (..., out / g, g, in / g)
     tap_axes, phase_axes = tuple(range(0, 2 * ndim, 2)), tuple(range(1, 2 * ndim, 2))
-    k = jnp.flip(k, tap_axes).transpose(*tap_axes, 2 * ndim + 1, *phase_axes, 2 * ndim)
-    return k.reshape(*k.shape[:ndim], kernel.shape[-1], -1)
+    k = jnp.flip(k, tap_axes).transpose(
+        *tap_axes, 2 * ndim + 2, 2 * ndim + 1, *phase_axes, 2 * ndim
+    )
+    return k.reshape(*k.shape[:ndim], k.shape[ndim], -1)
 
 
 def _by_phases(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
@@ -282,20 +305,25 @@ def _by_phases(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array
     plan = _phase_plan(y.shape[1:-1], kernel.shape[:-2], geometry)
     unit = (1,) * len(plan.rows)
     phases = _valid_conv(
-        _pad(y, plan.pads), _phase_kernel(kernel, geometry), unit, plan.rhs_dilation
+        _pad(y, plan.pads),
+        _phase_kernel(kernel, geometry),
+        unit,
+        plan.rhs_dilation,
+        geometry.groups,
     )
-    return _to_space(phases, plan, geometry.strides)
+    return _to_space(phases, plan, geometry)
 
 
-def _to_space(phases: jax.Array, plan: _PhasePlan, strides: tuple[int, ...]) -> jax.Array:
-    """Depth-to-space, ``(B, *rows, s**n * c)`` to ``(B, *(rows * s), c)``, and the crop."""
-    ndim = len(strides)
-    batch = phases.shape[0]
-    channels = phases.shape[-1] // math.prod(strides)
-    out = phases.reshape(batch, *plan.rows, *strides, channels)
-    interleaved = [axis for i in range(ndim) for axis in (1 + i, 1 + ndim + i)]
-    out = out.transpose(0, *interleaved, 1 + 2 * ndim)
-    out = out.reshape(batch, *(q * s for q, s in zip(plan.rows, strides)), channels)
+def _to_space(phases: jax.Array, plan: _PhasePlan, geometry: Geometry) -> jax.Array:
+    """Depth-to-space, ``(B, *rows, g * s**n * c)`` to ``(B, *(rows * s), g * c)``, and
+    the crop."""
+    strides, groups = geometry.strides, geometry.groups
+    ndim, batch = len(strides), phases.shape[0]
+    channels = phases.shape[-1] // (groups * math.prod(strides))
+    out = phases.reshape(batch, *plan.rows, groups, *strides, channels)
+    interleaved = [axis for i in range(ndim) for axis in (1 + i, 2 + ndim + i)]
+    out = out.transpose(0, *interleaved, 1 + ndim, 2 + 2 * ndim)
+    out = out.reshape(batch, *(q * s for q, s in zip(plan.rows, strides)), groups * channels)
     return out[(slice(None), *(slice(start, start + size) for start, size in plan.crops))]
 
 
@@ -308,7 +336,8 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
     """
     if all(n == 1 for n in y.shape[1:-1]):
         return _transpose(lambda k: _from_one_pixel(y, k, geometry), kernel_shape, x)
-    kernel_size, (x_channels, y_channels) = kernel_shape[:-2], kernel_shape[-2:]
+    kernel_size, y_channels = kernel_shape[:-2], kernel_shape[-1]
+    x_channels = kernel_shape[-2] * geometry.groups
     plan = _phase_plan(y.shape[1:-1], kernel_size, geometry)
     # numbers copied per image: the im2col, and for phases also x in phases, a
     # transposition that costs about twice a copy (measured)
@@ -323,7 +352,13 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
         grad = functools.partial(grad, kernel_shape=kernel_shape, geometry=geometry)
         return _by_chunks(grad, (x, y), columns_per_image, summed=True)
     padded = _pad(x, geometry.pads)
-    xla = functools.partial(_xla_conv, padded, strides=geometry.strides, dilation=geometry.dilation)
+    xla = functools.partial(
+        _xla_conv,
+        padded,
+        strides=geometry.strides,
+        dilation=geometry.dilation,
+        groups=geometry.groups,
+    )
     return _transpose(xla, kernel_shape, y)
 
 
@@ -333,7 +368,7 @@ def _kernel_grad_direct(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> j
     columns = _windows(
         padded, kernel_shape[:-2], geometry.strides, geometry.dilation, y.shape[1:-1]
     )
-    return _matmul_t(columns, y).reshape(kernel_shape)
+    return _matmul_t(columns, y, geometry.groups).reshape(kernel_shape)
 
 
 def _kernel_grad_by_phases(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> jax.Array:
@@ -346,16 +381,26 @@ def _kernel_grad_by_phases(x: jax.Array, y: jax.Array, kernel_shape, geometry) -
     plan = _phase_plan(y.shape[1:-1], kernel_shape[:-2], geometry)
     unit = (1,) * len(plan.rows)
     columns = _windows(_pad(y, plan.pads), plan.taps, unit, plan.rhs_dilation, plan.rows)
-    phase_shape = (y.shape[0], *plan.rows, math.prod(geometry.strides) * kernel_shape[-2])
-    phases = _transpose(lambda p: _to_space(p, plan, geometry.strides), phase_shape, x)
-    phase_kernel = _matmul_t(columns, phases).reshape(*plan.taps, kernel_shape[-1], -1)
+    phase_shape = (y.shape[0], *plan.rows, x.shape[-1] * math.prod(geometry.strides))
+    phases = _transpose(lambda p: _to_space(p, plan, geometry), phase_shape, x)
+    phase_kernel = _matmul_t(columns, phases, geometry.groups)
+    phase_kernel = phase_kernel.reshape(*plan.taps, kernel_shape[-1] // geometry.groups, -1)
     return _transpose(lambda k: _phase_kernel(k, geometry), kernel_shape, phase_kernel)
 
 
-def _matmul_t(columns: jax.Array, other: jax.Array) -> jax.Array:
-    """``columns^T other``, both flattened to ``(rows, -1)``: a contraction over rows."""
-    rows, depth = math.prod(other.shape[:-1]), math.prod(columns.shape[other.ndim - 1 :])
-    return columns.reshape(rows, depth).T @ other.reshape(rows, other.shape[-1])
+def _matmul_t(columns: jax.Array, other: jax.Array, groups: int) -> jax.Array:
+    """``columns^T other`` group by group, a contraction over the rows: windows
+    ``(*rows, taps, g * c)`` and ``other`` ``(*rows, g * o)`` give ``(taps, c, g, o)``."""
+    rows = math.prod(other.shape[:-1])
+    taps = math.prod(columns.shape[other.ndim - 1 : -1])
+    if groups == 1:
+        depth = taps * columns.shape[-1]
+        return columns.reshape(rows, depth).T @ other.reshape(rows, other.shape[-1])
+    return jnp.einsum(
+        "ntgc,ngo->tcgo",
+        columns.reshape(rows, taps, groups, columns.shape[-1] // groups),
+        other.reshape(rows, groups, other.shape[-1] // groups),
+    )
 
 
 # ----------------------------------------------------------------------------------
