@@ -1,4 +1,4 @@
-"""Flax NNX layers with PyTorch's ``ConvNd`` / ``ConvTransposeNd`` semantics.
+"""Flax NNX layers with PyTorch's semantics: convolutions, norms, pooling, up-sampling.
 
 The NNX twins of :mod:`jaxconv.nn`, with torch's constructor arguments
 ``(in_features, out_features, kernel_size, stride, padding, [output_padding,]
@@ -14,10 +14,31 @@ spatial dimensions: a tuple of 1, 2 or 3 ints gives that many (as in
 ``flax.nnx.Conv``), and an int means **2-D**, as ``torch.nn.Conv2d(c, c, 3)`` does
 (``flax.nnx.Conv`` reads an int as 1-D); write ``(3,)`` for 1-D and ``(3, 3, 3)`` for
 3-D. An input of another rank is a ``ValueError``.
+
+The layers a conv net has around its convs take torch's constructors too, with the
+computation in :mod:`jaxconv.ops`, :mod:`jaxconv.norm_ops` and
+:mod:`jaxconv.resample_ops`: :class:`BatchNorm`, :class:`InstanceNorm`,
+:class:`GroupNorm`, :class:`LayerNorm`, :class:`Linear`, :class:`PReLU`,
+:class:`MaxPool`, :class:`AvgPool`, :class:`Upsample`, :class:`PixelShuffle`,
+:class:`PixelUnshuffle` and :class:`Flatten`. One class serves torch's 1-, 2- and 3-D
+variants (``BatchNorm2d`` is ``BatchNorm``); pooling's ``kernel_size`` fixes the
+spatial dimensions as ``Conv``'s does. They start in training mode, as torch's
+modules do; ``model.eval()`` / ``model.train()`` switch the norms with running
+statistics through their ``use_running_average`` attribute (NNX's convention), and
+the running statistics are ``nnx.BatchStat`` variables updated in place. Arguments
+are checked where torch checks them, at construction when no input is needed.
+
+torch's activations are JAX functions (``jax.nn.relu``, ``jnp.tanh``,
+``jax.nn.sigmoid``, ``jax.nn.silu``, ``jax.nn.elu``), with two notes:
+``torch.nn.LeakyReLU()``'s slope 0.01 is ``jax.nn.leaky_relu``'s default, but at
+exactly 0 JAX's gradient is 1 and torch's the slope; ``torch.nn.GELU()`` is exact,
+``jax.nn.gelu`` approximates by default: write ``jax.nn.gelu(x, approximate=False)``.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxconv import ops, shapes
+from jaxconv import norm_ops, ops, shapes
 from jaxconv.ops import Initializer, torch_uniform
 
 _NAMES = ("in_features", "out_features")
@@ -180,3 +201,302 @@ class ConvTranspose(_TorchConvBase):
             output_size=output_size,
             dtype=self.dtype,
         )
+
+
+def _dtypes(dtype: Any, param_dtype: Any) -> tuple[Any, Any]:
+    """The computation dtype (``None`` stays ``None``: promotion) and the parameter dtype."""
+    return (
+        None if dtype is None else ops.float_dtype("dtype", dtype),
+        ops.float_dtype("param_dtype", param_dtype),
+    )
+
+
+class _RunningNorm(nnx.Module):
+    """Parameters and running statistics of :class:`BatchNorm` and :class:`InstanceNorm`:
+    ``scale`` / ``bias`` (``nnx.Param``, ``(num_features,)``) when ``affine``;
+    ``running_mean`` / ``running_var`` (``nnx.BatchStat``, float32) and
+    ``num_batches_tracked`` (``nnx.BatchStat``, int32 scalar) when
+    ``track_running_stats``; else None."""
+
+    def _init_state(
+        self,
+        num_features: Any,
+        eps: Any,
+        momentum: Any,
+        affine: Any,
+        track_running_stats: Any,
+        use_running_average: bool,
+        dtype: Any,
+        param_dtype: Any,
+    ) -> None:
+        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        # torch reads num_features only to size the parameters and statistics
+        if self.affine or self.track_running_stats:
+            num_features = shapes.nonnegative_int("num_features", num_features)
+        self.num_features = num_features
+        self.eps = shapes.as_float("eps", eps)
+        self.momentum = None if momentum is None else shapes.as_float("momentum", momentum)
+        self.use_running_average = bool(use_running_average)
+        self.dtype, self.param_dtype = _dtypes(dtype, param_dtype)
+        shape = (num_features,)
+        self.scale = nnx.Param(jnp.ones(shape, self.param_dtype)) if self.affine else None
+        self.bias = nnx.Param(jnp.zeros(shape, self.param_dtype)) if self.affine else None
+        track = self.track_running_stats
+        self.running_mean = nnx.BatchStat(jnp.zeros(shape, jnp.float32)) if track else None
+        self.running_var = nnx.BatchStat(jnp.ones(shape, jnp.float32)) if track else None
+        self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32)) if track else None
+
+    def _params(self) -> tuple[jax.Array | None, ...]:
+        return tuple(
+            None if v is None else v[...]
+            for v in (self.running_mean, self.running_var, self.scale, self.bias)
+        )
+
+    def _store(self, running_mean: jax.Array, running_var: jax.Array) -> None:
+        self.running_mean[...] = running_mean
+        self.running_var[...] = running_var
+
+
+class BatchNorm(_RunningNorm):
+    """``torch.nn.BatchNorm{1,2,3}d`` on ``(batch, channels)`` or ``(batch, *spatial,
+    channels)`` with 1-3 spatial dimensions.
+
+    ``y = (x - mean) / sqrt(var + eps) * scale + bias`` per channel. In training
+    (``use_running_average=False``, the default, as a torch module starts) ``mean`` and
+    ``var`` are the batch's (biased variance), and with ``track_running_stats`` the
+    running statistics move: ``running = (1 - momentum) * running + momentum * batch``
+    with the batch's *unbiased* variance, ``num_batches_tracked`` counts the steps, and
+    ``momentum=None`` is the cumulative average (``momentum = 1 / num_batches_tracked``).
+    In evaluation (``model.eval()``) the running statistics normalise; without
+    ``track_running_stats`` the batch's always do, as in torch.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        use_running_average: bool = False,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+    ) -> None:
+        self._init_state(
+            num_features, eps, momentum, affine, track_running_stats, use_running_average,
+            dtype, param_dtype,
+        )  # fmt: skip
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch_stats = not self.use_running_average or not self.track_running_stats
+        update = batch_stats and self.track_running_stats
+        momentum: Any = 0.0 if self.momentum is None else self.momentum
+        if update:
+            count = self.num_batches_tracked[...] + 1
+            if self.momentum is None:
+                momentum = 1.0 / count
+        y, mean, var = norm_ops.batch_norm(
+            x, *self._params(), training=batch_stats, momentum=momentum, eps=self.eps,
+            dtype=self.dtype,
+        )  # fmt: skip
+        if update:
+            self._store(mean, var)
+            self.num_batches_tracked[...] = count
+        return y
+
+
+class InstanceNorm(_RunningNorm):
+    """``torch.nn.InstanceNorm{1,2,3}d`` on ``(batch, *spatial, channels)``.
+
+    ``y = (x - mean) / sqrt(var + eps) * scale + bias`` with each example's and
+    channel's statistics over its spatial positions. With ``track_running_stats`` the
+    running statistics move in training by the batch's average of those (unbiased
+    variance) and normalise in evaluation; ``momentum=None`` leaves them as they are
+    (torch passes 0), and ``num_batches_tracked`` stays 0, as in torch. torch's
+    defaults: no ``affine`` parameters, no running statistics. As in torch, an input
+    whose channels differ from ``num_features`` is an error with ``affine`` or running
+    statistics and a warning without.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        *,
+        use_running_average: bool = False,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+    ) -> None:
+        self._init_state(
+            num_features, eps, momentum, affine, track_running_stats, use_running_average,
+            dtype, param_dtype,
+        )  # fmt: skip
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = jnp.shape(x)[-1] if jnp.ndim(x) else None
+        if not (self.affine or self.track_running_stats) and channels != self.num_features:
+            warnings.warn(
+                f"x has {channels} channels (its last axis), not num_features="
+                f"{self.num_features!r}, which is unused without affine or running statistics",
+                stacklevel=2,
+            )
+        input_stats = not self.use_running_average or not self.track_running_stats
+        momentum = 0.0 if self.momentum is None else self.momentum
+        y, mean, var = norm_ops.instance_norm(
+            x, *self._params(), use_input_stats=input_stats, momentum=momentum, eps=self.eps,
+            dtype=self.dtype,
+        )  # fmt: skip
+        if input_stats and self.track_running_stats:
+            self._store(mean, var)
+        return y
+
+
+class GroupNorm(nnx.Module):
+    """``torch.nn.GroupNorm`` on ``(batch, *spatial, channels)``: the channels in
+    ``num_groups`` consecutive groups, each example and group normalised over its spatial
+    positions and channels, then ``* scale + bias`` per channel (``affine``)."""
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        *,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+    ) -> None:
+        self.num_groups = shapes.positive_int("num_groups", num_groups)
+        self.num_channels = shapes.nonnegative_int("num_channels", num_channels)
+        if self.num_channels % self.num_groups:
+            raise ValueError(
+                f"num_channels ({self.num_channels}) must be divisible by num_groups "
+                f"({self.num_groups})"
+            )
+        self.eps, self.affine = shapes.as_float("eps", eps), bool(affine)
+        self.dtype, self.param_dtype = _dtypes(dtype, param_dtype)
+        shape = (self.num_channels,)
+        self.scale = nnx.Param(jnp.ones(shape, self.param_dtype)) if self.affine else None
+        self.bias = nnx.Param(jnp.zeros(shape, self.param_dtype)) if self.affine else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale, bias = (None if v is None else v[...] for v in (self.scale, self.bias))
+        return norm_ops.group_norm(
+            x, self.num_groups, scale, bias, eps=self.eps, dtype=self.dtype
+        )
+
+
+class LayerNorm(nnx.Module):
+    """``torch.nn.LayerNorm``: normalises over the last ``len(normalized_shape)`` axes of
+    the input, as torch does on the same array; ``scale`` (``elementwise_affine``) and
+    ``bias`` (and ``bias``) have shape ``normalized_shape``.
+
+    On a channels-last ``(batch, *spatial, channels)`` input, ``LayerNorm(channels)``
+    normalises each position over its channels; torch's ``LayerNorm`` on ``(N, L, C)``
+    or ``(N, C)`` (transformer blocks, heads) is this layer on the same array.
+    """
+
+    def __init__(
+        self,
+        normalized_shape: shapes.IntOrTuple,
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        *,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+    ) -> None:
+        self.normalized_shape = norm_ops.normalized_shape_tuple(normalized_shape)
+        self.eps = shapes.as_float("eps", eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        self.use_bias = self.elementwise_affine and bool(bias)
+        self.dtype, self.param_dtype = _dtypes(dtype, param_dtype)
+        shape = self.normalized_shape
+        self.scale = (
+            nnx.Param(jnp.ones(shape, self.param_dtype)) if self.elementwise_affine else None
+        )
+        self.bias = nnx.Param(jnp.zeros(shape, self.param_dtype)) if self.use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale, bias = (None if v is None else v[...] for v in (self.scale, self.bias))
+        return norm_ops.layer_norm(
+            x, self.normalized_shape, scale, bias, eps=self.eps, dtype=self.dtype
+        )
+
+
+class Linear(nnx.Module):
+    """``torch.nn.Linear``: ``y = x @ kernel + bias`` on ``(*, in_features)``.
+
+    ``kernel`` is ``(in_features, out_features)`` (torch's ``weight`` transposed),
+    ``bias`` ``(out_features,)``; both drawn from torch's ``U(-1/sqrt(in_features),
+    1/sqrt(in_features))`` (its ``kaiming_uniform(a=sqrt(5))``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        kernel_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
+        rngs: nnx.Rngs,
+    ) -> None:
+        self.in_features = shapes.nonnegative_int("in_features", in_features)
+        self.out_features = shapes.nonnegative_int("out_features", out_features)
+        self.use_bias = bool(bias)
+        self.dtype, self.param_dtype = _dtypes(dtype, param_dtype)
+        bound = 1.0 / math.sqrt(self.in_features) if self.in_features else 0.0
+        shape = (self.in_features, self.out_features)
+        self.kernel = nnx.Param(
+            (kernel_init or torch_uniform(bound))(rngs.params(), shape, self.param_dtype)
+        )
+        init = bias_init or torch_uniform(bound)
+        self.bias = (
+            nnx.Param(init(rngs.params(), (self.out_features,), self.param_dtype))
+            if self.use_bias
+            else None
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        bias = None if self.bias is None else self.bias[...]
+        return ops.linear(x, self.kernel[...], bias, dtype=self.dtype)
+
+
+class PReLU(nnx.Module):
+    """``torch.nn.PReLU``: ``x if x > 0 else weight * x``, ``weight``
+    ``(num_parameters,)`` filled with ``init``: one slope, or one per channel (the
+    input's last axis, channels-last)."""
+
+    def __init__(
+        self,
+        num_parameters: int = 1,
+        init: float = 0.25,
+        *,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+    ) -> None:
+        self.num_parameters = shapes.nonnegative_int("num_parameters", num_parameters)
+        self.dtype, self.param_dtype = _dtypes(dtype, param_dtype)
+        init = shapes.as_float("init", init)
+        self.weight = nnx.Param(jnp.full((self.num_parameters,), init, self.param_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.prelu(x, self.weight[...], dtype=self.dtype)
+
+
+class Flatten(nnx.Module):
+    """``torch.nn.Flatten(start_dim)`` for channels-last inputs: :func:`jaxconv.ops.flatten`
+    (features in torch's ``(channels, *spatial)`` order)."""
+
+    def __init__(self, start_dim: int = 1) -> None:
+        self.start_dim = shapes.as_int("start_dim", start_dim)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ops.flatten(x, self.start_dim)

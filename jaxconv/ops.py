@@ -70,7 +70,8 @@ def float_dtype(name: str, dtype: Any) -> jnp.dtype:
     return resolved
 
 
-def _float_array(name: str, value: Any) -> jax.Array:
+def float_array(name: str, value: Any) -> jax.Array:
+    """``value`` as a floating-point JAX array; ``TypeError`` naming ``name`` otherwise."""
     if not isinstance(value, jax.Array):
         try:
             value = jnp.asarray(value)
@@ -85,9 +86,9 @@ def _operands(
     x: Any, kernel: Any, bias: Any, dtype: Any
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
     """``x``, ``kernel`` and ``bias`` as arrays of the computation dtype (Flax's rule)."""
-    arrays = [_float_array("x", x), _float_array("kernel", kernel)]
+    arrays = [float_array("x", x), float_array("kernel", kernel)]
     if bias is not None:
-        arrays.append(_float_array("bias", bias))
+        arrays.append(float_array("bias", bias))
     common = jnp.result_type(*arrays) if dtype is None else float_dtype("dtype", dtype)
     x, kernel, *rest = (a.astype(common) for a in arrays)
     return x, kernel, (rest[0] if rest else None)
@@ -96,7 +97,7 @@ def _operands(
 def input_ndim(x: Any) -> int:
     """The number of spatial dimensions (1, 2 or 3) of a ``(batch, *spatial, channels)``
     input; ``ValueError`` naming ``x`` for another rank or a zero size past the batch."""
-    shape = _float_array("x", x).shape
+    shape = float_array("x", x).shape
     if len(shape) not in (3, 4, 5):
         raise ValueError(
             f"x must be (batch, *spatial, channels) with 1, 2 or 3 spatial dimensions, "
@@ -305,3 +306,68 @@ def conv_transpose(
         axis=-1,
     )
     return _add_bias(y, bias)
+
+
+def linear(
+    x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None, *, dtype: Any = None
+) -> jax.Array:
+    """``torch.nn.functional.linear`` with ``kernel = weight.T``: ``y = x @ kernel + bias``.
+
+    ``x`` is ``(*, in_features)`` (at least 1-D), ``kernel`` ``(in_features,
+    out_features)``, ``bias`` ``(out_features,)``; computed in ``dtype`` (``None``:
+    their promotion), the bias added in float32 at least.
+    """
+    x, kernel, bias = _operands(x, kernel, bias, dtype)
+    if kernel.ndim != 2:
+        raise ValueError(f"kernel must be (in_features, out_features), got shape {kernel.shape}")
+    if x.ndim < 1:
+        raise ValueError("x must have at least 1 dimension (its last is in_features), got a scalar")
+    if x.shape[-1] != kernel.shape[0]:
+        raise ValueError(
+            f"x has {x.shape[-1]} features (its last axis, shape {x.shape}), but the kernel "
+            f"{kernel.shape} expects {kernel.shape[0]}"
+        )
+    if bias is not None and bias.shape != (kernel.shape[1],):
+        raise ValueError(f"bias must have shape ({kernel.shape[1]},), got {bias.shape}")
+    return _add_bias(jnp.matmul(x, kernel), bias)
+
+
+def prelu(x: jax.Array, weight: jax.Array, *, dtype: Any = None) -> jax.Array:
+    """``torch.nn.functional.prelu`` on channels-last ``x``: ``x if x > 0 else weight * x``.
+
+    ``weight`` is ``(1,)`` (one slope for all) or ``(channels,)``, one slope per entry of
+    ``x``'s last axis (torch's channel axis 1, channels-last).
+    """
+    x, weight, _ = _operands(x, weight, None, dtype)
+    if weight.ndim != 1:
+        raise ValueError(f"weight must be 1-D (num_parameters,), got shape {weight.shape}")
+    if weight.shape[0] != 1:
+        if x.ndim == 0:
+            raise ValueError(
+                f"x must have a channel axis for {weight.shape[0]} slopes, got a scalar"
+            )
+        check_channels(x.shape, weight.shape[0], f"weight {weight.shape}")
+    return jnp.where(x > 0, x, weight * x)
+
+
+def flatten(x: jax.Array, start_dim: int = 1) -> jax.Array:
+    """``torch.flatten(x_nchw, start_dim)`` for a channels-last ``x``, in torch's order.
+
+    ``x`` is ``(batch, *spatial, channels)``; ``start_dim`` indexes torch's
+    ``(batch, channels, *spatial)`` dimensions (negative counts from the end). Where
+    the channel axis is flattened (``start_dim <= 1``) the features come in torch's
+    ``(channels, *spatial)`` order, so a ``Linear`` after it takes torch's weight as it
+    is; otherwise the result stays channels-last: ``(batch, ..., flat, channels)``.
+    """
+    x = jnp.asarray(x)
+    ndim = x.ndim
+    start = shapes.as_int("start_dim", start_dim)
+    if not -ndim <= start < ndim:
+        raise ValueError(
+            f"start_dim must be in [{-ndim}, {ndim - 1}] for an input of {ndim} dimensions, "
+            f"got {start_dim!r}"
+        )
+    start %= ndim
+    torch_order = jnp.moveaxis(x, -1, 1) if ndim >= 3 else x
+    flat = torch_order.reshape(*torch_order.shape[:start], math.prod(torch_order.shape[start:]))
+    return jnp.moveaxis(flat, 1, -1) if start >= 2 else flat

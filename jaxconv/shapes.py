@@ -13,6 +13,9 @@ as ints, bools do not. An argument of the wrong type raises ``TypeError``; the
 values that PyTorch rejects raise ``ValueError``, and nothing it accepts is
 rejected. Every message names the argument.
 
+Pooling and interpolation have their torch arithmetic here too
+(:func:`pool_output_shape`, :func:`interpolate_output_shape`).
+
 The layer checks shared by :mod:`jaxconv.nn` and :mod:`jaxconv.nnx` are here too:
 kernel shapes from channel counts (:func:`conv_kernel_shape`,
 :func:`conv_transpose_kernel_shape`), the arguments a layer can check before it
@@ -23,6 +26,7 @@ torch's ``output_size`` rule (:func:`output_padding_for_size`).
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Sequence
 from typing import Union
@@ -52,6 +56,30 @@ def positive_int(name: str, value: object) -> int:
     if n < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return n
+
+
+def nonnegative_int(name: str, value: object) -> int:
+    """``value`` as an int >= 0 (``TypeError`` for a non-int, ``ValueError`` below 0)."""
+    n = as_int(name, value)
+    if n < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return n
+
+
+def as_bool(name: str, value: object) -> bool:
+    """``value`` as a bool: a Python or numpy bool; ``TypeError`` for anything else (torch's
+    pooling refuses ``ceil_mode=1``)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+
+
+def as_float(name: str, value: object) -> float:
+    """``value`` (a real number: int, float or numpy scalar) as a float; ``TypeError``
+    otherwise."""
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
 
 
 def per_dim(name: str, value: IntOrTuple, ndim: int) -> tuple[int, ...]:
@@ -423,3 +451,180 @@ def check_conv_transpose_args(
             f'Only "zeros" padding mode is supported for ConvTranspose{ndim}d, '
             f"got padding_mode={padding_mode!r}"
         )
+
+
+# Pooling: torch's MaxPoolNd / AvgPoolNd arithmetic.
+
+
+def _pool_args(
+    ndim: int,
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple | None,
+    padding: IntOrTuple,
+    dilation: IntOrTuple,
+) -> tuple[tuple[int, ...], ...]:
+    """Kernel, stride, padding and dilation per dimension, checked as torch checks them:
+    each >= 1 (padding >= 0) and padding at most half the kernel (``k // 2``, not the
+    dilated kernel). ``stride`` ``None`` (or an empty tuple, as torch takes it) is the
+    kernel size."""
+    kernel = _at_least("kernel_size", per_dim("kernel_size", kernel_size, ndim), 1)
+    empty = isinstance(stride, Sequence) and not isinstance(stride, str) and len(stride) == 0
+    strides = kernel if stride is None or empty else per_dim("stride", stride, ndim)
+    strides = _at_least("stride", strides, 1)
+    pads = _at_least("padding", per_dim("padding", padding, ndim), 0)
+    dilations = _at_least("dilation", per_dim("dilation", dilation, ndim), 1)
+    if any(p > k // 2 for p, k in zip(pads, kernel)):
+        raise ValueError(
+            f"padding must be at most half of kernel_size in every dimension, got "
+            f"padding={pads} for kernel_size={kernel}"
+        )
+    return kernel, strides, pads, dilations
+
+
+def check_pool_args(
+    ndim: int,
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple | None = None,
+    padding: IntOrTuple = 0,
+    dilation: IntOrTuple = 1,
+    ceil_mode: bool = False,
+) -> None:
+    """Raises where torch's ``MaxPoolNd`` / ``AvgPoolNd`` refuse these arguments whatever
+    the input."""
+    _pool_args(ndim, kernel_size, stride, padding, dilation)
+    as_bool("ceil_mode", ceil_mode)
+
+
+def pool_output_shape(
+    input_shape: Sequence[int],
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple | None = None,
+    padding: IntOrTuple = 0,
+    dilation: IntOrTuple = 1,
+    ceil_mode: bool = False,
+) -> tuple[int, ...]:
+    """Spatial output size of torch's ``MaxPoolNd`` (``AvgPoolNd``: ``dilation=1``).
+
+    ``out = floor((n + 2p - d(k-1) - 1) / s) + 1``; with ``ceil_mode`` the division
+    rounds up, but the last window must start inside the input or its left padding
+    (torch's rule): one window fewer where ``(out - 1)s >= n + p``. ``stride=None`` is
+    the kernel size. ``ValueError`` where an output size is below 1.
+    """
+    shape = _spatial(input_shape)
+    ndim = len(shape)
+    kernel, strides, pads, dilations = _pool_args(ndim, kernel_size, stride, padding, dilation)
+    ceil = as_bool("ceil_mode", ceil_mode)
+    out = []
+    for n, k, s, p, d in zip(shape, kernel, strides, pads, dilations):
+        size = (n + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
+        if ceil and (size - 1) * s >= n + p:
+            size -= 1
+        out.append(size)
+    if min(out) < 1:
+        raise ValueError(
+            f"kernel_size: the output size {tuple(out)} is too small (every size must be >= 1) "
+            f"for input_shape={shape}, kernel_size={kernel}, stride={strides}, "
+            f"padding={pads}, dilation={dilations}"
+        )
+    return tuple(out)
+
+
+def pool_padding(
+    input_shape: Sequence[int],
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple | None = None,
+    padding: IntOrTuple = 0,
+    dilation: IntOrTuple = 1,
+    ceil_mode: bool = False,
+) -> PaddingPairs:
+    """``(lo, hi)`` padding with which plain windows (``lax.reduce_window``) give exactly
+    :func:`pool_output_shape`'s windows: ``lo = p``, ``hi`` = what the last window
+    reaches past the input (``ceil_mode`` may reach past ``p``; 0 at least)."""
+    shape = _spatial(input_shape)
+    out = pool_output_shape(shape, kernel_size, stride, padding, dilation, ceil_mode)
+    ndim = len(shape)
+    kernel, strides, pads, dilations = _pool_args(ndim, kernel_size, stride, padding, dilation)
+    return tuple(
+        (p, max(0, (m - 1) * s + d * (k - 1) + 1 - n - p))
+        for n, m, k, s, p, d in zip(shape, out, kernel, strides, pads, dilations)
+    )
+
+
+# Interpolation: the sizes of torch.nn.functional.interpolate.
+
+
+def _scale_factors(scale_factor: object, ndim: int) -> tuple[float, ...]:
+    """``scale_factor`` (a real number or an ``ndim``-sequence of them; not a bool) per
+    dimension."""
+    is_seq = isinstance(scale_factor, Sequence) and not isinstance(scale_factor, str)
+    values = tuple(scale_factor) if is_seq else (scale_factor,) * ndim
+    if len(values) != ndim:
+        raise ValueError(
+            f"scale_factor must be a number or a sequence of {ndim} numbers (one per spatial "
+            f"dimension), got {scale_factor!r}"
+        )
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in values):
+        raise TypeError(
+            f"scale_factor must be a number or a sequence of numbers, got {scale_factor!r}"
+        )
+    return tuple(float(v) for v in values)
+
+
+def interpolate_scales(
+    input_shape: Sequence[int],
+    size: IntOrTuple | None = None,
+    scale_factor: float | Sequence[float] | None = None,
+    recompute_scale_factor: bool | None = None,
+) -> tuple[tuple[int, ...], tuple[float | None, ...]]:
+    """The output sizes of ``torch.nn.functional.interpolate`` and the scale factors its
+    kernels receive.
+
+    Give ``size`` (an int or one int per dimension) or ``scale_factor`` (a number or one
+    per dimension), not both. By ``scale_factor`` the output size is ``int(n * scale)``
+    (in double precision), and torch's kernels then map output to input positions with
+    ``1 / scale``, not ``n / out``, unless ``recompute_scale_factor`` is true. The second
+    tuple holds those scales, ``None`` where the kernel uses ``n / out``. Every output
+    size must be >= 1 (``ValueError``).
+    """
+    shape = _spatial(input_shape)
+    ndim = len(shape)
+    if size is not None and scale_factor is not None:
+        raise ValueError("give size or scale_factor, not both (only one of them is used)")
+    if size is None and scale_factor is None:
+        raise ValueError("either size or scale_factor must be given")
+    if recompute_scale_factor is not None:
+        as_bool("recompute_scale_factor", recompute_scale_factor)
+    if size is not None:
+        if recompute_scale_factor:
+            raise ValueError("recompute_scale_factor is not meaningful with an explicit size")
+        is_seq = isinstance(size, Sequence) and not isinstance(size, str)
+        if is_seq and len(size) != ndim:
+            raise ValueError(
+                f"size must be an int or a sequence of {ndim} ints (one per spatial "
+                f"dimension), got {size!r}"
+            )
+        out = per_dim("size", size, ndim)
+        scales: tuple[float | None, ...] = (None,) * ndim
+    else:
+        factors = _scale_factors(scale_factor, ndim)
+        if not all(math.isfinite(f) for f in factors):
+            raise ValueError(f"scale_factor must be finite, got {scale_factor!r}")
+        out = tuple(int(n * f) for n, f in zip(shape, factors))
+        scales = (None,) * ndim if recompute_scale_factor else factors
+    if min(out) < 1:
+        raise ValueError(
+            f"the output size {out} must be >= 1 in every dimension (input_shape={shape}, "
+            f"size={size!r}, scale_factor={scale_factor!r})"
+        )
+    return out, scales
+
+
+def interpolate_output_shape(
+    input_shape: Sequence[int],
+    size: IntOrTuple | None = None,
+    scale_factor: float | Sequence[float] | None = None,
+    recompute_scale_factor: bool | None = None,
+) -> tuple[int, ...]:
+    """Spatial output size of ``torch.nn.functional.interpolate``: ``size``, or
+    ``int(n * scale_factor)`` per dimension (see :func:`interpolate_scales`)."""
+    return interpolate_scales(input_shape, size, scale_factor, recompute_scale_factor)[0]

@@ -1,0 +1,185 @@
+"""jaxconv.nnx's torch-semantics layers around the convs, on a few hand-picked cases:
+names and shapes of parameters and statistics, train/eval switching, torch's
+initialisation, and agreement with torch on one input each.
+
+The random-configuration parity with torch is in test_*_parity_torch.py.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from torch_reference import channels_first, channels_last
+
+from jaxconv import nnx as jnnx
+from jaxconv import ops
+
+torch.manual_seed(0)
+
+
+def _close(got, expected, tol=1e-5):
+    expected = np.asarray(expected)
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert np.asarray(got).shape == expected.shape
+    assert float(np.abs(np.asarray(got) - expected).max()) <= tol * scale
+
+
+def _state_names(module, kind):
+    return set(nnx.to_pure_dict(nnx.state(module, kind)))
+
+
+# norms
+
+
+def test_batch_norm_holds_torchs_parameters_and_statistics_by_the_agreed_names():
+    bn = jnnx.BatchNorm(5)
+    assert _state_names(bn, nnx.Param) == {"scale", "bias"}
+    stats = {"running_mean", "running_var", "num_batches_tracked"}
+    assert _state_names(bn, nnx.BatchStat) == stats
+    assert bn.running_mean[...].dtype == jnp.float32 and bn.running_var[...].shape == (5,)
+    count = bn.num_batches_tracked[...]
+    assert count.shape == () and count.dtype == jnp.int32
+    bare = jnnx.BatchNorm(5, affine=False, track_running_stats=False)
+    assert bare.scale is None and bare.running_mean is None and bare.num_batches_tracked is None
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
+def test_batch_norm_follows_torch_through_training_steps_under_jit_then_eval(momentum):
+    torch_bn = torch.nn.BatchNorm2d(3, momentum=momentum)
+    bn = jnnx.BatchNorm(3, momentum=momentum)
+    step = nnx.jit(lambda m, x: m(x))
+    for _ in range(3):
+        x = torch.randn(4, 3, 5, 6) * 3 + 1
+        _close(channels_first(step(bn, jnp.asarray(channels_last(x)))), torch_bn(x).detach())
+    for name in ("running_mean", "running_var"):
+        _close(getattr(bn, name)[...], getattr(torch_bn, name))
+    assert int(bn.num_batches_tracked[...]) == 3
+    torch_bn.eval()
+    bn.eval()
+    x = torch.randn(2, 3, 5, 6)
+    _close(channels_first(step(bn, jnp.asarray(channels_last(x)))), torch_bn(x).detach())
+    assert int(bn.num_batches_tracked[...]) == 3  # evaluation leaves the statistics alone
+
+
+def test_train_and_eval_switch_every_norm_with_running_statistics():
+    class Net(nnx.Module):
+        def __init__(self):
+            self.bn = jnnx.BatchNorm(2)
+            self.inorm = jnnx.InstanceNorm(2, track_running_stats=True)
+
+    net = Net()
+    assert not net.bn.use_running_average and not net.inorm.use_running_average  # torch: training
+    net.eval()
+    assert net.bn.use_running_average and net.inorm.use_running_average
+    net.train()
+    assert not net.bn.use_running_average and not net.inorm.use_running_average
+
+
+def test_batch_norm_without_running_statistics_uses_the_batch_in_eval_too():
+    torch_bn = torch.nn.BatchNorm1d(3, track_running_stats=False).eval()
+    bn = jnnx.BatchNorm(3, track_running_stats=False)
+    bn.eval()
+    x = torch.randn(5, 3) * 2
+    _close(bn(jnp.asarray(x.numpy())), torch_bn(x).detach())
+
+
+def test_instance_norm_has_torchs_defaults_no_affine_and_no_statistics():
+    inorm = jnnx.InstanceNorm(4)
+    assert inorm.scale is None and inorm.running_mean is None
+    assert not _state_names(inorm, nnx.Param)
+    x = torch.randn(2, 4, 7)
+    _close(channels_first(inorm(jnp.asarray(channels_last(x)))), torch.nn.InstanceNorm1d(4)(x))
+
+
+def test_instance_norm_warns_as_torch_for_unused_num_features():
+    x = torch.randn(2, 4, 3, 3)
+    with pytest.warns(UserWarning):
+        torch.nn.InstanceNorm2d(3)(x)
+    with pytest.warns(UserWarning, match="num_features"):
+        jnnx.InstanceNorm(3)(jnp.asarray(channels_last(x)))
+
+
+def test_group_norm_groups_consecutive_channels_as_torch():
+    torch_gn = torch.nn.GroupNorm(2, 6)
+    with torch.no_grad():
+        torch_gn.weight.normal_()
+        torch_gn.bias.normal_()
+    gn = jnnx.GroupNorm(2, 6)
+    gn.scale[...], gn.bias[...] = (jnp.asarray(p.detach().numpy()) for p in torch_gn.parameters())
+    x = torch.randn(2, 6, 4, 3) * torch.arange(1.0, 7.0).reshape(1, 6, 1, 1)
+    _close(channels_first(gn(jnp.asarray(channels_last(x)))), torch_gn(x).detach())
+
+
+def test_layer_norm_normalises_the_last_axes_of_the_same_array():
+    torch_ln = torch.nn.LayerNorm((4, 5), bias=False)
+    ln = jnnx.LayerNorm((4, 5), bias=False)
+    assert ln.bias is None and ln.scale[...].shape == (4, 5)
+    x = torch.randn(3, 4, 5)
+    _close(ln(jnp.asarray(x.numpy())), torch_ln(x).detach())
+
+
+# Linear, PReLU, Flatten
+
+
+def test_linear_kernel_is_torchs_weight_transposed_with_torchs_init_bound():
+    layer = jnnx.Linear(64, 10, rngs=nnx.Rngs(0))
+    assert layer.kernel[...].shape == (64, 10) and layer.bias[...].shape == (10,)
+    for param in (layer.kernel[...], layer.bias[...]):
+        assert 0.8 / 8 < float(jnp.abs(param).max()) <= 1 / 8  # U(-1/sqrt(64), 1/sqrt(64))
+    torch_layer = torch.nn.Linear(64, 10)
+    layer.kernel[...] = jnp.asarray(torch_layer.weight.detach().numpy().T)
+    layer.bias[...] = jnp.asarray(torch_layer.bias.detach().numpy())
+    x = torch.randn(2, 3, 64)
+    _close(layer(jnp.asarray(x.numpy())), torch_layer(x).detach())
+    assert jnnx.Linear(3, 2, bias=False, rngs=nnx.Rngs(0)).bias is None
+
+
+def test_prelu_slopes_run_along_the_channels_last_axis():
+    torch_prelu = torch.nn.PReLU(3)
+    with torch.no_grad():
+        torch_prelu.weight.copy_(torch.tensor([0.1, -0.5, 2.0]))
+    prelu = jnnx.PReLU(3)
+    assert np.allclose(prelu.weight[...], 0.25)
+    prelu.weight[...] = jnp.asarray([0.1, -0.5, 2.0])
+    x = torch.randn(2, 3, 4, 4)
+    _close(channels_first(prelu(jnp.asarray(channels_last(x)))), torch_prelu(x).detach())
+
+
+def test_flatten_then_linear_takes_torchs_weight_as_it_is():
+    torch_head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 5, 2))
+    linear = jnnx.Linear(60, 2, rngs=nnx.Rngs(0))
+    linear.kernel[...] = jnp.asarray(torch_head[1].weight.detach().numpy().T)
+    linear.bias[...] = jnp.asarray(torch_head[1].bias.detach().numpy())
+    head = nnx.Sequential(jnnx.Flatten(), linear)
+    x = torch.randn(2, 3, 4, 5)
+    _close(head(jnp.asarray(channels_last(x))), torch_head(x).detach())
+
+
+@pytest.mark.parametrize("start_dim", [0, 1, 2, 3, -1, -4])
+def test_flatten_is_torchs_on_the_channels_first_array(start_dim):
+    x = torch.randn(2, 3, 4, 5)
+    expected = torch.flatten(x, start_dim).numpy()
+    if start_dim % 4 >= 2:  # the channel axis survives: channels-last out
+        expected = np.moveaxis(expected, 1, -1)
+    np.testing.assert_array_equal(ops.flatten(jnp.asarray(channels_last(x)), start_dim), expected)
+
+
+def test_the_layers_train_under_nnx_jit_and_grad():
+    model = nnx.Sequential(
+        jnnx.Conv(2, 4, 3, rngs=nnx.Rngs(0)), jnnx.BatchNorm(4), jnnx.PReLU(4),
+        jnnx.GroupNorm(2, 4), jnnx.Flatten(), jnnx.Linear(4 * 6 * 6, 1, rngs=nnx.Rngs(1)),
+    )  # fmt: skip
+    x = jax.random.normal(jax.random.key(0), (8, 8, 8, 2))
+
+    @nnx.jit
+    def step(model):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - 1.0) ** 2))(model)
+        params = nnx.state(model, nnx.Param)
+        nnx.update(model, jax.tree.map(lambda p, g: p - 0.01 * g, params, grads))
+        return loss
+
+    losses = [float(step(model)) for _ in range(4)]
+    assert losses[3] < losses[2] < losses[1] < losses[0]
+    assert int(model.layers[1].num_batches_tracked[...]) == 4
