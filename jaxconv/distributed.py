@@ -12,7 +12,8 @@ replicated), so the results do not depend on how the devices are split into proc
 * :func:`shardings`: ``(batch split over all devices, replicated)`` on a 1-D mesh;
 * :func:`process_rows`: which rows of a global batch this process loads;
 * :func:`global_batch`: this process's rows as one global, sharded array per key;
-* :func:`is_primary`: whether this process writes the run's files (process 0).
+* :func:`is_primary`: whether this process writes the run's files (process 0);
+* :func:`any_process`: whether a flag is set in any process (a collective).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 ENVIRONMENT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -181,3 +183,14 @@ def global_batch(local: Mapping[str, np.ndarray], sharding: NamedSharding) -> di
 def is_primary() -> bool:
     """Whether this process writes the run's files: process 0 (or the only one)."""
     return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is True in any process: the same answer in all of them.
+
+    With several processes this is a collective: every process must call it at the
+    same point of the run.
+    """
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(multihost_utils.process_allgather(np.array([flag], np.int32)).any())

@@ -48,6 +48,9 @@ Batch = Mapping[str, jax.Array]
 Arrays = Mapping[str, np.ndarray]
 
 SEED_LIMIT = 2**32  # jax.random.key folds larger seeds onto smaller ones
+# Train steps between two looks at the losses (a device-to-host transfer) and at Ctrl-C
+# (with several processes, a collective): the steps run ahead of the host in between.
+CHECK_EVERY = 10
 
 
 class Task(Protocol):
@@ -481,10 +484,10 @@ def fit(
         if progress and start < epochs:
             _log(f"compiled the train step in {time.perf_counter() - compile_start:.1f} s")
 
-        saved, finished = start, state
+        saved, finished, stopping = start, state, False
         with _stop_on_ctrl_c() as stop:
             for epoch in range(start + 1, epochs + 1):
-                state, train_loss, seconds = _train_epoch(
+                state, train_loss, seconds, stopping = _train_epoch(
                     step_fn, state, train, config, epoch, epochs, steps, stop, progress, saved
                 )
                 if train_loss is None:  # Ctrl-C within the epoch: its state is dropped
@@ -504,9 +507,9 @@ def fit(
                 run.write_metrics(history)
                 if progress:
                     _log(_summary(metrics))
-                if stop.is_set():
+                if stopping:
                     break
-            if stop.is_set():
+            if stopping:  # every process agreed on it, so they save together
                 if saved < len(history):
                     _save(manager, len(history), finished, history)
                 raise Interrupted(len(history))
@@ -540,6 +543,11 @@ def _train_batch(
     return task.augment(rows, rngs)
 
 
+def _fetch(losses: list[jax.Array]) -> np.ndarray:
+    """The host copy of ``losses`` (one transfer)."""
+    return np.asarray(jax.device_get(losses))
+
+
 def _train_epoch(
     step_fn,
     state: TrainState,
@@ -551,11 +559,15 @@ def _train_epoch(
     stop: threading.Event,
     progress: bool,
     saved: int,
-) -> tuple[TrainState, float | None, float]:
-    """One epoch of train steps: ``(state, mean loss, seconds)``; mean loss None on Ctrl-C.
+) -> tuple[TrainState, float | None, float, bool]:
+    """One epoch of train steps: ``(state, mean loss, seconds, stopping)``.
 
-    Raises ``Diverged`` at the first non-finite loss (checked every 10 steps and at the end,
-    before the state can be saved).
+    Every ``CHECK_EVERY`` steps and after the last, the losses not yet fetched are
+    fetched (one transfer) and every process learns whether any was asked to stop, so
+    all stop at the same step: ``stopping`` is True, with mean loss None when the stop
+    came before the epoch's last step (its state is then dropped). Raises ``Diverged``
+    at the first non-finite loss, before the state can be saved; the losses are the
+    same on every process (a mean over the global batch), so all raise it together.
     """
     batch_sharding, _ = distributed.shardings()
     bar = tqdm(
@@ -564,37 +576,38 @@ def _train_epoch(
         disable=not (progress and distributed.is_primary()),
         leave=False,
     )
-    losses = []
+    pending: list[jax.Array] = []  # losses still on the devices
+    fetched: list[np.ndarray] = []
     start_time = time.perf_counter()
-
-    def check_finite() -> None:
-        values = np.asarray(jax.device_get(losses))
+    order = input_pipeline.epoch_permutation(input_pipeline.num_examples(train), config.seed, epoch)
+    rows = distributed.process_rows(config.batch_size)
+    for step in range(1, steps + 1):
+        examples = order[(step - 1) * config.batch_size : step * config.batch_size][rows]
+        local = _train_batch(state.task, train, examples, config, epoch)
+        state, loss = step_fn(state, distributed.global_batch(local, batch_sharding))
+        pending.append(loss)
+        bar.update()
+        if step % CHECK_EVERY and step < steps:
+            continue
+        values = _fetch(pending)
+        pending.clear()
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             bar.close()
-            raise Diverged(epoch, int(bad[0]) + 1, float(values[bad[0]]), saved)
-
-    order = input_pipeline.epoch_permutation(input_pipeline.num_examples(train), config.seed, epoch)
-    rows = distributed.process_rows(config.batch_size)
-    for step in range(steps):
-        if stop.is_set():
+            first = step - len(values) + int(bad[0]) + 1
+            raise Diverged(epoch, first, float(values[bad[0]]), saved)
+        fetched.append(values)
+        elapsed = time.perf_counter() - start_time
+        bar.set_postfix(
+            loss=f"{values[-1]:.4f}", img_s=f"{step * config.batch_size / elapsed:.0f}"
+        )
+        stopping = distributed.any_process(stop.is_set())
+        if stopping and step < steps:
             bar.close()
-            return state, None, 0.0
-        examples = order[step * config.batch_size : (step + 1) * config.batch_size][rows]
-        local = _train_batch(state.task, train, examples, config, epoch)
-        state, loss = step_fn(state, distributed.global_batch(local, batch_sharding))
-        losses.append(loss)
-        bar.update()
-        if bar.n % 10 == 0 or bar.n == steps:
-            check_finite()
-            elapsed = time.perf_counter() - start_time
-            bar.set_postfix(
-                loss=f"{float(loss):.4f}", img_s=f"{bar.n * config.batch_size / elapsed:.0f}"
-            )
-    check_finite()
+            return state, None, 0.0, True
     seconds = time.perf_counter() - start_time
     bar.close()
-    return state, float(np.mean(jax.device_get(losses))), seconds
+    return state, float(np.mean(np.concatenate(fetched))), seconds, stopping
 
 
 def train_and_evaluate(

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxconv import distributed
-from jaxconv.train import load_run
+from jaxconv import distributed, input_pipeline, launch
+from jaxconv.train import CHECK_EVERY, load_run
 
 TRAIN = ["train", "--batch-size", "500"]
 TIMEOUT_S = 240  # every launch below is bounded; nothing is left running
@@ -118,6 +118,73 @@ def test_a_killed_process_fails_the_launch_and_stops_the_others(tmp_path):
     assert launcher.returncode == 128 + signal.SIGKILL
     assert "process 1 exited" in err
     assert not any(Path(f"/proc/{child}").exists() for child in children)
+
+
+DIVERGE_SCRIPT = """
+import json, sys
+import numpy as np
+from jaxconv import distributed
+distributed.initialize(distributed.cluster())
+from jaxconv.input_pipeline import Dataset, load_dataset
+from jaxconv.train import Diverged, TrainConfig, train_and_evaluate
+workdir, n, batch, index = sys.argv[1], *map(int, sys.argv[2:])
+d = load_dataset()
+images = d.train_images[:n].copy()
+images[index, 14, 14, 0] = np.nan
+data = Dataset("mnist5k", images, d.train_labels[:n], d.test_images[:64], d.test_labels[:64])
+try:  # the progress bar of process 0 on, as in the CLI
+    train_and_evaluate(data, workdir, TrainConfig(batch_size=batch), 3)
+except Diverged as e:
+    print(json.dumps({"epoch": e.epoch, "step": e.step}))
+"""
+
+
+def _processes(script: str, *argv: str, n: int = 2) -> list[str]:
+    """The stdout of each of ``n`` processes running ``script``, joined over loopback."""
+    address = f"127.0.0.1:{launch.free_port()}"
+    children = []
+    for index in range(n):
+        env = {
+            **os.environ,
+            "JAX_PLATFORMS": "cpu",
+            "JAX_NUM_CPU_DEVICES": "1",
+            **dict(zip(distributed.ENVIRONMENT, (address, str(n), str(index)))),
+        }
+        children.append(
+            subprocess.Popen(
+                [sys.executable, "-c", script, *argv],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        results = [child.communicate(timeout=TIMEOUT_S) for child in children]
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    for child, (_, err) in zip(children, results):
+        assert child.returncode == 0, err[-3000:]
+    return [out for out, _ in results]
+
+
+def test_a_nan_between_two_checks_stops_every_process_at_the_same_step(tmp_path):
+    n, batch = 600, 16  # 37 steps an epoch; epoch 1 leaves 8 images out
+    steps = n // batch
+    first, second = (list(input_pipeline.epoch_permutation(n, 0, epoch)) for epoch in (1, 2))
+    # an image that epoch 1 leaves out and epoch 2 trains on at a step between two checks
+    index, step = next(
+        (i, second.index(i) // batch + 1)
+        for i in first[steps * batch :]
+        if (second.index(i) // batch + 1) % CHECK_EVERY and second.index(i) < steps * batch
+    )
+    outputs = _processes(DIVERGE_SCRIPT, str(tmp_path), str(n), str(batch), str(index))
+    stops = [json.loads(out.splitlines()[-1]) for out in outputs]
+    assert stops == [{"epoch": 2, "step": step}] * 2
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").open()] == [1]
 
 
 def test_the_cluster_comes_from_flags_or_the_environment_all_three_or_none():

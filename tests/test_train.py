@@ -14,6 +14,7 @@ import torch
 from jaxconv import interop
 from jaxconv.models import Autoencoder
 from jaxconv.torch_models import torch_autoencoder
+from jaxconv import train
 from jaxconv.train import (
     RunDir,
     RunDirError,
@@ -108,6 +109,33 @@ def test_a_workdir_of_another_run_is_refused(small_digits, tmp_path):
     other = TrainConfig(batch_size=32, learning_rate=3e-4)
     with pytest.raises(ValueError, match="another --workdir"):
         train_and_evaluate(small_digits, tmp_path, other, 2, progress=False)
+
+
+def test_the_losses_are_fetched_once_each_whatever_the_progress_bar(
+    small_digits, tmp_path, monkeypatch
+):
+    """Every device-to-host copy goes through ``jax.device_get`` (implicit ones are refused
+    here); a loss is fetched once, in a few transfers, with or without the progress bar."""
+    fetches = []
+    real_device_get = jax.device_get
+
+    def counting_device_get(tree):
+        fetches.append(len(jax.tree.leaves(tree)))
+        return real_device_get(tree)
+
+    monkeypatch.setattr(jax, "device_get", counting_device_get)
+    config = TrainConfig(batch_size=8)  # 32 steps an epoch, 8 test batches
+    counts = {}
+    for progress in (False, True):
+        fetches.clear()
+        with jax.transfer_guard_device_to_host("disallow"):
+            train_and_evaluate(small_digits, tmp_path / str(progress), config, 1, progress=progress)
+        counts[progress] = list(fetches)
+    assert counts[False] == counts[True]
+    checks = -(-32 // train.CHECK_EVERY)
+    # the losses' fetches, then one fetch per test batch (its sums)
+    assert counts[False][:checks] == [10, 10, 10, 2]
+    assert len(counts[False]) <= checks + 8
 
 
 MULTI_DEVICE_SCRIPT = """
