@@ -1,3 +1,5 @@
+import os
+
 import jax
 import pytest
 
@@ -5,6 +7,10 @@ from jaxconv.input_pipeline import Dataset, load_dataset
 
 # Parity with PyTorch's float32 needs float32 products: on GPUs XLA's default is TF32.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def parity_count(full: int, sample: int) -> int:
+    return full if os.environ.get("JAXCONV_PARITY") == "full" else sample
 
 
 @pytest.fixture(scope="session")
