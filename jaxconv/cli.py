@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -15,8 +16,26 @@ if TYPE_CHECKING:  # the commands import jax and the rest when they run, not at 
     from jaxconv.train import TrainConfig, TrainState
 
 
+# jaxlib 0.10.2 turns on XLA:CPU's YNN fusion, which computes a batched matrix product
+# followed by a sum wrongly past 32768 rows (jax issue 39103) and can crash on rank-7 sums
+# (jax issues 39257, 40412). jaxconv's own computations were checked to be unaffected, against
+# float64 references; the commands run with the fusion off all the same (README, "When things
+# go wrong"). XLA reads XLA_FLAGS once, when JAX starts its backend: main sets it first.
+XLA_FLAGS_DEFAULT = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def default_xla_flags() -> None:
+    """Sets ``XLA_FLAGS`` to ``XLA_FLAGS_DEFAULT`` unless the user set it (even empty)."""
+    os.environ.setdefault("XLA_FLAGS", XLA_FLAGS_DEFAULT)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, answering a bad command line with one line on stderr (exit status 2)."""
+    """argparse, answering a bad command line with one line on stderr (exit status 2), and
+    taking no abbreviated flag (``--epoch`` is not ``--epochs``). Subparsers are Parsers too."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         # the library names its arguments (batch_size); the user typed flags (--batch-size).
@@ -69,6 +88,7 @@ def add_training_flags(
     learning_rate: float,
     epochs_default: int,
     workdir_help: str,
+    learning_rate_help: str = "Adam's",
 ) -> None:
     """The flags every training command shares: the run, its data and its checkpoints."""
     p.add_argument("--epochs", type=epochs, default=epochs_default, help="(default: %(default)s)")
@@ -79,7 +99,7 @@ def add_training_flags(
         "--learning-rate",
         type=positive_float,
         default=learning_rate,
-        help="Adam's (default: %(default)s)",
+        help=f"{learning_rate_help} (default: %(default)s)",
     )
     p.add_argument(
         "--seed", type=seed, default=0, help="init and data order (default: %(default)s)"
@@ -267,7 +287,8 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def add_segment_parser(subparsers) -> None:
-    from jaxconv import scenes, segmentation
+    from jaxconv import scenes
+    from jaxconv import segmentation_config as segmentation  # the settings, without JAX
     from jaxconv.input_pipeline import EMBEDDED_DATASET
 
     p = subparsers.add_parser(
@@ -291,6 +312,9 @@ def add_segment_parser(subparsers) -> None:
         learning_rate=segmentation.LEARNING_RATE,
         epochs_default=8,
         workdir_help="run directory (default: runs/segment-UPSAMPLING)",
+        learning_rate_help="AdamW's peak rate: a linear warm-up over the first "
+        f"{segmentation.WARMUP * 100:g}%% of the steps, then a cosine decay to 1%% of it at the "
+        "last step of --epochs",
     )
     p.add_argument(
         "--image-size",
@@ -306,7 +330,8 @@ def add_segment_parser(subparsers) -> None:
         type=_bounded_int(1, 10_000_000),
         default=scenes.DEFAULT_SCENES,
         metavar=("TRAIN", "TEST"),
-        help="digit scenes generated per split (default: %(default)s)",
+        help="digit scenes generated per split (default: "
+        f"{' '.join(map(str, scenes.DEFAULT_SCENES))})",
     )
     p.add_argument(
         "--upsampling",
@@ -748,6 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    default_xla_flags()  # before anything imports JAX
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -1,6 +1,10 @@
 """The ``jaxconv train`` command: outputs in the workdir, argparse errors, offline data."""
 
+import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -75,3 +79,91 @@ def test_train_runs_on_a_tfds_dataset(tmp_path, monkeypatch):
     ]
     assert metrics["epoch"] == 1
     assert (tmp_path / "reconstructions.png").exists()
+
+
+# ---------------------------------------------------------------- start-up and messages
+
+HEAVY = ("jax", "jaxlib", "flax", "optax", "orbax", "tensorflow_datasets", "torch", "matplotlib")
+
+
+def test_the_parser_and_help_import_no_jax():
+    # a fresh interpreter: this one imported jax long ago
+    code = (
+        "import contextlib, io, sys\n"
+        "from jaxconv import cli\n"
+        "cli.build_parser()\n"
+        "for argv in (['--help'], ['segment', '--help'], ['train', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        cli.main(argv)\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+# 2**15 + 1 rows: jax issue 39103's product-then-sum, exact in float32 (the last row's
+# 32768**2 = 2**30), which jaxlib 0.10.2's XLA:CPU YNN fusion gets wrong.
+_PROBE = """
+import os, sys
+from jaxconv import cli
+
+def probe(args):
+    import jax, jax.numpy as jnp
+    rows = jnp.arange(2**15 + 1, dtype=jnp.float32)
+    x = jnp.stack([rows, jnp.zeros_like(rows), jnp.zeros_like(rows)], axis=1)
+    f = jax.jit(jax.vmap(lambda row: jnp.sum((jnp.eye(3) @ row) ** 2)))
+    print(repr(os.environ.get("XLA_FLAGS")), float(f(x)[-1]) == 2.0**30)
+
+cli.run_embed = probe
+cli.main(["embed"])
+"""
+
+
+def _probe(env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_commands_run_with_the_ynn_fusion_off_unless_the_user_set_xla_flags():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    assert _probe(env) == f"{cli.XLA_FLAGS_DEFAULT!r} True"
+    assert cli.XLA_FLAGS_DEFAULT == "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def test_xla_flags_the_user_set_are_left_alone(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    cli.default_xla_flags()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+    monkeypatch.delenv("XLA_FLAGS")
+    cli.default_xla_flags()
+    assert os.environ["XLA_FLAGS"] == cli.XLA_FLAGS_DEFAULT
+
+
+def _help(*argv: str, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_segment_help_names_its_optimizer_and_shows_plain_defaults(capsys):
+    text = _help("segment", capsys=capsys)
+    assert "Adam's" not in text
+    assert "AdamW" in text and "warm-up" in text and "cosine" in text
+    assert "(10000, 1000)" not in text and "(default: 10000 1000)" in text
+    assert "Adam's" in _help("train", capsys=capsys)  # train's rate is plain Adam's
+
+
+def test_no_parser_takes_an_abbreviated_flag():
+    parser = cli.build_parser()
+    (subparsers,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert not parser.allow_abbrev
+    assert {name: p.allow_abbrev for name, p in subparsers.choices.items()} == dict.fromkeys(
+        subparsers.choices, False
+    )
