@@ -7,7 +7,7 @@ Two sources, both giving a ``Dataset`` of float32 images in [0, 1]:
   nothing to prepare.
 * any tensorflow-datasets image dataset (``"mnist"``, ``"fashion_mnist"``, ``"cifar10"``, ...),
   read through TFDS' random-access ARRAY_RECORD data source, which needs no TensorFlow once
-  the dataset is prepared. Preparing one needs TensorFlow (``pip install 'jaxconv[tfds]'``)
+  the dataset is prepared. Preparing one needs TensorFlow (``pip install tensorflow-cpu``)
   and the network; when either is missing, ``load_dataset`` raises
   ``DatasetUnavailableError`` within seconds.
 
@@ -21,6 +21,7 @@ import dataclasses
 import gzip
 import importlib.resources
 import importlib.util
+import logging
 import socket
 import threading
 from collections.abc import Iterator, Mapping
@@ -130,7 +131,14 @@ def _load_tfds(name: str, data_dir: str | None) -> Dataset:
     features = builder.info.features
     if "image" not in features:
         raise ValueError(f"TFDS dataset {name!r} has no 'image' feature.")
-    if not builder.is_prepared():
+    absl = logging.getLogger("absl")  # TFDS warns of each unprepared version it looks at
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        prepared = builder.is_prepared()
+    finally:
+        absl.setLevel(level)
+    if not prepared:
         _prepare(name, builder)
 
     splits = builder.info.splits  # empty under tfds.testing.mock_data
@@ -168,7 +176,7 @@ def _prepare(name: str, builder: tfds.core.DatasetBuilder) -> None:
     if not _tensorflow_available():
         raise DatasetUnavailableError(
             f"TFDS dataset {name!r} is not prepared in {where}, and preparing it needs "
-            f"TensorFlow: pip install 'jaxconv[tfds]'. {offline}"
+            f"TensorFlow: pip install tensorflow-cpu (jaxconv's 'tfds' extra). {offline}"
         )
     if not _network_available():
         raise DatasetUnavailableError(
