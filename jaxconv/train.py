@@ -133,12 +133,17 @@ class TrainConfig:
             raise ValueError(f"missing settings: {', '.join(missing)}")
         task = model_class.task_name
         if d.get("task", task) != task:
-            raise ValueError(f"it holds a {d['task']} run, not a {task} run")
+            raise ValueError(f"it holds {_a(d['task'])} run, not {_a(task)} run")
         try:
             model = model_class.from_dict(d["model"])
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"bad model settings: {e!r}") from e
         return cls(**{name: d[name] for name in fields if name != "model"}, model=model)
+
+
+def _a(word: str) -> str:
+    """``word`` after its indefinite article: 'an autoencoder', 'a segmentation'."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
@@ -637,6 +642,9 @@ def load_run(
     Raises ``RunDirError`` naming the file and the fix when there is no such run.
     """
     run = RunDir(workdir)
+    nearest = next(p for p in (run.path, *run.path.parents) if p.exists())
+    if not nearest.is_dir():  # no command would make it a run
+        raise RunDirError(f"--workdir {run.path}: {nearest} is a file, not a run directory")
     hint = f"train one first: jaxconv {model_class.command} --workdir {run.path}"
     if not run.config_path.exists():
         raise RunDirError(f"{run.path} holds no jaxconv run (no run.json); {hint}")
