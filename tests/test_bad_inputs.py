@@ -7,6 +7,7 @@ failure (data that cannot be had here, a damaged checkpoint, a file system error
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -90,6 +91,19 @@ FLAG_CASES = [
     ),
     pytest.param("train", ["--distributed", "manual"], 2, "--distributed", id="distributed"),
     pytest.param("train", ["--no-such-flag"], 2, "--no-such-flag", id="train unknown flag"),
+    *[  # argparse would take each as the flag it begins
+        pytest.param(
+            command, flags, 2, f"unrecognized arguments: {flags[0]}", id=f"{command} {flags[0]}"
+        )
+        for command, flags in [
+            ("train", ["--epoch", "3"]),
+            ("train", ["--learning", "0.1"]),
+            ("segment", ["--image", "32", "32"]),
+            ("interpolate", ["--step", "3"]),
+            ("generate", ["--per", "3"]),
+            ("embed", ["--work", "x"]),
+        ]
+    ],
     pytest.param("embed", ["--k", "5", "6"], 2, "6", id="embed extra value"),
 ]
 
@@ -207,7 +221,7 @@ BROKEN_RUN_JSON = {
     "not json": (_not_json, "run.json"),
     "a list": (_a_list, "run.json"),
     "a directory": (_a_directory, "run.json"),
-    "another task": (_other_task, "segmentation"),
+    "another task": (_other_task, "holds a segmentation run, not an autoencoder run"),
 }
 DAMAGED_CHECKPOINTS = {"truncated": _truncated, "emptied": _emptied}
 READERS = ("train", "interpolate", "embed", "generate")
@@ -253,6 +267,14 @@ def test_a_workdir_that_is_a_file_is_a_usage_error(command, tmp_path, capsys):
     path.write_text("not a run")
     _fails(_argv(command, path), 2, str(path), capsys)
     assert path.read_text() == "not a run"
+
+
+@pytest.mark.parametrize("command", ("interpolate", "embed", "generate"))
+def test_a_workdir_that_is_a_file_suggests_no_command_that_would_fail(command, tmp_path, capsys):
+    path = tmp_path / "file"
+    path.write_text("not a run")
+    line = _fails([command, "--workdir", str(path)], 2, f"{path} is a file", capsys)
+    assert "jaxconv train" not in line
 
 
 def test_a_workdir_below_a_file_is_a_usage_error(tmp_path, capsys):
@@ -315,10 +337,12 @@ def test_a_dataset_without_images_is_a_usage_error(tmp_path, capsys):
     _fails(["train", "--dataset", "imdb_reviews", "--workdir", str(tmp_path)], 2, "image", capsys)
 
 
-def test_an_unprepared_dataset_offline_is_a_runtime_error(offline, tmp_path, capsys):
+def test_an_unprepared_dataset_offline_is_a_runtime_error(offline, tmp_path, capsys, caplog):
     argv = ["train", "--dataset", "kmnist", "--data-dir", str(tmp_path), "--workdir", str(tmp_path)]
     line = _fails(argv, 1, "kmnist", capsys)
     assert "--dataset mnist5k" in line
+    # TFDS' own warning about the empty directory would print before the line
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 class JaxconvTrainOnly(tfds.core.GeneratorBasedBuilder):

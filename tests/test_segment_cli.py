@@ -78,5 +78,5 @@ def test_the_predictor_labels_every_pixel_of_any_size(run, height, width):
 
 def test_the_predictor_of_an_autoencoder_run_is_refused(tmp_path):
     cli.main(["train", "--epochs", "1", "--batch-size", "500", "--workdir", str(tmp_path)])
-    with pytest.raises(RunDirError, match="autoencoder run, not a segmentation run"):
+    with pytest.raises(RunDirError, match="holds an autoencoder run, not a segmentation run"):
         segmentation.load_predictor(tmp_path)
