@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxconv import norm_ops, ops, shapes
+from jaxconv import norm_ops, ops, resample_ops, shapes
 from jaxconv.ops import Initializer, torch_uniform
 
 _NAMES = ("in_features", "out_features")
@@ -81,14 +81,19 @@ class _TorchConvBase(nnx.Module):
         )
 
     def _operands(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        ndim = len(self.kernel_size)
-        if ops.input_ndim(x) != ndim:
-            raise ValueError(
-                f"x must be (batch, *spatial, channels) with {ndim} spatial dimensions, as "
-                f"kernel_size={self.kernel_size} has (an int kernel_size means 2-D), got shape "
-                f"{jnp.shape(x)}"
-            )
+        _check_rank(x, self.kernel_size)
         return self.kernel[...], None if self.bias is None else self.bias[...]
+
+
+def _check_rank(x: jax.Array, kernel_size: tuple[int, ...]) -> None:
+    """``x`` must have as many spatial dimensions as the layer's ``kernel_size``."""
+    ndim = len(kernel_size)
+    if ops.input_ndim(x) != ndim:
+        raise ValueError(
+            f"x must be (batch, *spatial, channels) with {ndim} spatial dimensions, as "
+            f"kernel_size={kernel_size} has (an int kernel_size means 2-D), got shape "
+            f"{jnp.shape(x)}"
+        )
 
 
 class Conv(_TorchConvBase):
@@ -500,3 +505,120 @@ class Flatten(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return ops.flatten(x, self.start_dim)
+
+
+class MaxPool(nnx.Module):
+    """``torch.nn.MaxPool{1,2,3}d``: :func:`jaxconv.resample_ops.max_pool`, out size
+    ``floor((n + 2p - d(k-1) - 1)/s) + 1`` (``ceil_mode``: rounded up, the last window
+    starting inside the input or its left padding). ``kernel_size`` fixes the spatial
+    dimensions as :class:`Conv`'s does (an int means 2-D)."""
+
+    def __init__(
+        self,
+        kernel_size: shapes.IntOrTuple,
+        stride: shapes.IntOrTuple | None = None,
+        padding: shapes.IntOrTuple = 0,
+        dilation: shapes.IntOrTuple = 1,
+        ceil_mode: bool = False,
+    ) -> None:
+        ndim = shapes.kernel_ndim(kernel_size)
+        shapes.check_pool_args(ndim, kernel_size, stride, padding, dilation, ceil_mode)
+        self.kernel_size = shapes.per_dim("kernel_size", kernel_size, ndim)
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.ceil_mode = ceil_mode
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _check_rank(x, self.kernel_size)
+        return resample_ops.max_pool(
+            x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode
+        )
+
+
+class AvgPool(nnx.Module):
+    """``torch.nn.AvgPool{1,2,3}d``: :func:`jaxconv.resample_ops.avg_pool` (each window's
+    sum over ``divisor_override``, or over the window's size clipped to the padded input
+    with ``count_include_pad``, else to the input). ``kernel_size`` fixes the spatial
+    dimensions as :class:`Conv`'s does (an int means 2-D)."""
+
+    def __init__(
+        self,
+        kernel_size: shapes.IntOrTuple,
+        stride: shapes.IntOrTuple | None = None,
+        padding: shapes.IntOrTuple = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor_override: int | None = None,
+    ) -> None:
+        ndim = shapes.kernel_ndim(kernel_size)
+        shapes.check_pool_args(ndim, kernel_size, stride, padding, 1, ceil_mode)
+        shapes.as_bool("count_include_pad", count_include_pad)
+        resample_ops.check_divisor_override(divisor_override)
+        self.kernel_size = shapes.per_dim("kernel_size", kernel_size, ndim)
+        self.stride, self.padding, self.ceil_mode = stride, padding, ceil_mode
+        self.count_include_pad, self.divisor_override = count_include_pad, divisor_override
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _check_rank(x, self.kernel_size)
+        return resample_ops.avg_pool(
+            x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+            self.count_include_pad, self.divisor_override,
+        )  # fmt: skip
+
+
+class Upsample(nnx.Module):
+    """``torch.nn.Upsample``: :func:`jaxconv.resample_ops.interpolate` on inputs of any
+    of 1-3 spatial dimensions (``mode`` ``nearest``, ``linear``, ``bilinear`` or
+    ``trilinear``; the linear modes need 1, 2 and 3).
+
+    As torch's module, it keeps ``scale_factor`` as a float (or a tuple of floats) and
+    reads a zero one as not given. The arguments that need no input are checked here,
+    the rest at the call, where torch checks them all.
+    """
+
+    def __init__(
+        self,
+        size: shapes.IntOrTuple | None = None,
+        scale_factor: float | tuple[float, ...] | None = None,
+        mode: str = "nearest",
+        align_corners: bool | None = None,
+        recompute_scale_factor: bool | None = None,
+    ) -> None:
+        if isinstance(scale_factor, tuple):
+            scale_factor = tuple(shapes.as_float("scale_factor", f) for f in scale_factor)
+        elif scale_factor is not None:
+            scale_factor = shapes.as_float("scale_factor", scale_factor) or None
+        resample_ops.check_mode(mode, align_corners)
+        if (size is None) == (scale_factor is None):
+            raise ValueError("give one of size and scale_factor (a zero scale_factor is none)")
+        if size is not None and recompute_scale_factor:
+            raise ValueError("recompute_scale_factor is not meaningful with an explicit size")
+        self.size, self.scale_factor, self.mode = size, scale_factor, mode
+        self.align_corners, self.recompute_scale_factor = align_corners, recompute_scale_factor
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return resample_ops.interpolate(
+            x, self.size, self.scale_factor, self.mode, self.align_corners,
+            self.recompute_scale_factor,
+        )  # fmt: skip
+
+
+class PixelShuffle(nnx.Module):
+    """``torch.nn.PixelShuffle``: ``(*, H, W, C r^2)`` to ``(*, H r, W r, C)`` in torch's
+    ``(C, r, r)`` channel order (:func:`jaxconv.resample_ops.pixel_shuffle`)."""
+
+    def __init__(self, upscale_factor: int) -> None:
+        self.upscale_factor = shapes.positive_int("upscale_factor", upscale_factor)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return resample_ops.pixel_shuffle(x, self.upscale_factor)
+
+
+class PixelUnshuffle(nnx.Module):
+    """``torch.nn.PixelUnshuffle``: ``(*, H r, W r, C)`` to ``(*, H, W, C r^2)``, the
+    inverse of :class:`PixelShuffle`."""
+
+    def __init__(self, downscale_factor: int) -> None:
+        self.downscale_factor = shapes.positive_int("downscale_factor", downscale_factor)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return resample_ops.pixel_unshuffle(x, self.downscale_factor)

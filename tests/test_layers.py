@@ -183,3 +183,68 @@ def test_the_layers_train_under_nnx_jit_and_grad():
     losses = [float(step(model)) for _ in range(4)]
     assert losses[3] < losses[2] < losses[1] < losses[0]
     assert int(model.layers[1].num_batches_tracked[...]) == 4
+
+
+# pooling, up-sampling, pixel shuffling
+
+
+def _torch_nchw(layer, x):
+    return channels_first(layer(jnp.asarray(channels_last(x))))
+
+
+def test_max_pool_pads_with_minus_infinity_as_torch():
+    x = -1 - torch.rand(1, 2, 5, 5)  # all negative: a zero padding would win every border window
+    got = _torch_nchw(jnnx.MaxPool(3, stride=2, padding=1), x)
+    np.testing.assert_array_equal(got, torch.nn.MaxPool2d(3, stride=2, padding=1)(x))
+    assert got.max() < 0
+
+
+def test_ceil_mode_keeps_torchs_last_window_rule():
+    x = torch.randn(1, 1, 5)
+    for padding in (0, 1):
+        expected = torch.nn.MaxPool1d(2, stride=2, padding=padding, ceil_mode=True)(x)
+        got = _torch_nchw(jnnx.MaxPool((2,), stride=2, padding=padding, ceil_mode=True), x)
+        np.testing.assert_array_equal(got, expected)
+        assert got.shape[-1] == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(count_include_pad=True), dict(count_include_pad=False), dict(divisor_override=3)],
+    ids=["count_include_pad", "exclude_pad", "divisor_override"],
+)
+def test_avg_pool_divides_as_torch(kwargs):
+    x = torch.randn(2, 3, 6, 7)
+    args = dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, **kwargs)
+    _close(_torch_nchw(jnnx.AvgPool(**args), x), torch.nn.AvgPool2d(**args)(x))
+
+
+def test_a_pools_kernel_size_fixes_its_spatial_dimensions():
+    assert jnnx.MaxPool((2, 2, 2))(jnp.zeros((1, 4, 4, 4, 3))).shape == (1, 2, 2, 2, 3)
+    with pytest.raises(ValueError, match="an int kernel_size means 2-D"):
+        jnnx.AvgPool(2)(jnp.zeros((1, 4, 3)))
+
+
+def test_nearest_by_scale_factor_picks_torchs_pixels():
+    """1-D: floor(i / 2.1) (0, 0, 0, 1, ...), not i // 2; torch's 2-D kernel halves where
+    out == 2n, whatever the scale."""
+    x1, x2 = torch.arange(5.0).reshape(1, 1, 5), torch.arange(5.0).reshape(1, 1, 5, 1)
+    for x, factor in ((x1, 2.1), (x2, (2.1, 1.0))):
+        expected = torch.nn.Upsample(scale_factor=factor)(x)
+        np.testing.assert_array_equal(_torch_nchw(jnnx.Upsample(scale_factor=factor), x), expected)
+    assert _torch_nchw(jnnx.Upsample(scale_factor=2.1), x1).ravel().tolist()[:4] == [0, 0, 0, 1]
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_bilinear_by_a_non_integer_scale_is_torchs(align_corners):
+    x = torch.randn(1, 2, 4, 5)
+    args = dict(scale_factor=(1.7, 0.6), mode="bilinear", align_corners=align_corners)
+    _close(_torch_nchw(jnnx.Upsample(**args), x), torch.nn.Upsample(**args)(x))
+
+
+def test_pixel_shuffle_uses_torchs_channel_order_and_unshuffle_inverts_it():
+    x = torch.randn(2, 12, 3, 4)
+    shuffled = _torch_nchw(jnnx.PixelShuffle(2), x)
+    np.testing.assert_array_equal(shuffled, torch.nn.PixelShuffle(2)(x))
+    back = _torch_nchw(jnnx.PixelUnshuffle(2), torch.tensor(np.asarray(shuffled)))
+    np.testing.assert_array_equal(back, x)

@@ -165,3 +165,75 @@ def test_kernel_ndim_is_the_tuple_length_and_two_for_an_int(kernel_size, ndim):
 
 def test_torch_init_bound_is_one_over_root_fan_in():
     assert shapes.torch_init_bound((3, 3, 4, 8)) == pytest.approx(1 / 6)
+
+
+# pooling and interpolation (torch's MaxPoolNd / AvgPoolNd, F.interpolate)
+
+
+def test_pool_output_shape_is_the_conv_formula_with_stride_defaulting_to_the_kernel():
+    assert shapes.pool_output_shape((9, 8), 2) == (4, 4)
+    assert shapes.pool_output_shape((9,), 3, stride=2, padding=1, dilation=2) == (4,)
+
+
+def test_ceil_mode_rounds_up_but_the_last_window_must_start_before_the_right_padding():
+    assert shapes.pool_output_shape((5,), 2, stride=2) == (2,)
+    assert shapes.pool_output_shape((5,), 2, stride=2, ceil_mode=True) == (3,)
+    # n=5, k=2, s=2, p=1: rounding up gives 4 windows, starting at input positions -1, 1,
+    # 3 and 5; the one at 5 would start in the right padding, so torch drops it
+    assert shapes.pool_output_shape((5,), 2, stride=2, padding=1, ceil_mode=True) == (3,)
+    assert shapes.pool_output_shape((6,), 2, stride=2, padding=1, ceil_mode=True) == (4,)
+
+
+def test_pool_padding_reaches_exactly_the_last_window():
+    assert shapes.pool_padding((5,), 2, stride=2, ceil_mode=True) == ((0, 1),)
+    assert shapes.pool_padding((6,), 3, stride=2, padding=1) == ((1, 0),)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, argument",
+    [
+        (dict(kernel_size=0), ValueError, "kernel_size"),
+        (dict(kernel_size=2, stride=0), ValueError, "stride"),
+        (dict(kernel_size=2, padding=-1), ValueError, "padding"),
+        (dict(kernel_size=3, padding=2), ValueError, "padding must be at most half"),
+        (dict(kernel_size=2, dilation=0), ValueError, "dilation"),
+        (dict(kernel_size=4, dilation=3), ValueError, "output size"),
+        (dict(kernel_size=2, ceil_mode=1), TypeError, "ceil_mode must be a bool"),
+        (dict(kernel_size=2.0), TypeError, "kernel_size"),
+    ],
+)
+def test_pool_errors_name_the_argument(kwargs, error, argument):
+    with pytest.raises(error, match=argument):
+        shapes.pool_output_shape((6, 6), **kwargs)
+
+
+def test_interpolate_output_is_the_size_or_int_of_n_times_the_scale():
+    assert shapes.interpolate_output_shape((5, 4), size=7) == (7, 7)
+    assert shapes.interpolate_output_shape((5, 4), scale_factor=(2.1, 0.3)) == (10, 1)
+    # the kernels get 1/scale_factor unless it is recomputed from the sizes
+    assert shapes.interpolate_scales((5,), scale_factor=2.1) == ((10,), (2.1,))
+    assert shapes.interpolate_scales((5,), scale_factor=2.1, recompute_scale_factor=True) == (
+        (10,),
+        (None,),
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, argument",
+    [
+        (dict(), ValueError, "either size or scale_factor"),
+        (dict(size=3, scale_factor=2.0), ValueError, "size or scale_factor, not both"),
+        (dict(size=(3,)), ValueError, "size must be an int or a sequence of 2"),
+        (dict(size=2.5), TypeError, "size"),
+        (dict(size=True), TypeError, "size"),
+        (dict(scale_factor=True), TypeError, "scale_factor"),
+        (dict(scale_factor=(2.0,)), ValueError, "scale_factor must be a number or a sequence"),
+        (dict(scale_factor=float("nan")), ValueError, "scale_factor must be finite"),
+        (dict(scale_factor=0.1), ValueError, "output size"),
+        (dict(size=0), ValueError, "output size"),
+        (dict(size=3, recompute_scale_factor=True), ValueError, "recompute_scale_factor"),
+    ],
+)
+def test_interpolate_errors_name_the_argument(kwargs, error, argument):
+    with pytest.raises(error, match=argument):
+        shapes.interpolate_output_shape((5, 4), **kwargs)
