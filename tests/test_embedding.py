@@ -77,16 +77,6 @@ def _coloured_pixels(path: Path) -> int:
     return int(np.sum(rgb.max(axis=-1) - rgb.min(axis=-1) > 60))
 
 
-def _png_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
-        return image.size
-
-
-def _size(width_inches: float, height_inches: float) -> tuple[int, int]:
-    """The pixel size of a figure saved at plots.DPI (PIL's (width, height))."""
-    return round(width_inches * plots.DPI), round(height_inches * plots.DPI)
-
-
 # -- pure functions, on data with known answers ------------------------------------------------
 
 
@@ -227,10 +217,7 @@ def test_interpolate_writes_its_figure_and_numbers(run_copy, capsys):
     for pair in record["pairs"]:
         for row in ("embedding", "pixels"):
             assert pair[row]["mse_to_first"][0] == 0 and pair[row]["mse_to_last"][-1] == 0
-    # 4 pairs of 10 steps: max(10, 1.4 + 10 + 0.1) x (1.1 + 4 * 2 + 3 * 0.3 + 0.1) inches
-    picture = _picture(figure)
-    assert _png_size(figure) == _size(11.5, 10.1)
-    assert picture.std() > 50  # digits on black squares on white
+    assert _picture(figure).std() > 50  # digits on black squares on white
 
 
 def test_interpolate_by_labels_and_by_indices(run_copy, capsys, mnist5k):
@@ -240,8 +227,6 @@ def test_interpolate_by_labels_and_by_indices(run_copy, capsys, mnist5k):
     first = [int(np.flatnonzero(mnist5k.test_labels == c)[0]) for c in (3, 8)]
     assert pair["labels"] == [3, 8] and pair["indices"] == first
     assert len(pair["embedding"]["mse_to_first"]) == 5
-    # one pair of 5 steps: the 10-inch minimum width x (1.1 + 2 + 0.1) inches
-    assert _png_size(run_copy / "interpolation.png") == _size(10, 3.2)
     _command(*interpolate, "--indices", "7", "9", capsys=capsys)
     (pair,) = json.loads((run_copy / "interpolation.json").read_text())["pairs"]
     assert pair["indices"] == [7, 9]
@@ -261,7 +246,6 @@ def test_embed_measures_knn_far_above_chance(run_copy, capsys):
     assert record["k"] == 5 and record["test_size"] == 500
     ratio = record["pca_explained_variance_ratio"]
     assert len(ratio) == 2 and 0 < ratio[1] <= ratio[0] and sum(ratio) <= 1
-    assert _png_size(figure) == _size(8, 6.5)
     # 500 points: ~6,000 coloured pixels; the legend alone has ~700
     assert _coloured_pixels(figure) > 3000
 
@@ -275,8 +259,6 @@ def test_generate_writes_a_row_per_class_and_one_for_all(run_copy, capsys):
     assert names == [f"class {c}" for c in range(10)] + ["all classes"]
     assert record["nearest_train_rms"]["reconstructions_each"] == 66
     assert all(v > 0 for v in record["nearest_train_rms"].values())
-    # image_rows: (1.2 columns + 1) x (1.3 rows + 0.4) inches
-    assert _png_size(figure) == _size(1.2 * 6 + 1, 1.3 * 11 + 0.4)
     assert _picture(figure).std() > 50
 
 
@@ -361,11 +343,10 @@ def test_each_command_has_help(command, capsys):
 # -- the figures by themselves, and the sweep ------------------------------------------------------
 
 
-def test_sweep_plot_size_and_ink(tmp_path):
+def test_sweep_plot_draws_its_lines(tmp_path):
     path = plots.sweep(
         [2, 4, 8], [0.05, 0.03, 0.02], [0.045, 0.025, 0.015], tmp_path / "s.png", "t"
     )
-    assert _png_size(path) == _size(6.4, 4.4)
     assert _coloured_pixels(path) > 1000  # two lines with markers
 
 
@@ -382,7 +363,5 @@ def test_embedding_sweep_writes_its_table_and_figures(small_digits, tmp_path, mo
     assert all(0 < r["test_mse"] < 1 and 0 <= r["knn_accuracy"] <= 1 for r in record["rows"])
     for name in ("sweep.png", "embedding_2d.png", "sweep.json"):
         assert str(tmp_path / name) in out
-    assert _png_size(tmp_path / "sweep.png") == _size(6.4, 4.4)
-    assert _png_size(tmp_path / "embedding_2d.png") == _size(8, 6.5)
     assert _coloured_pixels(tmp_path / "embedding_2d.png") > 1000  # 64 points and the legend
     assert (tmp_path / "embedding_2" / "checkpoints").is_dir()

@@ -19,11 +19,6 @@ def run_blocks(markdown: str) -> dict:
     return namespace
 
 
-def test_python_blocks_are_found_in_order():
-    markdown = "```python\na = 1\n```\ntext\n```bash\nls\n```\n```python\nb = a\n```\n"
-    assert python_blocks(markdown) == ["a = 1\n", "b = a\n"]
-
-
 def test_the_readme_has_python_examples():
     assert python_blocks(README.read_text())
 
