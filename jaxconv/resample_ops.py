@@ -17,6 +17,7 @@ bfloat16 sums and interpolations are computed in float32 and rounded once.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,7 +63,7 @@ def _windows(
     kernel, strides, dilations, pads, out = geometry
     y = lax.reduce_window(
         x,
-        jnp.array(init, x.dtype),
+        np.array(init, x.dtype),
         reducer,
         window_dimensions=(1, *kernel, 1),
         window_strides=(1, *strides, 1),
@@ -84,9 +85,34 @@ def max_pool(
     positions ``d`` apart, windows ``s`` apart (``stride=None``: ``kernel_size``), the
     input padded by ``p`` of ``-inf``; out size ``floor((n + 2p - d(k-1) - 1)/s) + 1``
     (``ceil_mode``: rounded up, last window starting inside the input or left padding).
-    The gradient goes to each window's maximum."""
+    The gradient goes to each window's maximum, the first one where several are equal,
+    as in torch."""
     x, geometry = _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode)
-    return _windows(x, -jnp.inf, lax.max, geometry)
+    if all(d == 1 for d in geometry[2]):
+        return _windows(x, -jnp.inf, lax.max, geometry)
+    return _dilated_max(x, geometry)
+
+
+def _dilated_max(x: jax.Array, geometry: tuple[tuple[int, ...], ...]) -> jax.Array:
+    """The maximum over dilated windows (JAX's ``reduce_window`` max has no gradient
+    with a window dilation): the window's positions as strided slices of the padded
+    input, stacked in torch's scan order, and the first maximum taken from them."""
+    kernel, strides, dilations, pads, out = geometry
+    padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    patches = jnp.stack(
+        [
+            padded[
+                (
+                    slice(None),
+                    *(slice(o * d, o * d + (m - 1) * s + 1, s)
+                      for o, d, m, s in zip(offset, dilations, out, strides)),
+                )
+            ]
+            for offset in itertools.product(*(range(k) for k in kernel))
+        ]
+    )  # fmt: skip
+    first = jnp.argmax(patches, axis=0)
+    return jnp.take_along_axis(patches, first[None], axis=0)[0]
 
 
 def _divisor(

@@ -248,3 +248,12 @@ def test_pixel_shuffle_uses_torchs_channel_order_and_unshuffle_inverts_it():
     np.testing.assert_array_equal(shuffled, torch.nn.PixelShuffle(2)(x))
     back = _torch_nchw(jnnx.PixelUnshuffle(2), torch.tensor(np.asarray(shuffled)))
     np.testing.assert_array_equal(back, x)
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_max_pool_gives_a_tied_windows_gradient_to_its_first_maximum_as_torch(dilation):
+    x = torch.zeros(1, 1, 6, 6, requires_grad=True)  # every window tied (as after a ReLU)
+    torch.nn.MaxPool2d(2, stride=1, dilation=dilation)(x).sum().backward()
+    layer = jnnx.MaxPool(2, stride=1, dilation=dilation)
+    grad = jax.grad(lambda x: layer(x).sum())(jnp.zeros((1, 6, 6, 1)))
+    np.testing.assert_array_equal(channels_first(grad), x.grad)
