@@ -358,6 +358,12 @@ _RUNNING = (
 LAYERS: dict[type, tuple[Slot, ...]] = {
     jnnx.Conv: (_WEIGHT_REVERSED, _BIAS),
     jnnx.ConvTranspose: (_WEIGHT_REVERSED, _BIAS),
+    jnnx.Linear: (_WEIGHT_REVERSED, _BIAS),
+    jnnx.BatchNorm: (*_AFFINE, *_RUNNING),
+    jnnx.InstanceNorm: (*_AFFINE, *_RUNNING),
+    jnnx.GroupNorm: _AFFINE,
+    jnnx.LayerNorm: _AFFINE,
+    jnnx.PReLU: (Slot("weight", "weight"),),
     nnx.Conv: (_WEIGHT_REVERSED, _BIAS),
     nnx.Linear: (_WEIGHT_REVERSED, _BIAS),
     nnx.BatchNorm: (
@@ -425,7 +431,8 @@ def _nnx_slots(model: nnx.Module) -> dict[str, tuple[Slot, nnx.Variable | None]]
         if isinstance(variable, (nnx.Param, nnx.BatchStat)) and path not in covered
     ]
     if others:
-        known = sorted(f"{cls.__module__}.{cls.__qualname__}" for cls in LAYERS)
+        # as users import them: flax.nnx.Conv, jaxconv.nnx.Conv
+        known = sorted(f"{cls.__module__.split('.')[0]}.nnx.{cls.__name__}" for cls in LAYERS)
         raise ValueError(
             f"model has parameters or batch statistics outside the layers that map to torch's "
             f"({known}): {sorted(others)}"

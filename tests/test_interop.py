@@ -1,5 +1,6 @@
 """jaxconv.interop: torch weights and state_dicts onto jaxconv parameters, and back."""
 
+import copy
 import subprocess
 import sys
 
@@ -526,3 +527,100 @@ def test_torch_bfloat16_weights_import_for_linen_too():
     np.testing.assert_array_equal(
         kernel[1, 4, 0, 5].view(np.int16), weight[5, 0, 1, 4].view(torch.int16).numpy()
     )
+
+
+# jaxconv.nnx's layers: every parameter and buffer, torch's keys
+
+
+def _torch_stack():
+    layers = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.InstanceNorm2d(4, affine=True, track_running_stats=True),
+        torch.nn.GroupNorm(2, 4),
+        torch.nn.PReLU(4),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 3 * 3, 5),
+        torch.nn.LayerNorm(5),
+    )
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for key, tensor in layers.state_dict().items():
+            if key.endswith("num_batches_tracked"):
+                tensor.fill_(5)
+            elif key.endswith("running_var"):
+                tensor.uniform_(0.5, 1.5, generator=generator)
+            else:
+                tensor.normal_(generator=generator)
+    return layers.eval()
+
+
+def _stack():
+    return nnx.Sequential(
+        jnnx.Conv(3, 4, 3, rngs=nnx.Rngs(0)),
+        jnnx.BatchNorm(4),
+        jnnx.InstanceNorm(4, affine=True, track_running_stats=True),
+        jnnx.GroupNorm(2, 4),
+        jnnx.PReLU(4),
+        jnnx.Flatten(),
+        jnnx.Linear(4 * 3 * 3, 5, rngs=nnx.Rngs(0)),
+        jnnx.LayerNorm(5),
+    )
+
+
+def test_jaxconv_layers_load_every_tensor_and_give_torchs_output():
+    torch_model, model = _torch_stack(), _stack()
+    assert interop.load_state_dict(model, torch_model.state_dict()) == ([], [])
+    assert model.layers[1].num_batches_tracked[...] == 5
+    model.eval()
+    x = torch.randn(2, 3, 5, 5)
+    got = model(jnp.asarray(channels_last(x)))
+    np.testing.assert_allclose(got, torch_model(x).detach().numpy(), atol=1e-5)
+
+
+def test_jaxconv_layers_export_bitwise_with_the_batch_count_as_int64():
+    torch_model, model = _torch_stack(), nnx.eval_shape(_stack)
+    interop.load_state_dict(model, torch_model.state_dict())
+    exported = interop.to_state_dict(model)
+    assert exported["1.num_batches_tracked"].dtype == np.int64
+    assert exported["1.num_batches_tracked"].shape == ()
+    back = copy.deepcopy(torch_model)
+    with torch.no_grad():
+        for tensor in back.state_dict().values():
+            tensor.zero_()
+    back.load_state_dict(interop.to_state_dict(model, as_torch=True), strict=True)
+    for key, value in torch_model.state_dict().items():
+        assert back.state_dict()[key].dtype == value.dtype, key
+        assert torch.equal(back.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (lambda: jnnx.BatchNorm(3, affine=False), lambda: torch.nn.BatchNorm1d(3, affine=False)),
+        (
+            lambda: jnnx.BatchNorm(3, track_running_stats=False),
+            lambda: torch.nn.BatchNorm1d(3, track_running_stats=False),
+        ),
+        (lambda: jnnx.InstanceNorm(3), lambda: torch.nn.InstanceNorm1d(3)),
+        (
+            lambda: jnnx.GroupNorm(1, 3, affine=False),
+            lambda: torch.nn.GroupNorm(1, 3, affine=False),
+        ),
+        (
+            lambda: jnnx.LayerNorm((2, 3), bias=False),
+            lambda: torch.nn.LayerNorm((2, 3), bias=False),
+        ),
+        (
+            lambda: jnnx.Linear(3, 2, bias=False, rngs=nnx.Rngs(0)),
+            lambda: torch.nn.Linear(3, 2, bias=False),
+        ),
+        (lambda: jnnx.PReLU(), lambda: torch.nn.PReLU()),
+    ],
+    ids=["bn-no-affine", "bn-no-stats", "instance", "group-no-affine", "layer-no-bias", "linear",
+         "prelu"],
+)  # fmt: skip
+def test_jaxconv_layers_have_torchs_keys_in_every_configuration(ours, theirs):
+    torch_layer, layer = theirs(), ours()
+    assert sorted(interop.to_state_dict(layer)) == sorted(torch_layer.state_dict())
+    assert interop.load_state_dict(layer, torch_layer.state_dict()) == ([], [])
