@@ -5,7 +5,8 @@ Each process runs ``python -m jaxconv COMMAND ...`` with ``JAX_COORDINATOR_ADDRE
 free loopback port), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set, which the training
 commands read (:func:`jaxconv.distributed.cluster`). Their output is forwarded line by line
 with a ``[i]`` prefix. When one process fails, the others are stopped and the launch exits
-with its status; ``--timeout`` bounds the whole run.
+with its status; ``--timeout`` bounds the whole run. Ctrl-C is forwarded to every process,
+which stop together after saving (exit status 130).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import time
 from collections.abc import Sequence
 
 GRACE_S = 5.0  # between SIGTERM and SIGKILL when stopping the others
+# After Ctrl-C, how long the children get to stop at an agreed step and save
+INTERRUPT_GRACE_S = 120.0
+INTERRUPTED = 130  # a child's exit status after Ctrl-C (it saved its last finished epoch)
+PROGRAM = (sys.executable, "-m", "jaxconv")  # what each child runs, before COMMAND
 
 
 def free_port() -> int:
@@ -49,6 +54,15 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             p.wait()
 
 
+def _status(code: int) -> int:
+    """An exit status as the shell gives it: killed by signal k (returncode -k) is 128 + k."""
+    return code if code >= 0 else 128 - code
+
+
+def _exit_on(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def launch(
     command: Sequence[str],
     num_processes: int,
@@ -60,56 +74,106 @@ def launch(
     first non-zero exit status (0 if all succeed, 124 on ``timeout``).
 
     On the CPU each process gets ``devices_per_process`` devices (``JAX_NUM_CPU_DEVICES``).
+
+    The children run in their own process group, so a terminal's Ctrl-C reaches this
+    launcher only: it forwards SIGINT to every child, which stop at one agreed step and
+    save, and waits up to ``INTERRUPT_GRACE_S`` for them (another Ctrl-C is forwarded
+    too: stop now). A child that exits 130 (interrupted) gets the same wait for its
+    peers; any other failure stops the others at once. SIGTERM or SIGHUP to the
+    launcher stops the children and exits ``128 + signal``.
     """
     address = f"127.0.0.1:{free_port()}"
-    processes, threads = [], []
-    for index in range(num_processes):
-        env = {
-            **os.environ,
-            "JAX_COORDINATOR_ADDRESS": address,
-            "JAX_NUM_PROCESSES": str(num_processes),
-            "JAX_PROCESS_ID": str(index),
-            "JAX_NUM_CPU_DEVICES": str(devices_per_process),
-            "PYTHONUNBUFFERED": "1",
-        }
-        p = subprocess.Popen(
-            [sys.executable, "-m", "jaxconv", *command],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        processes.append(p)
-        thread = threading.Thread(target=_forward, args=(index, p.stdout, sys.stdout), daemon=True)
-        thread.start()
-        threads.append(thread)
+    processes: list[subprocess.Popen] = []
+    threads = []
+    interrupts = 0
 
-    deadline = None if timeout is None else time.monotonic() + timeout
-    status, failed = 0, None
+    def on_interrupt(signum, frame) -> None:
+        nonlocal interrupts
+        interrupts += 1
+
+    handlers = {signal.SIGINT: on_interrupt, signal.SIGTERM: _exit_on, signal.SIGHUP: _exit_on}
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, h) for s, h in handlers.items()} if in_main_thread else {}
+    status = 0
     try:
-        while True:
-            codes = [p.poll() for p in processes]
-            failed = next((i for i, code in enumerate(codes) if code not in (None, 0)), None)
-            if failed is not None:  # killed by signal k: returncode -k, in the shell 128 + k
-                status = codes[failed] if codes[failed] > 0 else 128 - codes[failed]
-                break
-            if all(code == 0 for code in codes):
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                sys.stderr.write(f"jaxconv launch: error: timed out after {timeout:g} s\n")
-                status = 124
-                break
-            time.sleep(0.1)
+        for index in range(num_processes):
+            env = {
+                **os.environ,
+                "JAX_COORDINATOR_ADDRESS": address,
+                "JAX_NUM_PROCESSES": str(num_processes),
+                "JAX_PROCESS_ID": str(index),
+                "JAX_NUM_CPU_DEVICES": str(devices_per_process),
+                "PYTHONUNBUFFERED": "1",
+            }
+            p = subprocess.Popen(
+                [*PROGRAM, *command],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,  # a terminal's signals go to the launcher alone
+            )
+            processes.append(p)
+            thread = threading.Thread(
+                target=_forward, args=(index, p.stdout, sys.stdout), daemon=True
+            )
+            thread.start()
+            threads.append(thread)
+        status = _supervise(processes, timeout, lambda: interrupts)
     finally:
         _stop(processes)
         for thread in threads:
             thread.join(timeout=GRACE_S)
-    if failed is not None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if status == INTERRUPTED:
+        flags = f"-n {num_processes}"
+        if devices_per_process != 1:
+            flags += f" --devices-per-process {devices_per_process}"
         sys.stderr.write(
-            f"jaxconv launch: error: process {failed} exited with status {status}; "
-            "the others were stopped\n"
+            f"jaxconv launch: interrupted; resume with: jaxconv launch {flags} -- "
+            f"{' '.join(command)}\n"
         )
     return status
+
+
+def _supervise(processes: list[subprocess.Popen], timeout: float | None, interrupts) -> int:
+    """Waits for ``processes`` as :func:`launch` says; returns the launch's exit status."""
+    now = time.monotonic()
+    deadline = None if timeout is None else now + timeout
+    stop_by = None  # when the children stopping after a Ctrl-C must be done
+    forwarded = 0
+    while True:
+        now = time.monotonic()
+        while forwarded < interrupts():
+            forwarded += 1
+            for p in processes:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+        codes = [p.poll() for p in processes]
+        statuses = [None if code is None else _status(code) for code in codes]
+        failed = next((i for i, s in enumerate(statuses) if s not in (None, 0, INTERRUPTED)), None)
+        if failed is not None:
+            sys.stderr.write(
+                f"jaxconv launch: error: process {failed} exited with status "
+                f"{statuses[failed]}; the others were stopped\n"
+            )
+            return statuses[failed]
+        if None not in statuses:
+            return max(statuses)  # 0, or 130 when interrupted
+        if stop_by is None and (forwarded or INTERRUPTED in statuses):
+            stop_by = now + INTERRUPT_GRACE_S
+        if stop_by is not None and now > stop_by:
+            running = [str(i) for i, s in enumerate(statuses) if s is None]
+            sys.stderr.write(
+                f"jaxconv launch: error: process {', '.join(running)} did not stop within "
+                f"{INTERRUPT_GRACE_S:g} s of Ctrl-C; stopped\n"
+            )
+            return INTERRUPTED
+        if deadline is not None and now > deadline:
+            sys.stderr.write(f"jaxconv launch: error: timed out after {timeout:g} s\n")
+            return 124
+        time.sleep(0.1)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

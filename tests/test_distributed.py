@@ -187,6 +187,39 @@ def test_a_nan_between_two_checks_stops_every_process_at_the_same_step(tmp_path)
     assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").open()] == [1]
 
 
+def test_ctrl_c_reaching_one_process_only_stops_both_after_saving_and_resumes_bitwise(tmp_path):
+    """The race forced: process 1 alone gets SIGINT, mid-epoch (45 steps an epoch), when
+    its last finished epoch is not saved yet: the save that Ctrl-C asks for is a collective."""
+    train = ["train", "--batch-size", "100", "--epochs", "3", "--checkpoint-every", "3"]
+    reference, workdir = tmp_path / "reference", tmp_path / "interrupted"
+    _launch(2, *train, "--workdir", str(reference))
+    command = [sys.executable, "-m", "jaxconv", "launch", "-n", "2", "--timeout", str(TIMEOUT_S)]
+    launcher = subprocess.Popen(
+        [*command, "--", *train, "--workdir", str(workdir)],
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    for line in launcher.stdout:  # process 1 has finished epoch 1 and starts epoch 2
+        lines.append(line)
+        if line.startswith("[1] [process 1/2] epoch   1 "):
+            break
+    os.kill(_children(launcher.pid)[1], signal.SIGINT)
+    out, err = launcher.communicate(timeout=TIMEOUT_S)
+    out = "".join(lines) + out
+    assert launcher.returncode == 130, out[-3000:] + err[-3000:]
+    finished = out.count("[0] [process 0/2] epoch ")
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [finished] and finished < 3  # the last finished epoch, mid-run
+    assert len(_losses(workdir)) == finished
+
+    _launch(2, *train, "--workdir", str(workdir))  # the same command resumes
+    for a, b in zip(_params(workdir), _params(reference)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_the_cluster_comes_from_flags_or_the_environment_all_three_or_none():
     environ = dict(zip(distributed.ENVIRONMENT, ("10.0.0.1:1234", "4", "3")))
     assert distributed.cluster(environ={}) is None

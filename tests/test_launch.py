@@ -1,0 +1,123 @@
+"""jaxconv.launch without JAX: the launcher runs stand-in children (a few lines of Python
+that react to signals as a training process does), so each case takes about a second."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jaxconv import launch
+
+# A training process as the launcher sees it: "ready" once started; on SIGINT it "saves"
+# for a second and exits 130. Modes: "stuck" ignores SIGINT; "follow" also stops, as its
+# peers agree to, when another child was interrupted (it writes the file FLAG then).
+CHILD = """
+import os, signal, sys, time
+mode, flag = sys.argv[2], sys.argv[3]
+
+def save_and_exit(*_):
+    open(flag, "w").close()
+    print("stopping", flush=True)
+    time.sleep(1.0)
+    print("saved", flush=True)
+    sys.exit(130)
+
+signal.signal(signal.SIGINT, signal.SIG_IGN if mode == "stuck" else save_and_exit)
+print("ready", flush=True)
+for _ in range(600):
+    time.sleep(0.1)
+    if mode == "follow" and os.path.exists(flag):
+        save_and_exit()
+sys.exit(0)
+"""
+
+LAUNCHER = """
+import sys
+from jaxconv import launch
+launch.PROGRAM = (sys.executable, sys.argv[1])
+launch.INTERRUPT_GRACE_S = float(sys.argv[2])
+sys.exit(launch.launch(["train", *sys.argv[3:]], 2, timeout=60))
+"""
+
+
+class Launcher:
+    """``launch.launch(["train", mode, flag], 2)`` in a subprocess, with stand-in children."""
+
+    def __init__(self, tmp_path: Path, mode: str, grace_s: float = 30.0) -> None:
+        child = tmp_path / "child.py"
+        child.write_text(CHILD)
+        self.flag = tmp_path / "interrupted"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", LAUNCHER, str(child), str(grace_s), mode, str(self.flag)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines = []
+        for line in self.process.stdout:  # until both children are up
+            self.lines.append(line)
+            if sum("ready" in seen for seen in self.lines) == 2:
+                break
+        self.children = [
+            int(pid) for pid in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+            .read_text()
+            .split()
+        ]
+        assert len(self.children) == 2
+
+    def finish(self) -> tuple[int, str, str]:
+        out, err = self.process.communicate(timeout=60)
+        return self.process.returncode, "".join(self.lines) + out, err
+
+
+def test_ctrl_c_is_forwarded_and_the_children_save_before_the_launch_ends(tmp_path):
+    run = Launcher(tmp_path, "save")
+    run.process.send_signal(signal.SIGINT)  # the launcher alone, as a terminal's Ctrl-C now is
+    code, out, err = run.finish()
+    assert code == 130
+    assert "[0] saved" in out and "[1] saved" in out
+    assert "Traceback" not in err
+    assert "interrupted" in err and "jaxconv launch -n 2 -- train" in err
+
+
+def test_the_children_are_not_in_the_launchers_process_group(tmp_path):
+    """A terminal's Ctrl-C reaches the launcher only; it forwards one SIGINT to each child
+    (a second one would stop a child at once, mid-save)."""
+    run = Launcher(tmp_path, "save")
+    assert {os.getpgid(child) for child in run.children}.isdisjoint({os.getpgid(run.process.pid)})
+    run.process.send_signal(signal.SIGINT)
+    assert run.finish()[0] == 130
+
+
+def test_a_child_interrupted_alone_gives_its_peers_time_to_save(tmp_path):
+    run = Launcher(tmp_path, "follow")
+    os.kill(run.children[1], signal.SIGINT)  # the other one stops as the training agrees
+    code, out, err = run.finish()
+    assert code == 130
+    assert "[0] saved" in out and "[1] saved" in out
+    assert "the others were stopped" not in err
+
+
+def test_a_child_that_ignores_ctrl_c_is_stopped_after_the_grace_period(tmp_path):
+    run = Launcher(tmp_path, "stuck", grace_s=1.0)
+    start = time.monotonic()
+    run.process.send_signal(signal.SIGINT)
+    code, _, err = run.finish()
+    assert time.monotonic() - start < 1.0 + launch.GRACE_S + 5
+    assert code == 130
+    assert "did not stop within 1 s" in err
+    assert not any(Path(f"/proc/{child}").exists() for child in run.children)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_the_launcher_stopped_by_a_signal_stops_its_children(tmp_path, signum):
+    run = Launcher(tmp_path, "stuck")
+    run.process.send_signal(signum)
+    code, _, _ = run.finish()
+    assert code == 128 + signum
+    assert not any(Path(f"/proc/{child}").exists() for child in run.children)
