@@ -3,10 +3,12 @@ jaxconv.launch``).
 
 Each process runs ``python -m jaxconv COMMAND ...`` with ``JAX_COORDINATOR_ADDRESS`` (a
 free loopback port), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` set, which the training
-commands read (:func:`jaxconv.distributed.cluster`). Their output is forwarded line by line
-with a ``[i]`` prefix. When one process fails, the others are stopped and the launch exits
-with its status; ``--timeout`` bounds the whole run. Ctrl-C is forwarded to every process,
-which stop together after saving (exit status 130).
+commands read (:func:`jaxconv.distributed.cluster`), and devices of its own: on a GPU host
+``JAX_LOCAL_DEVICE_IDS`` (:func:`child_environments`), on the CPU ``JAX_NUM_CPU_DEVICES``.
+Their output is forwarded line by line with a ``[i]`` prefix. When one process fails, the
+others are stopped and the launch exits with its status; ``--timeout`` bounds the whole
+run. Ctrl-C is forwarded to every process, which stop together after saving (exit status
+130).
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 GRACE_S = 5.0  # between SIGTERM and SIGKILL when stopping the others
 # After Ctrl-C, how long the children get to stop at an agreed step and save
 INTERRUPT_GRACE_S = 120.0
 INTERRUPTED = 130  # a child's exit status after Ctrl-C (it saved its last finished epoch)
 PROGRAM = (sys.executable, "-m", "jaxconv")  # what each child runs, before COMMAND
+TRAINING_COMMANDS = ("train", "segment")  # the commands whose processes join one run
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one folder per GPU of the NVIDIA driver
 
 
 def free_port() -> int:
@@ -54,6 +59,63 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             p.wait()
 
 
+def visible_gpus(environ: Mapping[str, str] = os.environ, driver: Path = NVIDIA_GPUS) -> int:
+    """The GPUs JAX would use here: none when ``JAX_PLATFORMS`` leaves GPUs out, else the
+    entries of ``CUDA_VISIBLE_DEVICES`` when it is set, else the GPUs the NVIDIA driver
+    lists (one folder each in ``driver``)."""
+    platforms = {name.strip() for name in environ.get("JAX_PLATFORMS", "").split(",")} - {""}
+    if platforms and not platforms & {"cuda", "gpu"}:
+        return 0
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return len([i for i in environ["CUDA_VISIBLE_DEVICES"].split(",") if i.strip()])
+    return len(list(driver.iterdir())) if driver.is_dir() else 0
+
+
+def child_environments(
+    num_processes: int,
+    devices_per_process: int,
+    *,
+    environ: Mapping[str, str] = os.environ,
+    gpus: int | None = None,
+    port: int | None = None,
+) -> list[dict[str, str]]:
+    """The environment of each child: ``environ`` and the ``JAX_*`` variables that join
+    it to the others (coordinator on ``127.0.0.1:port``, a free port by default).
+
+    Each child gets ``devices_per_process`` devices of its own. On the CPU:
+    ``JAX_NUM_CPU_DEVICES``. With ``gpus`` GPUs (default: :func:`visible_gpus`), child
+    ``i`` also gets ``JAX_LOCAL_DEVICE_IDS`` = ``i*d, ..., (i+1)*d - 1`` (``d`` =
+    ``devices_per_process``), which ``jax.distributed.initialize`` reads: JAX's ids
+    count the GPUs that ``CUDA_VISIBLE_DEVICES`` leaves visible, from 0. Raises
+    ``ValueError`` when the GPUs are fewer than ``num_processes * d``.
+    """
+    gpus = visible_gpus(environ) if gpus is None else gpus
+    needed = num_processes * devices_per_process
+    if 0 < gpus < needed:
+        raise ValueError(
+            f"{needed} GPUs ({num_processes} processes x {devices_per_process}) are needed but "
+            f"{gpus} are visible (CUDA_VISIBLE_DEVICES or the NVIDIA driver): lower "
+            "num_processes or devices_per_process, or run on the CPU with JAX_PLATFORMS=cpu"
+        )
+    address = f"127.0.0.1:{free_port() if port is None else port}"
+    environments = []
+    for index in range(num_processes):
+        env = {
+            **environ,
+            "JAX_COORDINATOR_ADDRESS": address,
+            "JAX_NUM_PROCESSES": str(num_processes),
+            "JAX_PROCESS_ID": str(index),
+            "JAX_NUM_CPU_DEVICES": str(devices_per_process),
+            "PYTHONUNBUFFERED": "1",
+        }
+        if gpus:
+            first = index * devices_per_process
+            ids = range(first, first + devices_per_process)
+            env["JAX_LOCAL_DEVICE_IDS"] = ",".join(map(str, ids))
+        environments.append(env)
+    return environments
+
+
 def _status(code: int) -> int:
     """An exit status as the shell gives it: killed by signal k (returncode -k) is 128 + k."""
     return code if code >= 0 else 128 - code
@@ -73,7 +135,10 @@ def launch(
     """Runs ``python -m jaxconv COMMAND`` as ``num_processes`` joined processes; returns the
     first non-zero exit status (0 if all succeed, 124 on ``timeout``).
 
-    On the CPU each process gets ``devices_per_process`` devices (``JAX_NUM_CPU_DEVICES``).
+    Each process gets ``devices_per_process`` devices of its own
+    (:func:`child_environments`). ``COMMAND`` must be a training command
+    (``TRAINING_COMMANDS``; ``ValueError`` otherwise). A process that cannot be started
+    raises ``OSError`` once the ones started are stopped.
 
     The children run in their own process group, so a terminal's Ctrl-C reaches this
     launcher only: it forwards SIGINT to every child, which stop at one agreed step and
@@ -82,7 +147,13 @@ def launch(
     peers; any other failure stops the others at once. SIGTERM or SIGHUP to the
     launcher stops the children and exits ``128 + signal``.
     """
-    address = f"127.0.0.1:{free_port()}"
+    if not command or command[0] not in TRAINING_COMMANDS:
+        got = repr(command[0]) if command else "nothing"
+        raise ValueError(
+            f"launch runs a training command ({', '.join(TRAINING_COMMANDS)}), got {got}; "
+            "the other commands run as one process"
+        )
+    environments = child_environments(num_processes, devices_per_process)
     processes: list[subprocess.Popen] = []
     threads = []
     interrupts = 0
@@ -96,23 +167,18 @@ def launch(
     previous = {s: signal.signal(s, h) for s, h in handlers.items()} if in_main_thread else {}
     status = 0
     try:
-        for index in range(num_processes):
-            env = {
-                **os.environ,
-                "JAX_COORDINATOR_ADDRESS": address,
-                "JAX_NUM_PROCESSES": str(num_processes),
-                "JAX_PROCESS_ID": str(index),
-                "JAX_NUM_CPU_DEVICES": str(devices_per_process),
-                "PYTHONUNBUFFERED": "1",
-            }
-            p = subprocess.Popen(
-                [*PROGRAM, *command],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,  # a terminal's signals go to the launcher alone
-            )
+        for index, env in enumerate(environments):
+            try:
+                p = subprocess.Popen(
+                    [*PROGRAM, *command],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    start_new_session=True,  # a terminal's signals go to the launcher alone
+                )
+            except OSError as e:  # the ones started are stopped below
+                raise OSError(e.errno, f"cannot start process {index}: {e.strerror or e}") from e
             processes.append(p)
             thread = threading.Thread(
                 target=_forward, args=(index, p.stdout, sys.stdout), daemon=True
@@ -122,8 +188,10 @@ def launch(
         status = _supervise(processes, timeout, lambda: interrupts)
     finally:
         _stop(processes)
-        for thread in threads:
+        for p, thread in zip(processes, threads):
             thread.join(timeout=GRACE_S)
+            if not thread.is_alive():
+                p.stdout.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if status == INTERRUPTED:
@@ -182,15 +250,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--num-processes",
         type=int,
         required=True,
-        help="local processes to start (each with one CPU device unless --devices-per-process)",
+        help="local processes to start, each with its own devices (--devices-per-process)",
     )
     p.add_argument(
-        "--devices-per-process", type=int, default=1, help="CPU devices each (default: 1)"
+        "--devices-per-process",
+        type=int,
+        default=1,
+        help="devices of each process (default: 1). On a GPU host process i gets GPUs "
+        "i*N to i*N+N-1 of those visible (CUDA_VISIBLE_DEVICES, counted from 0) through "
+        "JAX_LOCAL_DEVICE_IDS, so N x --num-processes GPUs are needed; on the CPU "
+        "(no GPU, or JAX_PLATFORMS=cpu), N CPU devices (JAX_NUM_CPU_DEVICES)",
     )
     p.add_argument(
         "--timeout", type=float, default=None, help="seconds before every process is stopped"
     )
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [FLAGS]")
+    p.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        help=f"-- COMMAND [FLAGS]: a training command ({', '.join(TRAINING_COMMANDS)})",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -203,14 +281,19 @@ def run(args: argparse.Namespace) -> None:
         args.parser.error(f"--devices-per-process must be >= 1, got {args.devices_per_process}")
     if args.timeout is not None and not args.timeout > 0:
         args.parser.error(f"--timeout must be positive, got {args.timeout}")
-    sys.exit(
-        launch(
+    try:
+        status = launch(
             command,
             args.num_processes,
             timeout=args.timeout,
             devices_per_process=args.devices_per_process,
         )
-    )
+    except ValueError as e:
+        args.parser.error(str(e))
+    except OSError as e:
+        sys.stderr.write(f"{args.parser.prog}: error: {e}\n")
+        sys.exit(1)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -121,3 +121,72 @@ def test_the_launcher_stopped_by_a_signal_stops_its_children(tmp_path, signum):
     code, _, _ = run.finish()
     assert code == 128 + signum
     assert not any(Path(f"/proc/{child}").exists() for child in run.children)
+
+
+def _devices(environments: list[dict[str, str]], name: str) -> list[str | None]:
+    return [env.get(name) for env in environments]
+
+
+def test_on_a_gpu_host_each_child_gets_its_own_gpus():
+    envs = launch.child_environments(2, 2, environ={"PATH": "/bin"}, gpus=4, port=1234)
+    assert _devices(envs, "JAX_LOCAL_DEVICE_IDS") == ["0,1", "2,3"]
+    assert _devices(envs, "JAX_PROCESS_ID") == ["0", "1"]
+    assert _devices(envs, "JAX_NUM_PROCESSES") == ["2", "2"]
+    assert _devices(envs, "JAX_COORDINATOR_ADDRESS") == ["127.0.0.1:1234"] * 2
+    assert _devices(envs, "PATH") == ["/bin", "/bin"]
+
+
+def test_the_gpus_are_counted_from_cuda_visible_devices_or_the_driver(tmp_path):
+    environ = {"CUDA_VISIBLE_DEVICES": "3,5,7"}  # JAX's ids count the visible GPUs from 0
+    envs = launch.child_environments(3, 1, environ=environ)
+    assert _devices(envs, "JAX_LOCAL_DEVICE_IDS") == ["0", "1", "2"]
+    assert _devices(envs, "CUDA_VISIBLE_DEVICES") == ["3,5,7"] * 3
+    driver = tmp_path / "gpus"
+    for bus in ("0000:17:00.0", "0000:65:00.0"):
+        (driver / bus).mkdir(parents=True)
+    assert launch.visible_gpus({}, driver) == 2
+    assert launch.visible_gpus({"JAX_PLATFORMS": "cpu"}, driver) == 0
+    assert launch.visible_gpus({"JAX_PLATFORMS": "cuda,cpu"}, driver) == 2
+    assert launch.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, driver) == 0
+    assert launch.visible_gpus({}, tmp_path / "no_driver") == 0
+
+
+def test_on_the_cpu_each_child_gets_its_cpu_devices_and_no_gpu_ids():
+    envs = launch.child_environments(2, 3, environ={"JAX_PLATFORMS": "cpu"}, gpus=0)
+    assert _devices(envs, "JAX_NUM_CPU_DEVICES") == ["3", "3"]
+    assert _devices(envs, "JAX_LOCAL_DEVICE_IDS") == [None, None]
+
+
+def test_more_gpus_than_the_host_has_are_refused():
+    message = r"4 GPUs \(2 processes x 2\) are needed but 3 are visible"
+    with pytest.raises(ValueError, match=message):
+        launch.child_environments(2, 2, environ={}, gpus=3)
+
+
+def test_a_failed_start_stops_the_children_already_started(monkeypatch):
+    started, real_popen = [], subprocess.Popen
+
+    def popen(argv, **kwargs):
+        if started:
+            raise OSError(24, "Too many open files")
+        sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+        started.append(real_popen(sleeper, stdout=subprocess.PIPE, text=True))
+        return started[-1]
+
+    monkeypatch.setattr(launch.subprocess, "Popen", popen)
+    with pytest.raises(OSError) as info:
+        launch.launch(["train"], 2)
+    assert started[0].poll() is not None  # stopped and waited for
+    assert "cannot start process 1" in str(info.value)
+
+
+@pytest.mark.parametrize("command", ["embed", "generate", "interpolate", "--help"])
+def test_launch_refuses_a_command_that_is_not_training(command, capsys):
+    from jaxconv.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["launch", "-n", "2", "--", command, "--workdir", "runs/x"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert f"'{command}'" in err and "train, segment" in err
