@@ -259,9 +259,15 @@ def scores(confusion: np.ndarray) -> dict:
     }
 
 
+# How far outside [0, 1] an image value may lie and still be taken (clipped): float32
+# rounding, e.g. a linear resize of an image in [0, 1] giving 1 + 1 ulp.
+VALUE_TOLERANCE = 4 * float(np.finfo(np.float32).eps)
+
+
 def check_images(config: SegmentationConfig, images: np.ndarray) -> None:
     """Raises ``ValueError`` naming what makes ``images`` not a batch the model takes:
-    ``(N, H, W, image_channels)``, floating point, values in [0, 1], ``H, W >= MIN_SIZE``."""
+    ``(N, H, W, image_channels)``, floating point, values in ``[-VALUE_TOLERANCE, 1 +
+    VALUE_TOLERANCE]`` (a few float32 ulps around [0, 1]), ``H, W >= MIN_SIZE``."""
     if images.ndim != 4:
         raise ValueError(
             f"images must have rank 4, (N, H, W, {config.image_channels}), got shape {images.shape}"
@@ -278,10 +284,19 @@ def check_images(config: SegmentationConfig, images: np.ndarray) -> None:
         )
     if not np.issubdtype(images.dtype, np.floating):
         raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
-    if images.size and not (images.min() >= 0.0 and images.max() <= 1.0):  # NaN fails too
+    low, high = -VALUE_TOLERANCE, 1.0 + VALUE_TOLERANCE
+    if images.size and not (images.min() >= low and images.max() <= high):  # NaN fails too
         raise ValueError(
             f"image values must be in [0, 1], got values in [{images.min()}, {images.max()}]"
         )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _classify(config: SegmentationConfig, params: dict, images: jax.Array) -> jax.Array:
+    # params an argument, not a constant: one program per config and image size, shared by
+    # every predictor (whatever its parameters), with no copy of the parameters in it
+    logits = UNet(config).apply({"params": params}, images)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
 def predict_fn(
@@ -290,23 +305,20 @@ def predict_fn(
     """``predict(images) -> labels``: ``(N, H, W, C)`` float images in [0, 1], any ``H, W >=
     MIN_SIZE``, to ``(N, H, W)`` int32 argmax classes.
 
+    Values within ``VALUE_TOLERANCE`` outside [0, 1] (float rounding) are clipped to it.
     Images go through the model ``batch_size`` at a time, the last batch padded, so each
     image size compiles once. Raises ``ValueError`` for a bad batch (:func:`check_images`).
     """
-    model = UNet(config)
-
-    @jax.jit
-    def classify(images: jax.Array) -> jax.Array:
-        return jnp.argmax(model.apply({"params": params}, images), axis=-1).astype(jnp.int32)
+    params = jax.device_put(params)
 
     def predict(images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
         check_images(config, images)
         labels = np.zeros(images.shape[:3], np.int32)
         for i in range(0, len(images), batch_size):
-            batch = images[i : i + batch_size].astype(np.float32)
+            batch = np.clip(images[i : i + batch_size], 0.0, 1.0).astype(np.float32)
             padded = np.pad(batch, [(0, batch_size - len(batch)), (0, 0), (0, 0), (0, 0)])
-            labels[i : i + len(batch)] = np.asarray(classify(padded))[: len(batch)]
+            labels[i : i + len(batch)] = np.asarray(_classify(config, params, padded))[: len(batch)]
         return labels
 
     return predict

@@ -129,23 +129,26 @@ def test_bottom_loss_of_background_only_is_zero_whatever_the_logits():
 
 
 def test_train_loss_is_the_weighted_pixel_loss_plus_the_bottom_loss(tiny_params):
+    # the recipe (README): foreground pixels weigh 5, background 1; bottom loss weight 1
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.random((2, 16, 20, 1), np.float32),
         "label": rng.integers(0, 11, (2, 16, 20)).astype(np.int32),
     }
-
-    @jax.jit
-    def by_parts(params, batch):
-        logits, bottom = UNet(TINY).apply({"params": params}, batch["image"], with_bottom=True)
-        pixels = segmentation.loss(logits, batch["label"], segmentation.class_weights(11))
-        return pixels + segmentation.BOTTOM_LOSS_WEIGHT * segmentation.bottom_loss(
-            bottom, batch["label"]
-        )
-
     params = tiny_params["transposed"]
+    logits, bottom = jax.jit(UNet(TINY).apply, static_argnums=2)(
+        {"params": params}, batch["image"], True
+    )
+    logits = np.asarray(logits, np.float64)
+    log_p = logits - logits.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(log_p, batch["label"][..., None], -1)[..., 0]
+    w = np.where(batch["label"] == 0, 1.0, 5.0)
+    bottom_loss = float(segmentation.bottom_loss(bottom, batch["label"]))
+    assert bottom_loss > 0.1  # so that leaving it out shows
+    expected = np.sum(w * ce) / np.sum(w) + 1.0 * bottom_loss
     actual = jax.jit(segmentation.train_loss, static_argnums=0)(TINY, params, batch)
-    assert float(actual) == pytest.approx(float(by_parts(params, batch)), rel=1e-5)
+    assert float(actual) == pytest.approx(expected, rel=1e-5)
 
 
 def test_learning_rate_warms_up_then_decays_to_one_percent():
@@ -208,10 +211,59 @@ def test_predict_gives_int32_labels_of_the_input_size(predict):
     assert 0 <= labels.min() and labels.max() < 11
 
 
-def test_predict_is_the_argmax_of_the_logits(predict, tiny_params):
-    images = np.random.default_rng(1).random((4, 17, 23, 1), np.float32)
-    logits = jax.jit(UNet(TINY).apply)({"params": tiny_params["transposed"]}, images)
-    np.testing.assert_array_equal(predict(images), np.argmax(logits, axis=-1))
+def _direct_labels(params: dict, images: np.ndarray) -> np.ndarray:
+    """The argmax of the model's logits, one image at a time (no batching, no padding)."""
+    apply = jax.jit(UNet(TINY).apply)
+    return np.concatenate([np.argmax(apply({"params": params}, x[None]), -1) for x in images])
+
+
+def test_predict_is_the_argmax_of_the_logits_also_in_a_padded_last_batch(predict, tiny_params):
+    # 6 images in batches of 4: the second holds 2 images and 2 rows of padding
+    images = np.random.default_rng(1).random((6, 17, 23, 1), np.float32)
+    expected = _direct_labels(tiny_params["transposed"], images)
+    padding = _direct_labels(tiny_params["transposed"], np.zeros_like(images[:2]))
+    assert np.mean(expected[4:] != padding) > 0.1  # the padding's labels are not the images'
+    assert len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(predict(images), expected)
+
+
+def test_predict_accepts_values_a_few_float32_ulps_outside_zero_one(predict):
+    # a linear resize of an image in [0, 1] can round to 1 + 1 ulp (issue 21, item 6)
+    images = np.random.default_rng(2).random((2, 16, 20, 1), np.float32)
+    images[0, 0, 0, 0] = np.nextafter(np.float32(1), np.float32(2))
+    images[1, 0, 0, 0] = np.float32(1) + 3 * np.finfo(np.float32).eps
+    images[1, 5, 5, 0] = -2 * np.finfo(np.float32).eps
+    np.testing.assert_array_equal(predict(images), predict(np.clip(images, 0, 1)))
+
+
+@pytest.mark.parametrize("value", [1 + 1e-4, -1e-4, 1.5, -0.01])
+def test_predict_refuses_values_beyond_rounding_outside_zero_one(predict, value):
+    images = np.full((1, 16, 16, 1), 0.5, np.float32)
+    images[0, 3, 3, 0] = value
+    with pytest.raises(ValueError, match=r"image values must be in \[0, 1\]"):
+        predict(images)
+
+
+def test_predictors_share_one_program_per_image_size(tiny_params):
+    # the parameters are an argument of the compiled program, not constants baked into it
+    params = tiny_params["transposed"]
+    other = jax.tree.map(lambda p: p + 0.5, params)
+    images = np.random.default_rng(3).random((2, 19, 21, 1), np.float32)
+    compiles = []
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        first = segmentation.predict_fn(TINY, params, batch_size=2)(images)
+        second = segmentation.predict_fn(TINY, other, batch_size=2)(images)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(compiles) == 1
+    np.testing.assert_array_equal(first, _direct_labels(params, images))
+    np.testing.assert_array_equal(second, _direct_labels(other, images))
 
 
 @pytest.mark.parametrize(
@@ -235,14 +287,21 @@ def test_predict_rejects_bad_images_naming_the_problem(predict, images, message)
 # ---------------------------------------------------------------- figure
 
 
-def test_segmentation_figure_has_one_column_per_scene_and_a_legend(tmp_path):
-    rng = np.random.default_rng(0)
-    images = rng.random((6, 24, 24, 1), np.float32)
-    labels = rng.integers(0, 11, (6, 24, 24))
-    path = plots.segmentation(images, labels, labels[::-1], tmp_path / "seg.png", "title")
+def _pixels_of_colour(path, rgba: np.ndarray) -> int:
     with Image.open(path) as png:
-        width, height = png.size
-    assert (width, height) == (round(100 * (1.5 * 6 + 2.6)), round(100 * 4.9))
+        rgb = np.asarray(png.convert("RGB")).astype(np.int64)
+    return int(np.sum(np.all(np.abs(rgb - np.round(255 * rgba[:3])) <= 2, axis=-1)))
+
+
+def test_segmentation_figure_draws_each_label_map_in_its_class_colours(tmp_path):
+    images = np.random.default_rng(0).random((3, 24, 24, 1), np.float32)
+    threes, fives = np.full((3, 24, 24), 3), np.full((3, 24, 24), 5)
+    mixed = plots.segmentation(images, threes, fives, tmp_path / "mixed.png", "title")
+    same = plots.segmentation(images, threes, threes, tmp_path / "same.png", "title")
+    three, five = plots.class_colours(11)[[3, 5]]
+    # predicted 5s fill three panels; otherwise 5's colour is only in the legend
+    assert _pixels_of_colour(mixed, five) > 10 * _pixels_of_colour(same, five)
+    assert _pixels_of_colour(same, three) > 1.5 * _pixels_of_colour(mixed, three)
 
 
 def test_class_colours_are_fixed_and_distinct():
