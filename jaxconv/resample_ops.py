@@ -215,10 +215,12 @@ def _nearest_index(n: int, out: int, scale: float | None, special_cases: bool) -
 
 def _linear_weights(
     n: int, out: int, scale: float | None, align_corners: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """torch's linear interpolation source ``(i0, i1, lambda1)`` per output position,
-    in float32: ``src = ratio * i`` (``align_corners``, ratio ``(n-1)/(out-1)``) or
-    ``ratio * (i + 0.5) - 0.5`` clamped at 0 (ratio ``1 / scale_factor`` or ``n / out``)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """torch's linear interpolation taps per output position, in float32: indices
+    ``(i0, i1)`` and weights ``(1 - lambda, lambda)`` of ``src = ratio * i``
+    (``align_corners``, ratio ``(n-1)/(out-1)``) or ``ratio * (i + 0.5) - 0.5`` clamped
+    at 0 (ratio ``1 / scale_factor`` or ``n / out``); ``i0 = floor(src)``,
+    ``lambda = src - i0``, ``i1`` the next position (``i0`` at the end)."""
     i = np.arange(out).astype(np.float32)
     if align_corners:
         ratio = np.float32(n - 1) / np.float32(out - 1) if out > 1 else np.float32(0)
@@ -227,9 +229,9 @@ def _linear_weights(
         ratio = np.float32(1.0 / scale) if scale else np.float32(n) / np.float32(out)
         src = np.maximum(ratio * (i + np.float32(0.5)) - np.float32(0.5), np.float32(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), n - 1)
-    i1 = np.minimum(i0 + 1, n - 1)
     lam = np.clip(src - i0.astype(np.float32), 0, 1).astype(np.float32)
-    return i0, i1, lam
+    index = np.stack([i0, np.minimum(i0 + 1, n - 1)], axis=1)
+    return index, np.stack([1 - lam, lam], axis=1)
 
 
 def interpolate(
@@ -268,21 +270,35 @@ def interpolate(
     check_mode(mode, align_corners, ndim)
     spatial = x.shape[1:-1]
     out, scales = shapes.interpolate_scales(spatial, size, scale_factor, recompute_scale_factor)
-    if mode == "nearest":
-        for axis, (n, m, s) in enumerate(zip(spatial, out, scales), start=1):
-            x = jnp.take(x, _nearest_index(n, m, s, special_cases=ndim == 2), axis=axis)
-        return x
     dtype = x.dtype
-    y = x.astype(jnp.promote_types(dtype, jnp.float32))
+    if mode != "nearest":
+        x = x.astype(jnp.promote_types(dtype, jnp.float32))
     for axis, (n, m, s) in enumerate(zip(spatial, out, scales), start=1):
-        if m == n:  # torch's linear kernels copy a dimension whose size stays, whatever the ratio
-            continue
-        i0, i1, lam = _linear_weights(n, m, s, bool(align_corners))
-        shape = [1] * y.ndim
-        shape[axis] = m
-        lam = jnp.asarray(lam.reshape(shape), y.dtype)
-        y = jnp.take(y, i0, axis=axis) * (1 - lam) + jnp.take(y, i1, axis=axis) * lam
-    return y.astype(dtype)
+        if mode == "nearest":
+            x = _read_along(x, axis, _nearest_index(n, m, s, special_cases=ndim == 2)[:, None])
+        elif m != n:  # torch's linear kernels copy a dimension whose size stays, whatever the ratio
+            x = _read_along(x, axis, *_linear_weights(n, m, s, bool(align_corners)))
+    return x.astype(dtype)
+
+
+def _read_along(
+    x: jax.Array, axis: int, index: np.ndarray, weight: np.ndarray | None = None
+) -> jax.Array:
+    """``y[.., j, ..] = sum_t weight[j, t] x[.., index[j, t], ..]`` along ``axis`` (no
+    weight: one tap). A map ``j -> j // f`` (nearest up-sampling by an integer ``f``) is
+    a broadcast; any other one gather."""
+    n, (m, taps) = x.shape[axis], index.shape
+    if taps == 1 and m % n == 0 and np.array_equal(index[:, 0], np.arange(m) // (m // n)):
+        f = m // n
+        y = jnp.expand_dims(x, axis + 1)
+        y = jnp.broadcast_to(y, (*x.shape[: axis + 1], f, *x.shape[axis + 1 :]))
+        return y.reshape(*x.shape[:axis], m, *x.shape[axis + 1 :])
+    y = jnp.take(x, index, axis=axis, mode="clip")  # (.., m, taps, ..)
+    if weight is None:
+        return jnp.squeeze(y, axis + 1)
+    shape = [1] * y.ndim
+    shape[axis], shape[axis + 1] = m, taps
+    return jnp.sum(y * jnp.asarray(weight.reshape(shape), y.dtype), axis=axis + 1)
 
 
 def _factor_and_input(name: str, factor: int, x: Any) -> tuple[int, jax.Array]:

@@ -34,6 +34,10 @@ def chunks(count: int) -> list[range]:
     return [range(i, min(i + CHUNK, count)) for i in range(0, count, CHUNK)]
 
 
+def chunk_id(seeds: range) -> str:
+    return f"{seeds.start}-{seeds.stop - 1}"
+
+
 def torch_result(run: Callable[[], object]) -> object | None:
     """``run()``, or None where torch raises (its warnings silenced)."""
     try:
