@@ -13,16 +13,18 @@ replicated), so the results do not depend on how the devices are split into proc
 * :func:`process_rows`: which rows of a global batch this process loads;
 * :func:`global_batch`: this process's rows as one global, sharded array per key;
 * :func:`is_primary`: whether this process writes the run's files (process 0);
-* :func:`any_process`: whether a flag is set in any process (a collective).
+* :func:`any_process`: whether a flag is set in any process (a collective);
+* :func:`primary_first`: an action of process 0 that the others wait for.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
@@ -34,6 +36,8 @@ ENVIRONMENT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 # service checks heartbeats); starting waits this long for every process to join.
 HEARTBEAT_TIMEOUT_S = 30
 INITIALIZATION_TIMEOUT_S = 120
+# How long the other processes wait for process 0 in primary_first (a dataset download)
+PRIMARY_FIRST_TIMEOUT_S = 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,3 +198,47 @@ def any_process(flag: bool) -> bool:
     if jax.process_count() == 1:
         return bool(flag)
     return bool(multihost_utils.process_allgather(np.array([flag], np.int32)).any())
+
+
+class PrimaryFailed(RuntimeError):
+    """Process 0 failed at, or did not finish, what the others waited for."""
+
+
+_waits = itertools.count()  # primary_first's calls, numbered alike in every process
+
+
+def primary_first(action: Callable[[], None], timeout_s: float = PRIMARY_FIRST_TIMEOUT_S) -> bool:
+    """Runs ``action()`` in process 0 while the others wait for it to end (at most
+    ``timeout_s``); returns whether it ran in this process. With one process it just
+    runs it, without starting JAX's backend. Every process calls it, in the same order.
+
+    Raises what ``action`` raised in process 0, and ``PrimaryFailed`` naming it in the
+    others (or when ``timeout_s`` passed).
+    """
+    if not jax.distributed.is_initialized():
+        action()
+        return True
+    # the coordination service's key-value store (orbax waits on it the same way): no
+    # device is involved, so the wait can be as long as a download
+    from jax._src.distributed import global_state
+
+    client = global_state.client
+    key = f"jaxconv/primary_first/{next(_waits)}"
+    if is_primary():
+        outcome = "failed: process 0 stopped"
+        try:
+            action()
+            outcome = "done"
+        except Exception as e:
+            outcome = f"failed: {type(e).__name__}: {e}"
+            raise
+        finally:
+            client.key_value_set(key, outcome)
+        return True
+    try:
+        outcome = client.blocking_key_value_get(key, int(timeout_s * 1000))
+    except Exception as e:  # jax raises its runtime error on the deadline
+        raise PrimaryFailed(f"process 0 did not finish within {timeout_s:g} s ({e})") from e
+    if outcome != "done":
+        raise PrimaryFailed(f"process 0 {outcome}")
+    return False

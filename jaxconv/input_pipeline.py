@@ -1,4 +1,5 @@
-"""Input pipeline: image datasets as in-memory numpy arrays, and batching (no JAX import).
+"""Input pipeline: image datasets as in-memory numpy arrays, and batching (JAX is imported
+only where a TFDS dataset is loaded, to coordinate the processes).
 
 Two sources, both giving a ``Dataset`` of float32 images in [0, 1]:
 
@@ -9,7 +10,8 @@ Two sources, both giving a ``Dataset`` of float32 images in [0, 1]:
   read through TFDS' random-access ARRAY_RECORD data source, which needs no TensorFlow once
   the dataset is prepared. Preparing one needs TensorFlow (``pip install tensorflow-cpu``)
   and the network; when either is missing, ``load_dataset`` raises
-  ``DatasetUnavailableError`` within seconds.
+  ``DatasetUnavailableError`` within seconds. With several processes (``jax.distributed``),
+  process 0 prepares it while the others wait, then all read it.
 
 Batching is deterministic in ``(seed, epoch)``, so a resumed run sees the same batches as an
 uninterrupted one.
@@ -131,15 +133,7 @@ def _load_tfds(name: str, data_dir: str | None) -> Dataset:
     features = builder.info.features
     if "image" not in features:
         raise ValueError(f"TFDS dataset {name!r} has no 'image' feature.")
-    absl = logging.getLogger("absl")  # TFDS warns of each unprepared version it looks at
-    level = absl.level
-    absl.setLevel(logging.ERROR)
-    try:
-        prepared = builder.is_prepared()
-    finally:
-        absl.setLevel(level)
-    if not prepared:
-        _prepare(name, builder)
+    builder = _prepare_once(name, builder, data_dir)
 
     splits = builder.info.splits  # empty under tfds.testing.mock_data
     missing = [split for split in ("train", "test") if splits and split not in splits]
@@ -167,6 +161,43 @@ def _load_tfds(name: str, data_dir: str | None) -> Dataset:
     train_images, train_labels = read_split("train")
     test_images, test_labels = read_split("test")
     return Dataset(name, train_images, train_labels, test_images, test_labels)
+
+
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    absl = logging.getLogger("absl")  # TFDS warns of each unprepared version it looks at
+    level = absl.level
+    absl.setLevel(logging.ERROR)
+    try:
+        return builder.is_prepared()
+    finally:
+        absl.setLevel(level)
+
+
+def _prepare_once(
+    name: str, builder: tfds.core.DatasetBuilder, data_dir: str | None
+) -> tfds.core.DatasetBuilder:
+    """``builder``, prepared if it was not; with several processes (``jax.distributed``),
+    process 0 prepares it while the others wait, then they read it (a ``data_dir`` that
+    process 0 does not share is then prepared by each process that sees it unprepared)."""
+    from jaxconv import distributed  # imports JAX: only where TFDS datasets are loaded
+
+    def prepare() -> None:
+        if not _is_prepared(builder):
+            _prepare(name, builder)
+
+    try:
+        if distributed.primary_first(prepare):
+            return builder
+    except distributed.PrimaryFailed as e:
+        raise DatasetUnavailableError(
+            f"TFDS dataset {name!r} could not be prepared: {e} (its own error says why)"
+        ) from e
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)  # reads what process 0 prepared
+    if not _is_prepared(builder):
+        _prepare(name, builder)
+    return builder
 
 
 def _prepare(name: str, builder: tfds.core.DatasetBuilder) -> None:

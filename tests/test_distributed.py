@@ -220,6 +220,62 @@ def test_ctrl_c_reaching_one_process_only_stops_both_after_saving_and_resumes_bi
         np.testing.assert_array_equal(a, b)
 
 
+TFDS_SCRIPT = """
+import sys, time
+from pathlib import Path
+import tensorflow_datasets as tfds
+from jaxconv import distributed, input_pipeline
+distributed.initialize(distributed.cluster())
+import jax
+log, data_dir = Path(sys.argv[1]), sys.argv[2]
+me = jax.process_index()
+
+def note(event):
+    with log.open("a") as f:
+        f.write(f"{time.monotonic()} {me} {event}\\n")
+
+def download_and_prepare(self, **kwargs):  # slow enough for a reader to come too early
+    note("prepare")
+    time.sleep(1.0)
+    (log.parent / self.name).touch()
+    note("prepared")
+
+input_pipeline._tensorflow_available = lambda: True
+input_pipeline._network_available = lambda: True
+with tfds.testing.mock_data(num_examples=4):
+    builder = tfds.core.DatasetBuilder
+    builder.download_and_prepare = download_and_prepare
+    builder.is_prepared = lambda self: (log.parent / self.name).exists()
+    read = builder.as_data_source
+    builder.as_data_source = lambda self, **kwargs: note("read") or read(self, **kwargs)
+    print(input_pipeline.load_dataset("mnist", data_dir=data_dir).train_images.shape)
+    input_pipeline._network_available = lambda: False  # process 0 cannot prepare this one
+    try:
+        input_pipeline.load_dataset("fashion_mnist", data_dir=data_dir)
+    except input_pipeline.DatasetUnavailableError as e:
+        print(e)
+"""
+
+
+def test_process_zero_prepares_a_tfds_dataset_while_the_others_wait(tmp_path):
+    log = tmp_path / "events"
+    outputs = _processes(TFDS_SCRIPT, str(log), str(tmp_path / "data"))
+    shapes, failures = zip(*(out.splitlines() for out in outputs))
+    assert shapes == ("(4, 28, 28, 1)",) * 2
+    events = [line.split() for line in log.read_text().splitlines()]
+    assert [(who, what) for _, who, what in events if what.startswith("prepare")] == [
+        ("0", "prepare"),
+        ("0", "prepared"),
+    ]
+    done = next(float(t) for t, _, what in events if what == "prepared")
+    reads = [float(t) for t, who, what in events if (who, what) == ("1", "read")]
+    assert reads and min(reads) > done
+    # when process 0 cannot prepare it, the others say so rather than wait or race
+    assert "no network" in failures[0]
+    assert "process 0 failed: DatasetUnavailableError" in failures[1]
+    assert "no network" in failures[1]
+
+
 def test_the_cluster_comes_from_flags_or_the_environment_all_three_or_none():
     environ = dict(zip(distributed.ENVIRONMENT, ("10.0.0.1:1234", "4", "3")))
     assert distributed.cluster(environ={}) is None
