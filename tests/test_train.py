@@ -95,13 +95,23 @@ def test_only_the_newest_checkpoints_are_kept(small_digits, tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "4"]
 
 
+def _epochs_in_metrics_file(workdir) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").open()]
+
+
 def test_metrics_after_the_last_checkpoint_are_dropped_on_resume(small_digits, tmp_path):
     train_and_evaluate(
         small_digits, tmp_path, CONFIG, 3, checkpoint_every=2, keep=5, progress=False
     )
     (tmp_path / "checkpoints" / "3").rename(tmp_path / "lost")  # as if it crashed before saving
+    assert _epochs_in_metrics_file(tmp_path) == [1, 2, 3]
+    # nothing left to train: the file is rewritten from the checkpoint all the same
+    _, history = train_and_evaluate(small_digits, tmp_path, CONFIG, 2, progress=False)
+    assert [m["epoch"] for m in history] == [1, 2]
+    assert _epochs_in_metrics_file(tmp_path) == [1, 2]
     _, history = train_and_evaluate(small_digits, tmp_path, CONFIG, 3, progress=False)
     assert [m["epoch"] for m in history] == [1, 2, 3]
+    assert _epochs_in_metrics_file(tmp_path) == [1, 2, 3]
 
 
 def test_a_workdir_of_another_run_is_refused(small_digits, tmp_path):
