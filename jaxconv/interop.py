@@ -493,7 +493,8 @@ def load_state_dict(
     unchanged. With ``strict=False`` what matches is loaded and the rest returned:
     :class:`IncompatibleKeys` (empty lists when everything matched). ``model`` may be
     abstract (``nnx.eval_shape(lambda: Model(..., rngs=nnx.Rngs(0)))``): loading makes it
-    concrete without computing an initialisation.
+    concrete without computing an initialisation (what ``strict=False`` left missing
+    stays abstract).
     """
     slots = _nnx_slots(model)
     _check_state_dict(state_dict)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from torch_reference import channels_first, channels_last
 
 from jaxconv import interop
 from jaxconv import nn as jnn
 from jaxconv import nnx as jnnx
+from jaxconv.torch_reference import channels_first, channels_last
 
 
 def test_conv_params_reverse_torchs_axes():
@@ -84,7 +84,8 @@ def test_a_state_dict_of_another_shape_raises_naming_the_key():
 def test_importing_jaxconv_does_not_import_torch():
     code = (
         "import sys, jaxconv, jaxconv.nn, jaxconv.nnx, jaxconv.nnx_models, jaxconv.interop,"
-        " jaxconv.ops;"
+        " jaxconv.ops, jaxconv.ports.monai_unet, jaxconv.ports.monai_basic_unet,"
+        " jaxconv.ports.dcgan;"
         "assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

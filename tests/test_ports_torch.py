@@ -319,3 +319,19 @@ def test_a_ported_networks_weights_go_to_torch_and_back_bitwise(name):
         nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(again))
     ):
         np.testing.assert_array_equal(ours.get_value(), theirs.get_value(), err_msg=str(path))
+
+
+@pytest.mark.parametrize(
+    "build, argument",
+    [
+        (lambda: UNet(2, 1, 1, (4, 8), (2,), act="gelu", rngs=nnx.Rngs(0)), "act"),
+        (lambda: UNet(2, 1, 1, (4, 8), (2,), norm="group", rngs=nnx.Rngs(0)), "norm"),
+        (lambda: UNet(2, 1, 1, (4,), (), rngs=nnx.Rngs(0)), "channels"),
+        (lambda: BasicUNet(2, upsample="pixelshuffle", rngs=nnx.Rngs(0)), "upsample"),
+        (lambda: dcgan.Generator(image_size=48, rngs=nnx.Rngs(0)), "image_size"),
+    ],
+    ids=["act", "norm", "channels", "upsample", "image_size"],
+)
+def test_options_the_ports_do_not_have_are_refused_naming_them(build, argument):
+    with pytest.raises(ValueError, match=argument):
+        build()
