@@ -20,7 +20,6 @@ from jaxconv.train import Diverged, TrainConfig, load_run, train_and_evaluate
 
 # 9 steps an epoch: every epoch ends in an evaluation and a checkpoint within about a second
 FLAGS = ["--epochs", "5", "--batch-size", "500"]
-KILLS = 10
 
 
 def _command(workdir: Path, *flags: str) -> list[str]:
@@ -82,18 +81,51 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, float]:
     return workdir, time.monotonic() - start
 
 
-def test_sigkill_at_ten_random_moments_ends_as_an_uninterrupted_run(uninterrupted, tmp_path):
+def _checkpoints(workdir: Path) -> tuple[list[int], list[str]]:
+    """The finished checkpoints' epochs and the unfinished saves in ``workdir``."""
+    folder = workdir / "checkpoints"
+    names = [p.name for p in folder.iterdir()] if folder.exists() else []
+    return sorted(int(n) for n in names if n.isdigit()), [n for n in names if "tmp" in n]
+
+
+def _wait_for(condition, what: str, run: Run) -> None:
+    while not condition():
+        assert run.process.poll() is None, f"the run ended before {what}"
+        time.sleep(0.002)
+
+
+# Where each kill lands, after the run has a first checkpoint: a random moment within half
+# an epoch (mid-step or mid-evaluation: no new checkpoint), as an orbax save starts its
+# folder (inside the save), or as a checkpoint has just appeared (before metrics.jsonl
+# follows). Only the last kind moves the run on, three times: it stays before epoch 5.
+KILL_AT = ["random", "save", "saved", "random", "save", "saved", "random", "save", "saved"]
+
+
+def test_sigkill_at_moments_mid_run_ends_as_an_uninterrupted_run(uninterrupted, tmp_path):
     reference, training_seconds = uninterrupted
+    epoch_seconds = training_seconds / int(FLAGS[1])
     rng = random.Random(0)
-    for _ in range(KILLS):
+    inside_a_save = 0
+    for moment in [*KILL_AT, "random"]:
         run = Run(tmp_path)
         run.wait_until_training()
-        # anywhere in the training: mid-step, mid-evaluation, mid-save, between save and metrics
-        time.sleep(rng.uniform(0, training_seconds))
+        _wait_for(lambda: _checkpoints(tmp_path)[0], "its first checkpoint", run)
+        before = _checkpoints(tmp_path)[0]
+        if moment == "random":
+            time.sleep(rng.uniform(0, epoch_seconds / 2))
+        elif moment == "save":
+            _wait_for(lambda: _checkpoints(tmp_path)[1], "a save", run)
+        else:
+            _wait_for(lambda: _checkpoints(tmp_path)[0][-1] > before[-1], "a new checkpoint", run)
         run.process.send_signal(signal.SIGKILL)
         run.finish()
+        assert run.process.returncode == -signal.SIGKILL  # it was still running
+        finished, unfinished = _checkpoints(tmp_path)
+        assert finished[-1] < int(FLAGS[1])  # before the last checkpoint
+        inside_a_save += bool(unfinished)
         epochs = _epochs_in(tmp_path)  # always whole lines of consecutive epochs
         assert epochs == list(range(1, len(epochs) + 1))
+    assert inside_a_save >= 1
     code, err = Run(tmp_path).finish()
     assert code == 0, err
 
