@@ -449,7 +449,9 @@ def _renamed(keys: Any, rename: Rename | None) -> dict[str, str]:
         try:
             patterns = [(re.compile(p), r) for p, r in rename.items()]
         except (re.error, TypeError) as error:
-            raise ValueError(f"rename must map regular expressions to replacements: {error}")
+            raise ValueError(
+                f"rename must map regular expressions to replacements: {error}"
+            ) from error
 
         def change(key: str) -> str:
             for pattern, replacement in patterns:
