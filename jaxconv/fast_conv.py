@@ -61,6 +61,7 @@ loop nest. Here instead:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -130,20 +131,24 @@ def conv_transpose(
 
 
 def _strided(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
-    """``C(x, K)``: ``lax.pad``, then a 'VALID' conv with the strides."""
-    return _valid_conv(
-        _pad(x, geometry.pads), kernel, geometry.strides, geometry.dilation, geometry.groups
+    """``C(x, K)``: a 'VALID' conv with the strides of ``x`` padded by the pads."""
+    return _padded_conv(
+        x, geometry.pads, kernel, geometry.strides, geometry.dilation, geometry.groups
     )
 
 
-def _valid_conv(x, kernel, strides, dilation, groups) -> jax.Array:
-    """A 'VALID' conv: XLA's, or im2col and a matmul (batched over the groups) where
-    XLA:CPU's conv is slower."""
+def _padded_conv(x, pads, kernel, strides, dilation, groups) -> jax.Array:
+    """A 'VALID' conv of ``x`` padded by ``pads`` (``lax.pad``): XLA's, or im2col and a
+    matmul (batched over the groups) where XLA:CPU's conv is slower, or tap by tap
+    where each group has one input channel."""
     kernel_size, depth = kernel.shape[:-2], math.prod(kernel.shape[:-1])
     rows = [
-        (n - d * (k - 1) - 1) // s + 1
-        for n, k, s, d in zip(x.shape[1:-1], kernel_size, strides, dilation)
+        (n + lo + hi - d * (k - 1) - 1) // s + 1
+        for n, (lo, hi), k, s, d in zip(x.shape[1:-1], pads, kernel_size, strides, dilation)
     ]
+    x = _pad(x, pads)
+    if groups > 1 and kernel.shape[-2] == 1:
+        return _per_tap_conv(x, kernel, strides, dilation, rows)
     wanted = len(rows) == 3 or depth <= IM2COL_MAX_DEPTH or math.prod(rows) == 1
     columns_per_image = math.prod(rows) * math.prod(kernel_size) * x.shape[-1]
     if not (wanted and _fits(columns_per_image, x.dtype)):
@@ -166,6 +171,40 @@ def _grouped_matmul(columns: jax.Array, kernel: jax.Array, groups: int) -> jax.A
     lhs = columns.reshape(columns.size // (taps * groups * channels), taps, groups, channels)
     rhs = kernel.reshape(taps, channels, groups, kernel.shape[-1] // groups)
     return jnp.einsum("ntgc,tcgo->ngo", lhs, rhs).reshape(lhs.shape[0], kernel.shape[-1])
+
+
+def _per_tap_conv(x: jax.Array, kernel: jax.Array, strides, dilation, rows) -> jax.Array:
+    """A 'VALID' conv with one input channel per group (depthwise, ``K`` ``(*k, 1,
+    g * m)``): ``sum_j x[i*s + j*d, group] K[j, group, :]``, tap by tap, in float32 at
+    least.
+
+    One fused loop over the output that reads ``x`` where it is: no im2col, no
+    group-batched matmul (whose operands XLA:CPU transposes, groups first). ``x`` comes
+    padded: a pad in the loop, one per tap, made it up to 5x slower (measured).
+    """
+    groups, unpadded = x.shape[-1], ((0, 0),) * len(rows)
+    weights = kernel.reshape(*kernel.shape[:-2], groups, kernel.shape[-1] // groups)
+    wide = jnp.promote_types(x.dtype, jnp.float32)
+    out = jnp.zeros((x.shape[0], *rows, *weights.shape[-2:]), wide)
+    for j, window in _tap_windows(x, unpadded, kernel.shape[:-2], strides, dilation, rows):
+        out = out + window[..., None].astype(wide) * weights[j].astype(wide)
+    return out.reshape(x.shape[0], *rows, kernel.shape[-1]).astype(x.dtype)
+
+
+def _tap_windows(x: jax.Array, pads, kernel_size, strides, dilation, rows):
+    """``(j, W_j)`` for each tap ``j`` that reads ``x`` (not only its padding), with
+    ``W_j[:, i] = xp[:, i*s + j*d]`` for the rows ``i`` (``xp``: ``x`` padded by
+    ``pads``): a strided slice of ``x``, padded where the window leaves it."""
+    for j in itertools.product(*map(range, kernel_size)):
+        starts, extents, borders = [], [], []
+        for n, (lo, _), t, s, d, q in zip(x.shape[1:-1], pads, j, strides, dilation, rows):
+            first = max(0, -((t * d - lo) // s))  # the rows that read x: first to last
+            last = min(q, (n - 1 + lo - t * d) // s + 1)
+            starts.append(first * s + t * d - lo)
+            extents.append((last - first - 1) * s + 1)
+            borders.append((first, q - last))
+        if all(first < q - after for (first, after), q in zip(borders, rows)):
+            yield j, _pad(_slice(x, starts, extents, strides), borders)
 
 
 def _xla_conv(x: jax.Array, kernel: jax.Array, strides, dilation, groups) -> jax.Array:
@@ -304,13 +343,8 @@ def _by_phases(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array
     """
     plan = _phase_plan(y.shape[1:-1], kernel.shape[:-2], geometry)
     unit = (1,) * len(plan.rows)
-    phases = _valid_conv(
-        _pad(y, plan.pads),
-        _phase_kernel(kernel, geometry),
-        unit,
-        plan.rhs_dilation,
-        geometry.groups,
-    )
+    phase_kernel = _phase_kernel(kernel, geometry)
+    phases = _padded_conv(y, plan.pads, phase_kernel, unit, plan.rhs_dilation, geometry.groups)
     return _to_space(phases, plan, geometry)
 
 
@@ -364,11 +398,8 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
 
 def _kernel_grad_direct(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> jax.Array:
     """``R``: ``C``'s windows of the padded ``x`` (im2col) against ``y``."""
-    padded = _pad(x, geometry.pads)
-    columns = _windows(
-        padded, kernel_shape[:-2], geometry.strides, geometry.dilation, y.shape[1:-1]
-    )
-    return _matmul_t(columns, y, geometry.groups).reshape(kernel_shape)
+    window = (geometry.pads, kernel_shape[:-2], geometry.strides, geometry.dilation)
+    return _windows_t(x, *window, y, geometry.groups).reshape(kernel_shape)
 
 
 def _kernel_grad_by_phases(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> jax.Array:
@@ -380,12 +411,34 @@ def _kernel_grad_by_phases(x: jax.Array, y: jax.Array, kernel_shape, geometry) -
     """
     plan = _phase_plan(y.shape[1:-1], kernel_shape[:-2], geometry)
     unit = (1,) * len(plan.rows)
-    columns = _windows(_pad(y, plan.pads), plan.taps, unit, plan.rhs_dilation, plan.rows)
     phase_shape = (y.shape[0], *plan.rows, x.shape[-1] * math.prod(geometry.strides))
     phases = _transpose(lambda p: _to_space(p, plan, geometry), phase_shape, x)
-    phase_kernel = _matmul_t(columns, phases, geometry.groups)
+    window = (plan.pads, plan.taps, unit, plan.rhs_dilation)
+    phase_kernel = _windows_t(y, *window, phases, geometry.groups)
     phase_kernel = phase_kernel.reshape(*plan.taps, kernel_shape[-1] // geometry.groups, -1)
     return _transpose(lambda k: _phase_kernel(k, geometry), kernel_shape, phase_kernel)
+
+
+def _windows_t(x, pads, kernel_size, strides, dilation, other, groups: int) -> jax.Array:
+    """``W^T other`` group by group, for the windows ``W`` (:func:`_windows`, of
+    ``other``'s rows) of ``x`` padded by ``pads``: a contraction over the batch and
+    rows, ``(taps, c, g, o)``.
+
+    One channel per group (depthwise): tap by tap, a product summed in float32 at
+    least, from :func:`_tap_windows` (no im2col, no padded copy).
+    """
+    rows = other.shape[1:-1]
+    if groups == 1 or x.shape[-1] > groups:
+        columns = _windows(_pad(x, pads), kernel_size, strides, dilation, rows)
+        return _matmul_t(columns, other, groups)
+    wide = jnp.promote_types(x.dtype, jnp.float32)
+    per_group = other.reshape(*other.shape[:-1], groups, other.shape[-1] // groups).astype(wide)
+    batch_and_rows = tuple(range(other.ndim - 1))
+    unread = jnp.zeros(per_group.shape[-2:], wide)  # a tap that reads only padding
+    taps = dict.fromkeys(itertools.product(*map(range, kernel_size)), unread)
+    for j, window in _tap_windows(x, pads, kernel_size, strides, dilation, rows):
+        taps[j] = jnp.sum(window[..., None].astype(wide) * per_group, axis=batch_and_rows)
+    return jnp.stack(list(taps.values()))[:, None].astype(x.dtype)
 
 
 def _matmul_t(columns: jax.Array, other: jax.Array, groups: int) -> jax.Array:
