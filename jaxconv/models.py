@@ -187,7 +187,6 @@ class AutoencoderTask:
 
     config: AutoencoderConfig
 
-    name: ClassVar[str] = "autoencoder"
     train_metric: ClassVar[str] = "train_mse"
 
     def init_params(self, seed: int) -> dict:

@@ -334,7 +334,6 @@ class SegmentationTask:
 
     config: SegmentationConfig
 
-    name: ClassVar[str] = "segmentation"
     train_metric: ClassVar[str] = "train_loss"
 
     def init_params(self, seed: int) -> dict:

@@ -56,7 +56,6 @@ CHECK_EVERY = 10
 class Task(Protocol):
     """What a trained model is; :func:`train_step` and :func:`fit` are the same for all."""
 
-    name: ClassVar[str]  # recorded in run.json
     train_metric: ClassVar[str]  # the name of the mean train loss in the metrics
 
     def init_params(self, seed: int) -> dict: ...
@@ -83,6 +82,9 @@ class Task(Protocol):
 
 class ModelConfig(Protocol):
     """A frozen, hashable description of a model: what a checkpoint needs to be read back."""
+
+    task_name: ClassVar[str]  # its task's name, recorded in run.json
+    command: ClassVar[str]  # the jaxconv command that trains it
 
     def to_dict(self) -> dict: ...
 
@@ -118,7 +120,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return {
             **dataclasses.asdict(self),
-            "task": self.task.name,
+            "task": self.model.task_name,
             "model": self.model.to_dict(),
         }
 
@@ -477,6 +479,8 @@ def fit(
             state = create_train_state(config, steps_per_epoch=steps)
         state = jax.device_put(state, replicated)
         run.write_metrics(history)
+        if start == epochs:  # nothing left to train
+            return state, history
         first = _train_batch(task, train, np.arange(config.batch_size), config, 0)
         example = {
             key: jax.ShapeDtypeStruct(
@@ -486,7 +490,7 @@ def fit(
         }
         compile_start = time.perf_counter()
         step_fn = train_step.lower(state, example).compile()
-        if progress and start < epochs:
+        if progress:
             _log(f"compiled the train step in {time.perf_counter() - compile_start:.1f} s")
 
         saved, finished, stopping = start, state, False
@@ -655,7 +659,7 @@ def load_run(
         # an abstract target: restoring needs shapes, not a compiled init
         target = jax.eval_shape(lambda: create_train_state(config))
         try:
-            state, _, _ = restore_latest(manager, target)
+            state, _, epoch = restore_latest(manager, target)
         except CheckpointError:
             raise
         except RunDirError as e:
@@ -663,4 +667,6 @@ def load_run(
                 f"the checkpoint in {run.checkpoint_dir} does not fit the model of "
                 f"{run.config_path}: {e}"
             ) from e
-    return config, state
+    # the optimizer of the run: a schedule counted in epochs needs its steps per epoch
+    steps_per_epoch = int(state.step) // epoch
+    return config, state.replace(tx=config.task.optimizer(config.learning_rate, steps_per_epoch))

@@ -8,11 +8,12 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 
 from jaxconv import interop
-from jaxconv.models import Autoencoder
+from jaxconv.models import Autoencoder, AutoencoderTask
 from jaxconv.torch_models import torch_autoencoder
 from jaxconv import train
 from jaxconv.train import (
@@ -193,6 +194,33 @@ def test_load_run_gives_the_trained_state(small_digits, tmp_path):
     assert config == CONFIG
     for a, b in zip(_params(trained), _params(state)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_load_run_builds_the_optimizer_of_the_run(small_digits, tmp_path, monkeypatch):
+    """A task's optimizer may count its schedule in epochs: load_run's state continues
+    the run with the optimizer of its ``steps_per_epoch`` (256 images / 32 = 8)."""
+    made = {}
+
+    def optimizer(self, learning_rate, steps_per_epoch):
+        made[steps_per_epoch] = optax.adam(learning_rate)
+        return made[steps_per_epoch]
+
+    monkeypatch.setattr(AutoencoderTask, "optimizer", optimizer)
+    train_and_evaluate(small_digits, tmp_path, CONFIG, 1, progress=False)
+    _, state = load_run(tmp_path)
+    assert state.tx is made[8]
+
+
+def test_nothing_left_to_train_compiles_no_train_step(small_digits, tmp_path, monkeypatch):
+    train_and_evaluate(small_digits, tmp_path, CONFIG, 1, progress=False)
+
+    class NotToCompile:
+        def lower(self, *args):
+            raise AssertionError("the train step was compiled with nothing left to train")
+
+    monkeypatch.setattr(train, "train_step", NotToCompile())
+    _, history = train_and_evaluate(small_digits, tmp_path, CONFIG, 1, progress=False)
+    assert [m["epoch"] for m in history] == [1]
 
 
 def test_load_run_refuses_a_missing_or_unfinished_run(tmp_path):
