@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> None:
     print(
         f"MONAI UNet 3-D: channels={CHANNELS}, strides={STRIDES}, num_res_units=2 "
         f"(InstanceNorm, PReLU); input ({args.batch}, 1, {args.size}, {args.size}, {args.size}); "
-        f"{args.threads} threads"
+        f"threads: {args.threads}"
     )
     parameters = sum(p.numel() for p in torch_model.parameters())
     print(f"loaded by name: {len(state_dict)} tensors, {parameters:,} parameters, none renamed")
