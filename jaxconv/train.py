@@ -282,9 +282,15 @@ class RunDir:
             raise RunDirError(f"--workdir {self.path}: {nearest} is not writable")
         existing = self.read_config(type(config.model))
         if existing is not None and existing != config:
+            ours, theirs = _flat(config.to_dict()), _flat(existing.to_dict())
+            differ = ", ".join(
+                f"{name} {json.dumps(theirs.get(name))} (asked: {json.dumps(ours.get(name))})"
+                for name in sorted(ours.keys() | theirs.keys())
+                if ours.get(name) != theirs.get(name)
+            )
             raise RunDirError(
-                f"{self.path} holds a run with other settings ({existing}); resuming it with "
-                f"{config} would not continue it. Choose another --workdir."
+                f"{self.path} holds a run with other settings: {differ}. Resuming it with "
+                "these would not continue it: choose another --workdir, or the run's settings."
             )
 
     def claim(self, config: TrainConfig) -> None:
@@ -314,6 +320,17 @@ class RunDir:
         """Replaces ``metrics.jsonl`` with one line per epoch of ``history`` (atomically)."""
         if distributed.is_primary():
             _write_atomically(self.metrics_path, "".join(json.dumps(m) + "\n" for m in history))
+
+
+def _flat(settings: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"embedding_dim": 8}}`` as ``{"model.embedding_dim": 8}``."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -479,7 +496,10 @@ def fit(
             state = create_train_state(config, steps_per_epoch=steps)
         state = jax.device_put(state, replicated)
         run.write_metrics(history)
-        if start == epochs:  # nothing left to train
+        if progress and start:
+            left = f"epochs {start + 1} to {epochs}" if start < epochs else "nothing left to train"
+            _log(f"{run.path}: resumed from epoch {start} (its latest checkpoint); {left}")
+        if start == epochs:
             return state, history
         first = _train_batch(task, train, np.arange(config.batch_size), config, 0)
         example = {

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from jaxconv import interop
-from jaxconv.models import Autoencoder, AutoencoderTask
+from jaxconv.models import Autoencoder, AutoencoderConfig, AutoencoderTask
 from jaxconv.torch_models import torch_autoencoder
 from jaxconv import train
 from jaxconv.train import (
@@ -73,10 +73,12 @@ def _params(state: TrainState) -> list[np.ndarray]:
     return [np.asarray(leaf) for leaf in jax.tree.leaves(state.params)]
 
 
-def test_a_stopped_and_restarted_run_ends_bitwise_equal(small_digits, tmp_path):
+def test_a_stopped_and_restarted_run_ends_bitwise_equal(small_digits, tmp_path, capsys):
     straight, _ = train_and_evaluate(small_digits, tmp_path / "a", CONFIG, 3, progress=False)
     train_and_evaluate(small_digits, tmp_path / "b", CONFIG, 1, progress=False)
-    resumed, history = train_and_evaluate(small_digits, tmp_path / "b", CONFIG, 3, progress=False)
+    capsys.readouterr()
+    resumed, history = train_and_evaluate(small_digits, tmp_path / "b", CONFIG, 3)
+    assert "resumed from epoch 1" in capsys.readouterr().out  # it says so
     assert [m["epoch"] for m in history] == [1, 2, 3]
     for a, b in zip(_params(straight), _params(resumed)):
         np.testing.assert_array_equal(a, b)
@@ -115,11 +117,18 @@ def test_metrics_after_the_last_checkpoint_are_dropped_on_resume(small_digits, t
     assert _epochs_in_metrics_file(tmp_path) == [1, 2, 3]
 
 
-def test_a_workdir_of_another_run_is_refused(small_digits, tmp_path):
-    train_and_evaluate(small_digits, tmp_path, CONFIG, 1, progress=False)
-    other = TrainConfig(batch_size=32, learning_rate=3e-4)
-    with pytest.raises(ValueError, match="another --workdir"):
+def test_a_workdir_of_another_run_is_refused_naming_the_settings_that_differ(
+    small_digits, tmp_path
+):
+    RunDir(tmp_path).claim(CONFIG)
+    model = AutoencoderConfig(embedding_dim=8)
+    other = TrainConfig(batch_size=32, learning_rate=3e-4, model=model)
+    with pytest.raises(ValueError, match="another --workdir") as info:
         train_and_evaluate(small_digits, tmp_path, other, 2, progress=False)
+    message = str(info.value)
+    assert "learning_rate 0.001 (asked: 0.0003)" in message
+    assert "model.embedding_dim 64 (asked: 8)" in message
+    assert "batch_size" not in message and "TrainConfig" not in message
 
 
 def test_the_losses_are_fetched_once_each_whatever_the_progress_bar(
