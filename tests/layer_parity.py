@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+torch.set_num_threads(1)  # tiny tensors: threads only contend on a shared machine
 TORCH_ERRORS = (RuntimeError, ValueError, TypeError, NotImplementedError, IndexError,
                 ZeroDivisionError)  # fmt: skip
 FORWARD_TOL = {"float32": 1e-5, "bfloat16": 2**-7}
