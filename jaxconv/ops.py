@@ -1,4 +1,8 @@
-"""Convolutions with PyTorch's semantics as pure functions on channels-last arrays.
+"""Convolutions with PyTorch's semantics as pure functions on channels-last arrays,
+and the small layers next to them: :func:`linear` (``kernel = weight.T``),
+:func:`prelu` (slopes on the last axis) and :func:`flatten` (torch's ``(C, *spatial)``
+feature order). Norms are in :mod:`jaxconv.norm_ops`, pooling and up-sampling in
+:mod:`jaxconv.resample_ops`.
 
 Layouts, for ``n`` spatial dimensions and ``g`` groups:
 
