@@ -20,12 +20,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from jaxconv import embedding, input_pipeline, plots
+from jaxconv import configs, embedding, input_pipeline, plots
 from jaxconv.models import AutoencoderConfig
 from jaxconv.train import TrainConfig, train_and_evaluate
 
 SIZES = (2, 4, 8, 16, 32, 64)
-K = 5
+K = configs.KNN_K
 
 
 def main(argv: Sequence[str] | None = None) -> None:

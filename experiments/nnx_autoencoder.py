@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxconv import input_pipeline, nnx_models
+from jaxconv import configs, input_pipeline, nnx_models
 from jaxconv.train import TrainConfig, TrainState, create_train_state, evaluate, train_step
 
 
@@ -62,8 +62,8 @@ def nnx_test_mse(model: nnx_models.Autoencoder, images: np.ndarray, batch_size: 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=configs.AUTOENCODER.batch_size)
+    parser.add_argument("--seed", type=int, default=configs.AUTOENCODER.seed)
     args = parser.parse_args(argv)
 
     data = input_pipeline.load_dataset()

@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from jaxconv import cli, input_pipeline, plots, scenes, segmentation
+from jaxconv import cli, configs, input_pipeline, plots, scenes, segmentation
 
 SIZES = ((64, 64), (48, 48), (80, 96), (128, 128))
 TEST_SCENES = 1000
@@ -28,8 +28,11 @@ TEST_SCENES = 1000
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/segmentation_sweep"))
-    parser.add_argument("--epochs", type=int, default=8, help="per run (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    defaults = configs.SEGMENTATION
+    parser.add_argument(
+        "--epochs", type=int, default=defaults.epochs, help="per run (default: %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="(default: %(default)s)")
     args = parser.parse_args(argv)
 
     digits = input_pipeline.load_dataset()

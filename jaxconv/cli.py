@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from jaxconv import configs
+
 if TYPE_CHECKING:  # the commands import jax and the rest when they run, not at startup
     from jaxconv.input_pipeline import Dataset
     from jaxconv.train import TrainConfig, TrainState
@@ -83,34 +85,47 @@ def positive_float(text: str) -> float:
 
 def add_training_flags(
     p: argparse.ArgumentParser,
+    defaults: configs.Training,
     *,
-    batch_size: int,
-    learning_rate: float,
-    epochs_default: int,
-    workdir_help: str,
     learning_rate_help: str = "Adam's",
 ) -> None:
-    """The flags every training command shares: the run, its data and its checkpoints."""
-    p.add_argument("--epochs", type=epochs, default=epochs_default, help="(default: %(default)s)")
+    """The flags every training command shares: the run, its data and its checkpoints, with
+    the command's ``defaults``."""
     p.add_argument(
-        "--batch-size", type=positive_int, default=batch_size, help="(default: %(default)s)"
+        "--epochs", type=epochs, default=defaults.epochs, help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=defaults.batch_size,
+        help="(default: %(default)s)",
     )
     p.add_argument(
         "--learning-rate",
         type=positive_float,
-        default=learning_rate,
+        default=defaults.learning_rate,
         help=f"{learning_rate_help} (default: %(default)s)",
     )
     p.add_argument(
-        "--seed", type=seed, default=0, help="init and data order (default: %(default)s)"
+        "--seed",
+        type=seed,
+        default=defaults.seed,
+        help="init and data order (default: %(default)s)",
     )
-    p.add_argument("--workdir", type=Path, default=None, help=workdir_help)
+    workdir = defaults.workdir.format(dataset="DATASET", upsampling="UPSAMPLING")
+    p.add_argument("--workdir", type=Path, default=None, help=f"run directory (default: {workdir})")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets data directory")
     p.add_argument(
-        "--checkpoint-every", type=positive_int, default=1, help="epochs (default: %(default)s)"
+        "--checkpoint-every",
+        type=positive_int,
+        default=defaults.checkpoint_every,
+        help="epochs (default: %(default)s)",
     )
     p.add_argument(
-        "--keep", type=positive_int, default=3, help="checkpoints kept (default: %(default)s)"
+        "--keep",
+        type=positive_int,
+        default=defaults.keep,
+        help="checkpoints kept (default: %(default)s)",
     )
     group = p.add_argument_group(
         "several processes",
@@ -160,17 +175,11 @@ def add_train_parser(subparsers) -> None:
         "tensorflow-datasets image dataset: mnist, fashion_mnist, kmnist, emnist/balanced, "
         "cifar10, ... (default: %(default)s)",
     )
-    add_training_flags(
-        p,
-        batch_size=64,
-        learning_rate=1e-3,
-        epochs_default=30,
-        workdir_help="run directory (default: runs/DATASET)",
-    )
+    add_training_flags(p, configs.AUTOENCODER)
     p.add_argument(
         "--embedding-dim",
         type=_bounded_int(1, 65536),
-        default=64,
+        default=configs.EMBEDDING_DIM,
         help="(default: %(default)s)",
     )
     p.set_defaults(run=run_train, parser=p)
@@ -255,7 +264,9 @@ def run_train(args: argparse.Namespace) -> None:
     from jaxconv.train import reconstruct
 
     join_processes(args)
-    workdir = args.workdir or Path("runs") / args.dataset.replace("/", "_")
+    workdir = args.workdir or Path(
+        configs.AUTOENCODER.workdir.format(dataset=args.dataset.replace("/", "_"))
+    )
     dataset = load_data(args, args.dataset)
     splits = {"image": dataset.train_images}, {"image": dataset.test_images}
 
@@ -288,7 +299,6 @@ def run_train(args: argparse.Namespace) -> None:
 
 def add_segment_parser(subparsers) -> None:
     from jaxconv import scenes
-    from jaxconv import segmentation_config as segmentation  # the settings, without JAX
     from jaxconv.input_pipeline import EMBEDDED_DATASET
 
     p = subparsers.add_parser(
@@ -308,35 +318,33 @@ def add_segment_parser(subparsers) -> None:
     )
     add_training_flags(
         p,
-        batch_size=16,
-        learning_rate=segmentation.LEARNING_RATE,
-        epochs_default=8,
-        workdir_help="run directory (default: runs/segment-UPSAMPLING)",
+        configs.SEGMENTATION,
         learning_rate_help="AdamW's peak rate: a linear warm-up over the first "
-        f"{segmentation.WARMUP * 100:g}%% of the steps, then a cosine decay to 1%% of it at the "
+        f"{configs.WARMUP * 100:g}%% of the steps, then a cosine decay to 1%% of it at the "
         "last step of --epochs",
     )
     p.add_argument(
         "--image-size",
         nargs=2,
-        type=_bounded_int(segmentation.MIN_SIZE, 1024),
-        default=(64, 64),
+        type=_bounded_int(configs.MIN_SIZE, 1024),
+        default=configs.IMAGE_SIZE,
         metavar=("H", "W"),
-        help="scene size to train and test at (default: 64 64)",
+        help="scene size to train and test at (default: "
+        f"{' '.join(map(str, configs.IMAGE_SIZE))})",
     )
     p.add_argument(
         "--num-scenes",
         nargs=2,
         type=_bounded_int(1, 10_000_000),
-        default=scenes.DEFAULT_SCENES,
+        default=configs.NUM_SCENES,
         metavar=("TRAIN", "TEST"),
         help="digit scenes generated per split (default: "
-        f"{' '.join(map(str, scenes.DEFAULT_SCENES))})",
+        f"{' '.join(map(str, configs.NUM_SCENES))})",
     )
     p.add_argument(
         "--upsampling",
-        choices=segmentation.UPSAMPLINGS,
-        default="transposed",
+        choices=configs.UPSAMPLINGS,
+        default=configs.UPSAMPLING,
         help="learned transposed convs, or the baseline: bilinear resize then a conv "
         "(default: %(default)s)",
     )
@@ -352,7 +360,7 @@ def run_segment(args: argparse.Namespace) -> None:
     from jaxconv import distributed, plots, scenes, segmentation
 
     join_processes(args)
-    workdir = args.workdir or Path("runs") / f"segment-{args.upsampling}"
+    workdir = args.workdir or Path(configs.SEGMENTATION.workdir.format(upsampling=args.upsampling))
     size = tuple(args.image_size)
     count = tuple(args.num_scenes)
     loader = functools.partial(
@@ -479,7 +487,7 @@ def add_interpolate_parser(subparsers) -> None:
     p.add_argument(
         "--steps",
         type=_bounded_int(1, 1000),
-        default=10,
+        default=configs.INTERPOLATION_STEPS,
         help="images per row, endpoints included (default: %(default)s)",
     )
     p.set_defaults(run=run_interpolate, parser=p)
@@ -575,7 +583,9 @@ def add_embed_parser(subparsers) -> None:
         "train, scored on test) in the embedding space, in pixel space, and chance. Writes "
         "embedding.png and embedding.json in WORKDIR.",
     )
-    p.add_argument("--k", type=positive_int, default=5, help="neighbours (default: %(default)s)")
+    p.add_argument(
+        "--k", type=positive_int, default=configs.KNN_K, help="neighbours (default: %(default)s)"
+    )
     p.set_defaults(run=run_embed, parser=p)
 
 
@@ -655,9 +665,14 @@ def add_generate_parser(subparsers) -> None:
         "plus one for all. Writes generated.png and generated.json in WORKDIR.",
     )
     p.add_argument(
-        "--per-row", type=_bounded_int(1, 1000), default=10, help="(default: %(default)s)"
+        "--per-row",
+        type=_bounded_int(1, 1000),
+        default=configs.GENERATE_PER_ROW,
+        help="(default: %(default)s)",
     )
-    p.add_argument("--seed", type=seed, default=0, help="(default: %(default)s)")
+    p.add_argument(
+        "--seed", type=seed, default=configs.GENERATE_SEED, help="(default: %(default)s)"
+    )
     p.set_defaults(run=run_generate, parser=p)
 
 

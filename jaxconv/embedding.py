@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxconv import input_pipeline
+from jaxconv import configs, input_pipeline
 from jaxconv.models import Autoencoder, AutoencoderConfig
 
 BATCH_SIZE = 256
@@ -233,7 +233,7 @@ def knn_predict(
     train_x: np.ndarray,
     train_y: np.ndarray,
     test_x: np.ndarray,
-    k: int = 5,
+    k: int = configs.KNN_K,
     batch_size: int = BATCH_SIZE,
 ) -> np.ndarray:
     """Each test row's label by a majority vote of its ``k`` nearest train rows (Euclidean).
@@ -252,7 +252,7 @@ def knn_accuracy(
     train_y: np.ndarray,
     test_x: np.ndarray,
     test_y: np.ndarray,
-    k: int = 5,
+    k: int = configs.KNN_K,
     batch_size: int = BATCH_SIZE,
 ) -> float:
     """The fraction of test rows whose :func:`knn_predict` label is their label."""
@@ -303,7 +303,9 @@ def sample_gaussian(gaussian: Gaussian, n: int, rng: np.random.Generator) -> np.
     return samples.astype(np.float32)
 
 
-def default_pairs(labels: np.ndarray, count: int = 4) -> list[tuple[int, int]]:
+def default_pairs(
+    labels: np.ndarray, count: int = configs.INTERPOLATION_PAIRS
+) -> list[tuple[int, int]]:
     """``count`` deterministic pairs of indices into ``labels`` for interpolation.
 
     Pair ``i`` is the first image of the ``2i``-th and of the ``(2i + 1)``-th label (sorted),

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxconv import shapes
+from jaxconv import configs, shapes
 from jaxconv.nn import Conv, ConvTranspose
 
 KERNEL, STRIDE, PADDING = 3, 2, 1  # every strided layer
@@ -42,7 +42,7 @@ class AutoencoderConfig:
 
     image_shape: tuple[int, int, int] = (28, 28, 1)
     channels: tuple[int, ...] = (16, 32)
-    embedding_dim: int = 64
+    embedding_dim: int = configs.EMBEDDING_DIM
     output_padding: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:

@@ -1,10 +1,10 @@
 """Segmentation data: scenes of digits with per-pixel labels, and TFDS segmentation datasets.
 
-A digit scene (numpy only, no JAX) is a canvas, default 64x64, holding 1 to 4 mnist5k digits
-at random positions and sizes, drawn one after the other. Its label map gives every pixel a
-class: 0 background, ``1 + d`` for digit ``d`` (``NUM_CLASSES`` = 11). Every draw is a
-function of the seed. Train scenes are built from train-split digits only and test scenes
-from test-split digits only, so no test digit is seen in training.
+A digit scene (numpy only, no JAX) is a canvas, by default ``configs.IMAGE_SIZE``, holding 1
+to 4 mnist5k digits at random positions and sizes, drawn one after the other. Its label map
+gives every pixel a class: 0 background, ``1 + d`` for digit ``d`` (``NUM_CLASSES`` = 11).
+Every draw is a function of the seed. Train scenes are built from train-split digits only
+and test scenes from test-split digits only, so no test digit is seen in training.
 
 Where a TFDS segmentation dataset is prepared (``"oxford_iiit_pet"``),
 :func:`load_segmentation_dataset` reads it instead, with the same fail-fast-offline rule as
@@ -19,15 +19,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxconv import input_pipeline
+from jaxconv import configs, input_pipeline
 
 NUM_CLASSES = 11  # background and the ten digits
 INK_THRESHOLD = 0.5  # a pixel is a digit's where the digit's resized intensity exceeds this
 DIGITS_PER_SCENE = (1, 4)  # inclusive range
 DIGIT_SIZE = (20, 36)  # inclusive range of the side, in pixels, of a drawn 28x28 digit box
 MIN_CANVAS = DIGIT_SIZE[0]
-
-DEFAULT_SCENES = (10_000, 1_000)  # train and test scenes of load_segmentation_dataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +83,8 @@ def make_scenes(
     digit_labels: np.ndarray,
     num_scenes: int,
     *,
-    height: int = 64,
-    width: int = 64,
+    height: int = configs.IMAGE_SIZE[0],
+    width: int = configs.IMAGE_SIZE[1],
     seed: int | Sequence[int] = 0,
 ) -> Scenes:
     """``num_scenes`` scenes drawn from ``digits`` (N, 28, 28, 1) with labels ``digit_labels``.
@@ -130,8 +128,8 @@ def digit_scenes(
     num_train: int,
     num_test: int,
     *,
-    height: int = 64,
-    width: int = 64,
+    height: int = configs.IMAGE_SIZE[0],
+    width: int = configs.IMAGE_SIZE[1],
     seed: int = 0,
 ) -> tuple[Scenes, Scenes]:
     """Train scenes of ``digits``' train split (seed ``(seed, 0)``), test scenes of its test
@@ -187,8 +185,8 @@ def load_segmentation_dataset(
     name: str = input_pipeline.EMBEDDED_DATASET,
     *,
     data_dir: str | None = None,
-    image_size: tuple[int, int] = (64, 64),
-    num_scenes: tuple[int, int] = DEFAULT_SCENES,
+    image_size: tuple[int, int] = configs.IMAGE_SIZE,
+    num_scenes: tuple[int, int] = configs.NUM_SCENES,
     seed: int = 0,
 ) -> SegmentationDataset:
     """Digit scenes (``"mnist5k"``) or a TFDS segmentation dataset, at ``image_size``.

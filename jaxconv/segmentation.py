@@ -38,19 +38,13 @@ import optax
 
 from jaxconv import scenes, shapes, train
 from jaxconv.nn import Conv, ConvTranspose
-from jaxconv.segmentation_config import (  # noqa: F401 (re-exported)
-    LEARNING_RATE,
-    MIN_SIZE,
-    UPSAMPLINGS,
-    WARMUP,
-    SegmentationConfig,
-    crop_for,
-)
+from jaxconv.configs import MIN_SIZE, UPSAMPLINGS, WARMUP  # noqa: F401 (re-exported)
+from jaxconv.segmentation_config import SegmentationConfig, crop_for  # noqa: F401 (re-exported)
 
 KERNEL, STRIDE, PADDING = 3, 2, 1  # every down and up-sampling layer
 
 # The training recipe (README, "Pixel-wise prediction"): see train_loss and optimizer; its
-# schedule's LEARNING_RATE and WARMUP are in segmentation_config.
+# schedule's peak rate and WARMUP are in jaxconv.configs.
 FOREGROUND_WEIGHT = 5.0  # loss weight of a non-background pixel (background: 1)
 BOTTOM_LOSS_WEIGHT = 1.0
 WEIGHT_DECAY = 1e-4

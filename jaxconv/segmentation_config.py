@@ -1,8 +1,8 @@
-"""The settings of a segmentation run and the recipe defaults the command line shows.
+"""The settings of a segmentation run (its defaults: :mod:`jaxconv.configs`).
 
 Importable without JAX (numpy only), so that ``jaxconv``'s argument parser needs no JAX:
 the network, its loss and its training are :mod:`jaxconv.segmentation`, which re-exports
-these names.
+:class:`SegmentationConfig`.
 """
 
 from __future__ import annotations
@@ -11,16 +11,17 @@ import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from jaxconv import scenes
+from jaxconv import configs, scenes
+from jaxconv.configs import MIN_SIZE, UPSAMPLINGS
 
 if TYPE_CHECKING:
     from jaxconv.segmentation import SegmentationTask
 
-UPSAMPLINGS = ("transposed", "resize")
-MIN_SIZE = 16  # smallest image height and width that the model takes
-# the recipe's schedule (jaxconv.segmentation.optimizer): its peak rate and warm-up
-LEARNING_RATE = 2e-3
-WARMUP = 0.05  # fraction of the steps
+
+def crop_for(image_size: Sequence[int]) -> tuple[int, int]:
+    """The training crop of the recipe: three quarters of each side (48 of 64), at least
+    ``MIN_SIZE``."""
+    return tuple(max(MIN_SIZE, min(n, round(0.75 * n))) for n in image_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,14 +43,14 @@ class SegmentationConfig:
 
     widths: tuple[int, ...] = (16, 32, 64, 128)
     depth: int = 1
-    upsampling: str = "transposed"
+    upsampling: str = configs.UPSAMPLING
     num_classes: int = scenes.NUM_CLASSES
     image_channels: int = 1
     norm_groups: int = 8
-    image_size: tuple[int, int] = (64, 64)
-    crop: tuple[int, int] | None = (48, 48)
-    num_scenes: tuple[int, int] = scenes.DEFAULT_SCENES
-    epochs: int = 8
+    image_size: tuple[int, int] = configs.IMAGE_SIZE
+    crop: tuple[int, int] | None = crop_for(configs.IMAGE_SIZE)
+    num_scenes: tuple[int, int] = configs.NUM_SCENES
+    epochs: int = configs.SEGMENTATION.epochs
 
     def __post_init__(self) -> None:
         if len(self.widths) < 2 or min(self.widths) < 1:
@@ -99,9 +100,3 @@ class SegmentationConfig:
         from jaxconv.segmentation import SegmentationTask
 
         return SegmentationTask(self)
-
-
-def crop_for(image_size: Sequence[int]) -> tuple[int, int]:
-    """The training crop of the recipe: three quarters of each side (48 of 64), at least
-    ``MIN_SIZE``."""
-    return tuple(max(MIN_SIZE, min(n, round(0.75 * n))) for n in image_size)

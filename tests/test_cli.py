@@ -167,3 +167,41 @@ def test_no_parser_takes_an_abbreviated_flag():
     assert {name: p.allow_abbrev for name, p in subparsers.choices.items()} == dict.fromkeys(
         subparsers.choices, False
     )
+
+
+def test_every_default_is_the_one_in_configs():
+    import inspect
+
+    from jaxconv import configs, embedding, scenes
+    from jaxconv.models import AutoencoderConfig
+    from jaxconv.segmentation_config import SegmentationConfig
+
+    parser = cli.build_parser()
+    for command, defaults in (("train", configs.AUTOENCODER), ("segment", configs.SEGMENTATION)):
+        args = parser.parse_args([command])
+        for name in ("epochs", "batch_size", "learning_rate", "seed", "checkpoint_every", "keep"):
+            assert getattr(args, name) == getattr(defaults, name), (command, name)
+    assert parser.parse_args(["train"]).embedding_dim == configs.EMBEDDING_DIM
+    segment = parser.parse_args(["segment"])
+    assert tuple(segment.image_size) == configs.IMAGE_SIZE
+    assert tuple(segment.num_scenes) == configs.NUM_SCENES
+    assert segment.upsampling == configs.UPSAMPLING
+    assert parser.parse_args(["interpolate"]).steps == configs.INTERPOLATION_STEPS
+    assert parser.parse_args(["embed"]).k == configs.KNN_K
+    generate = parser.parse_args(["generate"])
+    assert (generate.per_row, generate.seed) == (configs.GENERATE_PER_ROW, configs.GENERATE_SEED)
+
+    assert AutoencoderConfig().embedding_dim == configs.EMBEDDING_DIM
+    model = SegmentationConfig()
+    assert (model.image_size, model.num_scenes, model.epochs, model.upsampling) == (
+        configs.IMAGE_SIZE,
+        configs.NUM_SCENES,
+        configs.SEGMENTATION.epochs,
+        configs.UPSAMPLING,
+    )
+    loader = inspect.signature(scenes.load_segmentation_dataset).parameters
+    assert loader["image_size"].default == configs.IMAGE_SIZE
+    assert loader["num_scenes"].default == configs.NUM_SCENES
+    assert inspect.signature(embedding.knn_accuracy).parameters["k"].default == configs.KNN_K
+    pairs = inspect.signature(embedding.default_pairs).parameters["count"]
+    assert pairs.default == configs.INTERPOLATION_PAIRS
