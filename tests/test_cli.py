@@ -109,6 +109,7 @@ def test_the_parser_and_help_import_no_jax():
 _PROBE = """
 import os, sys
 from jaxconv import cli
+from jaxconv.cli import analysis_commands
 
 def probe(args):
     import jax, jax.numpy as jnp
@@ -117,7 +118,7 @@ def probe(args):
     f = jax.jit(jax.vmap(lambda row: jnp.sum((jnp.eye(3) @ row) ** 2)))
     print(repr(os.environ.get("XLA_FLAGS")), float(f(x)[-1]) == 2.0**30)
 
-cli.run_embed = probe
+analysis_commands.run_embed = probe
 cli.main(["embed"])
 """
 
@@ -174,7 +175,7 @@ def test_every_default_is_the_one_in_configs():
 
     from jaxconv import configs, embedding, scenes
     from jaxconv.models import AutoencoderConfig
-    from jaxconv.segmentation_config import SegmentationConfig
+    from jaxconv.segmentation import SegmentationConfig
 
     parser = cli.build_parser()
     for command, defaults in (("train", configs.AUTOENCODER), ("segment", configs.SEGMENTATION)):

@@ -365,3 +365,29 @@ def test_embedding_sweep_writes_its_table_and_figures(small_digits, tmp_path, mo
         assert str(tmp_path / name) in out
     assert _coloured_pixels(tmp_path / "embedding_2d.png") > 1000  # 64 points and the legend
     assert (tmp_path / "embedding_2" / "checkpoints").is_dir()
+
+
+def test_label_pair_takes_the_first_image_of_each_label_and_names_a_missing_one():
+    from jaxconv import analysis
+
+    labels = np.array([3, 1, 3, 1, 2])
+    assert analysis.label_pair(labels, 1, 3) == (1, 0)
+    assert analysis.label_pair(labels, 3, 3) == (0, 2)
+    with pytest.raises(ValueError, match="1 images of label 2"):
+        analysis.label_pair(labels, 2, 2)
+
+
+def test_the_interpolation_record_is_computed_by_the_library(loaded_run, mnist5k):
+    from jaxconv import analysis
+
+    config, state = loaded_run
+    result = analysis.interpolation(config.model, state.params, mnist5k, [(0, 1)], steps=3)
+    (pair,) = result.record["pairs"]
+    assert pair["indices"] == [0, 1] and result.record["steps"] == 3
+    line, blend = result.rows[0]
+    assert line.shape == blend.shape == (3, *config.model.image_shape)
+    assert pair["pixels"]["mse_to_first"][0] == 0 and pair["pixels"]["mse_to_last"][-1] == 0
+    images = mnist5k.test_images
+    expected = np.mean((images[0] - images[1]) ** 2)  # between the blend's two ends
+    np.testing.assert_allclose(pair["pixels"]["mse_to_last"][0], expected, rtol=1e-5)
+    assert result.middle["pixels"] == pair["pixels"]["nearest_train_rms"][1]
