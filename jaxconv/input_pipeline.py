@@ -181,12 +181,12 @@ def _prepare_once(
     process 0 does not share is then prepared by each process that sees it unprepared)."""
     from jaxconv import distributed  # imports JAX: only where TFDS datasets are loaded
 
-    def prepare() -> None:
+    def prepare_if_needed() -> None:
         if not _is_prepared(builder):
-            _prepare(name, builder)
+            prepare(name, builder)
 
     try:
-        if distributed.primary_first(prepare):
+        if distributed.primary_first(prepare_if_needed):
             return builder
     except distributed.PrimaryFailed as e:
         raise DatasetUnavailableError(
@@ -196,12 +196,13 @@ def _prepare_once(
 
     builder = tfds.builder(name, data_dir=data_dir)  # reads what process 0 prepared
     if not _is_prepared(builder):
-        _prepare(name, builder)
+        prepare(name, builder)
     return builder
 
 
-def _prepare(name: str, builder: tfds.core.DatasetBuilder) -> None:
-    """Downloads and prepares ``builder`` as ARRAY_RECORD, or raises DatasetUnavailableError."""
+def prepare(name: str, builder: tfds.core.DatasetBuilder) -> None:
+    """Downloads and prepares ``builder`` as ARRAY_RECORD, or raises DatasetUnavailableError
+    naming what is missing (TensorFlow, the network) and the offline dataset."""
     where = builder.data_dir_root
     offline = f"Or use the embedded dataset, which works offline: --dataset {EMBEDDED_DATASET}"
     if not _tensorflow_available():

@@ -228,7 +228,7 @@ def _load_tfds(name: str, data_dir: str | None, height: int, width: int) -> Segm
     mask = TFDS_SEGMENTATION[name]
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
-        input_pipeline._prepare(name, builder)
+        input_pipeline.prepare(name, builder)
 
     def read_split(split: str) -> tuple[np.ndarray, np.ndarray]:
         images, labels = [], []
