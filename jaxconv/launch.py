@@ -296,7 +296,5 @@ def run(args: argparse.Namespace) -> None:
     sys.exit(status)
 
 
-if __name__ == "__main__":
-    from jaxconv.cli import main
-
-    main(["launch", *sys.argv[1:]])
+if __name__ == "__main__":  # the same as ``jaxconv launch``, without importing the CLI
+    os.execv(sys.executable, [*PROGRAM, "launch", *sys.argv[1:]])
