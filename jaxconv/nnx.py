@@ -53,21 +53,49 @@ _NAMES = ("in_features", "out_features")
 
 
 class _TorchConvBase(nnx.Module):
-    """Parameters, dtypes and the input-rank check shared by :class:`Conv` and
-    :class:`ConvTranspose`."""
+    """The constructor of :class:`Conv` and :class:`ConvTranspose` (torch's arguments,
+    checked, kept, and the parameters made), and the input-rank check of both."""
 
-    def _init_params(
+    _transposed = False  # ConvTranspose: kernel (*kernel_size, out // groups, in)
+
+    def __init__(
         self,
-        kernel_shape: tuple[int, ...],
-        use_bias: bool,
-        dtype: Any,
-        param_dtype: Any,
-        kernel_init: Initializer | None,
-        bias_init: Initializer | None,
+        in_features: int,
+        out_features: int,
+        kernel_size: shapes.IntOrTuple,
+        stride: shapes.IntOrTuple = 1,
+        padding: shapes.ConvPadding = 0,
+        dilation: shapes.IntOrTuple = 1,
+        groups: int = 1,
+        use_bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        impl: str = "auto",
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        kernel_init: Initializer | None = None,
+        bias_init: Initializer | None = None,
         rngs: nnx.Rngs,
     ) -> None:
-        self.dtype = None if dtype is None else ops.float_dtype("dtype", dtype)
-        self.param_dtype = ops.float_dtype("param_dtype", param_dtype)
+        ops.resolve_impl(impl)
+        ndim = shapes.kernel_ndim(kernel_size)
+        if self._transposed:
+            kernel_shape = shapes.conv_transpose_kernel_shape(
+                ndim, in_features, out_features, kernel_size, groups, _NAMES
+            )
+            shapes.check_conv_transpose_args(
+                ndim, kernel_size, stride, padding, dilation, padding_mode
+            )
+            self.in_features, self.out_features = kernel_shape[-1], kernel_shape[-2] * int(groups)
+        else:
+            kernel_shape = shapes.conv_kernel_shape(
+                ndim, in_features, out_features, kernel_size, groups, _NAMES
+            )
+            shapes.check_conv_args(ndim, kernel_size, stride, padding, dilation, padding_mode)
+            self.in_features, self.out_features = kernel_shape[-2] * int(groups), kernel_shape[-1]
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.groups, self.padding_mode, self.impl = int(groups), padding_mode, impl
+        self.dtype, self.param_dtype = _dtypes(dtype, param_dtype)
         self.kernel_size = kernel_shape[:-2]
         self.use_bias = bool(use_bias)
         bound = shapes.torch_init_bound(kernel_shape)
@@ -104,36 +132,6 @@ class Conv(_TorchConvBase):
     Kernel ``(*kernel_size, in_features // groups, out_features)``.
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        kernel_size: shapes.IntOrTuple,
-        stride: shapes.IntOrTuple = 1,
-        padding: shapes.ConvPadding = 0,
-        dilation: shapes.IntOrTuple = 1,
-        groups: int = 1,
-        use_bias: bool = True,
-        padding_mode: str = "zeros",
-        *,
-        impl: str = "auto",
-        dtype: Any = None,
-        param_dtype: Any = jnp.float32,
-        kernel_init: Initializer | None = None,
-        bias_init: Initializer | None = None,
-        rngs: nnx.Rngs,
-    ) -> None:
-        ops.resolve_impl(impl)
-        ndim = shapes.kernel_ndim(kernel_size)
-        kernel_shape = shapes.conv_kernel_shape(
-            ndim, in_features, out_features, kernel_size, groups, _NAMES
-        )
-        shapes.check_conv_args(ndim, kernel_size, stride, padding, dilation, padding_mode)
-        self.in_features, self.out_features = kernel_shape[-2] * int(groups), kernel_shape[-1]
-        self.stride, self.padding, self.dilation = stride, padding, dilation
-        self.groups, self.padding_mode, self.impl = int(groups), padding_mode, impl
-        self._init_params(kernel_shape, use_bias, dtype, param_dtype, kernel_init, bias_init, rngs)
-
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel, bias = self._operands(x)
         return ops.conv(
@@ -159,6 +157,8 @@ class ConvTranspose(_TorchConvBase):
     ``output_padding`` is checked when it is used, as in torch.
     """
 
+    _transposed = True
+
     def __init__(
         self,
         in_features: int,
@@ -179,17 +179,24 @@ class ConvTranspose(_TorchConvBase):
         bias_init: Initializer | None = None,
         rngs: nnx.Rngs,
     ) -> None:
-        ops.resolve_impl(impl)
-        ndim = shapes.kernel_ndim(kernel_size)
-        kernel_shape = shapes.conv_transpose_kernel_shape(
-            ndim, in_features, out_features, kernel_size, groups, _NAMES
+        self.output_padding = output_padding
+        super().__init__(
+            in_features,
+            out_features,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            use_bias,
+            padding_mode,
+            impl=impl,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            rngs=rngs,
         )
-        shapes.check_conv_transpose_args(ndim, kernel_size, stride, padding, dilation, padding_mode)
-        self.in_features, self.out_features = kernel_shape[-1], kernel_shape[-2] * int(groups)
-        self.stride, self.padding, self.output_padding = stride, padding, output_padding
-        self.dilation, self.groups, self.impl = dilation, int(groups), impl
-        self.padding_mode = padding_mode
-        self._init_params(kernel_shape, use_bias, dtype, param_dtype, kernel_init, bias_init, rngs)
 
     def __call__(self, x: jax.Array, output_size: Sequence[int] | None = None) -> jax.Array:
         kernel, bias = self._operands(x)
