@@ -206,3 +206,15 @@ def test_every_default_is_the_one_in_configs():
     assert inspect.signature(embedding.knn_accuracy).parameters["k"].default == configs.KNN_K
     pairs = inspect.signature(embedding.default_pairs).parameters["count"]
     assert pairs.default == configs.INTERPOLATION_PAIRS
+
+
+def test_python_m_jaxconv_launch_is_jaxconv_launch():
+    # launch's own entry point runs `python -m jaxconv launch` (no import of the CLI)
+    result = subprocess.run(
+        [sys.executable, "-m", "jaxconv.launch", "-n", "0", "--", "train"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("jaxconv launch: error: --num-processes must be >= 1")
