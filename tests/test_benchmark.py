@@ -1,37 +1,100 @@
-"""experiments/benchmark.py's shape suite and its verdicts, without timing anything."""
+"""experiments/bench: the suite's layers, the timing harness and the verdicts, without
+timing anything (a fake clock where the harness reads one)."""
 
 import math
 import os
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "experiments"))
-import benchmark  # noqa: E402
+from bench import cases, machine, report, suite, timing  # noqa: E402
 
-SUITE_IDS = [layer.name for layer in benchmark.SUITE]
-
-
-def test_suite_has_twenty_published_layers_of_every_kind_with_sources():
-    assert len(SUITE_IDS) >= 20 and len(set(SUITE_IDS)) == len(SUITE_IDS)
-    assert all(len(layer.source) > 30 for layer in benchmark.SUITE)
-    assert {layer.ndim for layer in benchmark.SUITE} == {1, 2, 3}
-    assert any(layer.groups == layer.input[-1] for layer in benchmark.SUITE)  # depthwise
+SUITE_IDS = [layer.name for layer in suite.SUITE]
 
 
-@pytest.mark.parametrize("layer", benchmark.SUITE, ids=SUITE_IDS)
+@pytest.mark.parametrize("layer", suite.SUITE, ids=SUITE_IDS)
 def test_suite_layer_is_valid_for_torch_with_the_output_shape_it_states(layer):
     torch_layer = layer.torch_module(device="meta")
     x = torch.empty(layer.input[0], layer.input[-1], *layer.input[1:-1], device="meta")
     assert tuple(torch_layer(x).shape[2:]) == layer.output_spatial()
 
 
-@pytest.mark.parametrize("layer", benchmark.SUITE, ids=SUITE_IDS)
+@pytest.mark.parametrize("layer", suite.SUITE, ids=SUITE_IDS)
 def test_suite_layer_is_sized_for_two_cpu_cores(layer):
     output_bytes = 4 * layer.input[0] * math.prod(layer.output_spatial()) * layer.out_channels
     assert layer.macs() <= 0.65e9 and output_bytes <= 40e6
+
+
+def test_quick_suite_names_suite_layers():
+    assert set(suite.QUICK_SUITE) <= set(SUITE_IDS)
+
+
+class FakeClock:
+    """A clock that moves only when a fake call spends time, and ``timed`` on it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def timed(self, fn) -> float:
+        start = self.now
+        fn()
+        return self.now - start
+
+    def spend(self, seconds: float):
+        def call():
+            self.now += seconds
+            return seconds
+
+        return call
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(timing, "timed", fake.timed)
+    return fake
+
+
+def test_a_round_repeats_the_call_until_it_lasts_min_round_s(clock):
+    run, n = timing.repeated(clock.spend(0.003), timing.no_sync, min_round_s=0.1)
+    assert n == math.ceil(0.1 / 0.003)
+    assert clock.timed(run) >= 0.1
+
+
+def test_a_call_longer_than_a_round_runs_once_per_round(clock):
+    assert timing.repeated(clock.spend(0.5), timing.no_sync, min_round_s=0.1)[1] == 1
+
+
+def test_paired_rounds_rotate_the_first_contender():
+    order = []
+    fns = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    times = timing.paired_rounds(fns, rounds=3)
+    assert order[3:] == list("abc" + "bca" + "cab")  # after one warm-up call each
+    assert {name: len(ts) for name, ts in times.items()} == dict.fromkeys("abc", 3)
+
+
+def test_the_aa_pair_is_one_contender_timed_under_two_names_in_the_same_rounds(clock):
+    contenders = {
+        "auto": timing.repeated(clock.spend(0.01), timing.no_sync, 0.05),
+        "torch": timing.repeated(clock.spend(0.02), timing.no_sync, 0.05),
+    }
+    times = timing.time_contenders(contenders, rounds=4, aa="auto")
+    assert set(times) == {"auto", "torch", "auto (A/A)"}
+    assert times["auto (A/A)"] == pytest.approx(times["auto"]) == [0.01] * 4
+    check = timing.aa_check(times, "auto")
+    assert check["within"] and check["ratio"]["median"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "ratio, within", [(1.0, True), (1.029, True), (0.96, False), (1.05, False)]
+)
+def test_aa_check_accepts_only_ratios_within_the_limits(ratio, within):
+    times = {"auto": [ratio] * 3, "auto (A/A)": [1.0] * 3}
+    assert timing.aa_check(times, "auto")["within"] is within
 
 
 def _case(name: str, auto: float, fast: float, reference: float, torch_ms: float) -> dict:
@@ -39,41 +102,90 @@ def _case(name: str, auto: float, fast: float, reference: float, torch_ms: float
     times = {"auto": auto, "fast": fast, "reference": reference, "torch": torch_ms}
     figures = {
         "ms": {impl: {"median": ms} for impl, ms in times.items()},
-        "torch_over": {impl: {"median": torch_ms / times[impl]} for impl in benchmark.IMPLS},
+        "torch_over": {impl: {"median": torch_ms / times[impl]} for impl in cases.IMPLS},
+        "aa": {"ratio": {"median": 1.0}},
     }
     return {
         "case": name,
         "not_timed": {},
         "forward": figures,
         "forward+backward": figures,
-        "kernel_gradient": {"over_matmul": {"median": auto / fast}},
+        "kernel_gradient": {
+            "over_matmul": {"median": auto / fast},
+            "aa": {"ratio": {"median": 1.0}},
+        },
     }
 
 
 def test_suite_summary_takes_geometric_means_and_the_worst_case():
-    summary = benchmark.suite_summary([_case("a", 1, 1, 4, 2), _case("b", 2, 2, 4, 1)])
+    summary = report.suite_summary([_case("a", 1, 1, 4, 2), _case("b", 2, 2, 4, 1)])
     auto = summary["forward"]["torch_over"]["auto"]
     assert auto["geomean"] == pytest.approx(math.sqrt(2 * 0.5))
     assert (auto["worst"], auto["worst_case"], auto["cases"]) == (0.5, "b", 2)
 
 
 def test_suite_summary_names_the_cases_that_miss_a_criterion():
-    summary = benchmark.suite_summary([_case("good", 1, 1, 3, 2), _case("bad", 4, 2, 3, 2)])
+    summary = report.suite_summary([_case("good", 1, 1, 3, 2), _case("bad", 4, 2, 3, 2)])
     assert summary["forward"]["auto_not_within_tolerance"] == ["bad"]
     assert summary["auto_forward_slower_than_reference"] == ["bad"]
     assert summary["kernel_gradient_over_matmul"]["over_limit"] == ["bad"]
 
 
+def _run(aa_ratios: dict[str, float], torch_threads: int = 2, xla_threads: int = 2) -> dict:
+    """A report with one suite case whose forward+backward A/A ratio is as given."""
+    case = _case("c", 1, 1, 1, 1)
+    case["forward+backward"] = {**case["forward"], "aa": {"ratio": {"median": aa_ratios["c"]}}}
+    result = {
+        "meta": {"threads": {"torch": torch_threads, "xla_intra_op": xla_threads}},
+        "suite": [case],
+        "train": [{"batch": 64, "aa": {"ratio": {"median": aa_ratios["train"]}}}],
+    }
+    result["aa"] = report.aa_summary(result)
+    return result
+
+
+def test_a_run_with_every_aa_ratio_within_limits_is_reliable(capsys):
+    result = _run({"c": 1.01, "train": 0.99})
+    assert result["aa"]["reliable"] and result["aa"]["groups"] == 4
+    assert report.run_warnings(result) == []
+    report.print_aa(result["aa"])
+    assert "median ratio 1.000, range 0.990-1.010 over 4 timing groups" in capsys.readouterr().out
+
+
+def test_a_run_with_an_aa_ratio_outside_the_limits_says_it_is_unreliable(capsys):
+    result = _run({"c": 1.08, "train": 1.0})
+    assert result["aa"]["outside"] == {"suite: c, forward+backward": 1.08}
+    (warning,) = report.run_warnings(result)
+    assert "cannot resolve 5 %" in warning and "1 of 4" in warning
+    report.print_aa(result["aa"])
+    assert "outside: suite: c, forward+backward: 1.080" in capsys.readouterr().out
+
+
+def test_unequal_thread_counts_are_a_warning():
+    (warning,) = report.run_warnings(_run({"c": 1.0, "train": 1.0}, xla_threads=16))
+    assert "torch runs 2 threads, XLA's intra-op pool 16" in warning
+
+
+def test_xla_intra_op_threads_counts_the_pool_of_this_process():
+    (jnp.ones((64, 64)) @ jnp.ones((64, 64))).block_until_ready()
+    assert machine.xla_intra_op_threads() == len(os.sched_getaffinity(0))
+
+
+def test_pin_cpus_refuses_once_jax_has_started():
+    with pytest.raises(RuntimeError, match="before jax is imported"):
+        machine.pin_cpus(1)
+
+
 def test_machine_state_warns_of_each_sign_of_a_busy_machine():
     cores = os.cpu_count()
-    busy = benchmark.machine_state(
+    busy = machine.machine_state(
         (cores, 0, 0), (3 * cores, 0, 0), (0.0, 0.0), (cores * 10.0, cores), 10.0, [10, 10], 330
     )
     assert len(busy["warnings"]) == 5 and busy["others_cpu_share"] == pytest.approx(0.9)
 
 
 def test_machine_state_has_no_warning_for_a_quiet_machine():
-    quiet = benchmark.machine_state(
+    quiet = machine.machine_state(
         (0, 0, 0), (1, 0, 0), (0.0, 0.0), (5.0, 5.0), 10.0, [400, 400], 330
     )
     assert quiet["warnings"] == [] and quiet["others_cpu_share"] == 0

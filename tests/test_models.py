@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from torch_reference import channels_first, channels_last
 
 from jaxconv import interop
 from jaxconv.models import Autoencoder, AutoencoderConfig, init_params
 from jaxconv.torch_models import torch_autoencoder
+from jaxconv.torch_reference import channels_first, channels_last
 
 
 def _kernel_shapes(params, half):

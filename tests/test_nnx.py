@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from torch_reference import channels_first, channels_last
 
 from jaxconv import interop, ops, shapes
 from jaxconv import nn as jnn
 from jaxconv import nnx as jnnx
+from jaxconv.torch_reference import channels_first, channels_last
 
 KEY = jax.random.key(0)
 

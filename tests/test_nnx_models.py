@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
-from torch_reference import channels_first, channels_last
 
 from jaxconv import interop, nnx_models
 from jaxconv.models import Autoencoder, AutoencoderConfig, init_params
 from jaxconv.torch_models import torch_autoencoder
+from jaxconv.torch_reference import channels_first, channels_last
 from jaxconv.train import TrainConfig
 
 CONFIG = AutoencoderConfig()
