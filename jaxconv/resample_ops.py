@@ -12,7 +12,8 @@ channels-last arrays ``(batch, *spatial, channels)``.
 - :func:`pixel_shuffle` / :func:`pixel_unshuffle`: torch's ``(C, r, r)`` channel order.
 
 Inputs must be floating-point (torch's integer pooling is not differentiable);
-bfloat16 sums and interpolations are computed in float32 and rounded once.
+bfloat16 sums and interpolations, and their gradients' sums, are computed in float32
+and rounded once.
 """
 
 from __future__ import annotations
@@ -271,8 +272,7 @@ def interpolate(
     spatial = x.shape[1:-1]
     out, scales = shapes.interpolate_scales(spatial, size, scale_factor, recompute_scale_factor)
     dtype = x.dtype
-    if mode != "nearest":
-        x = x.astype(jnp.promote_types(dtype, jnp.float32))
+    x = x.astype(jnp.promote_types(dtype, jnp.float32))  # and the gradient's sums
     for axis, (n, m, s) in enumerate(zip(spatial, out, scales), start=1):
         if mode == "nearest":
             x = _read_along(x, axis, _nearest_index(n, m, s, special_cases=ndim == 2)[:, None])

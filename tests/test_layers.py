@@ -272,3 +272,16 @@ def test_norms_of_values_with_a_large_offset_are_exact_to_float32(kind):
     x = torch.randn(8, 4, 6, 6, generator=torch.Generator().manual_seed(0)) * 0.01 + 10
     exact = torch_layer.double()(x.double()).detach().numpy()
     _close(channels_first(layer(jnp.asarray(channels_last(x)))), exact, tol=1e-6)
+
+
+def test_a_bfloat16_upsamples_gradient_is_summed_in_float32_and_rounded_once():
+    """Nearest up-sampling by 7 sums 7 cotangents into each input position: in bfloat16
+    each addition would round (up to 8e-2 off here); summed in float32 the result is
+    the exact sum rounded once to bfloat16."""
+    layer = jnnx.Upsample(scale_factor=7)
+    r = jax.random.normal(jax.random.key(1), (2, 35, 3)).astype(jnp.bfloat16)
+    x = jnp.zeros((2, 5, 3), jnp.bfloat16)
+    grad = jax.vjp(layer, x)[1](r)[0]
+    exact = np.asarray(r, np.float32).reshape(2, 5, 7, 3).sum(axis=2)
+    assert grad.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(grad, jnp.asarray(exact).astype(jnp.bfloat16))
