@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import pytest
 import torch
@@ -167,7 +168,8 @@ def test_unequal_thread_counts_are_a_warning():
 
 
 def test_xla_intra_op_threads_counts_the_pool_of_this_process():
-    (jnp.ones((64, 64)) @ jnp.ones((64, 64))).block_until_ready()
+    with jax.default_device(jax.devices("cpu")[0]):  # the CPU client's pool
+        (jnp.ones((64, 64)) @ jnp.ones((64, 64))).block_until_ready()
     assert machine.xla_intra_op_threads() == len(os.sched_getaffinity(0))
 
 
