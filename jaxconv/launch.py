@@ -250,16 +250,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--num-processes",
         type=int,
         required=True,
+        metavar="N",
         help="local processes to start, each with its own devices (--devices-per-process)",
     )
     p.add_argument(
         "--devices-per-process",
         type=int,
         default=1,
-        help="devices of each process (default: 1). On a GPU host process i gets GPUs "
-        "i*N to i*N+N-1 of those visible (CUDA_VISIBLE_DEVICES, counted from 0) through "
-        "JAX_LOCAL_DEVICE_IDS, so N x --num-processes GPUs are needed; on the CPU "
-        "(no GPU, or JAX_PLATFORMS=cpu), N CPU devices (JAX_NUM_CPU_DEVICES)",
+        metavar="D",
+        help="devices of each process (default: 1). On a GPU host, process i gets the "
+        "visible GPUs i*D to i*D+D-1 (counted from 0 among CUDA_VISIBLE_DEVICES) through "
+        "JAX_LOCAL_DEVICE_IDS, so N x D GPUs are needed; on the CPU (no GPU, or "
+        "JAX_PLATFORMS=cpu), D CPU devices each (JAX_NUM_CPU_DEVICES)",
     )
     p.add_argument(
         "--timeout", type=float, default=None, help="seconds before every process is stopped"

@@ -473,6 +473,10 @@ def fit(
             ``epochs`` below the epoch of the latest checkpoint.
         Diverged: the loss became NaN or infinite.
         Interrupted: Ctrl-C; the last finished epoch is saved.
+
+    The loss and Ctrl-C are looked at every ``CHECK_EVERY`` steps and at the end of each
+    epoch; with several processes, all raise either at the same step, even when only one
+    of them got the Ctrl-C.
     """
     _check_int("epochs", epochs, 1)
     _check_int("checkpoint_every", checkpoint_every, 1)
