@@ -133,7 +133,7 @@ def _load_tfds(name: str, data_dir: str | None) -> Dataset:
     features = builder.info.features
     if "image" not in features:
         raise ValueError(f"TFDS dataset {name!r} has no 'image' feature.")
-    builder = _prepare_once(name, builder, data_dir)
+    builder = prepare_once(name, builder, data_dir)
 
     splits = builder.info.splits  # empty under tfds.testing.mock_data
     missing = [split for split in ("train", "test") if splits and split not in splits]
@@ -173,17 +173,20 @@ def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
         absl.setLevel(level)
 
 
-def _prepare_once(
+def prepare_once(
     name: str, builder: tfds.core.DatasetBuilder, data_dir: str | None
 ) -> tfds.core.DatasetBuilder:
-    """``builder``, prepared if it was not; with several processes (``jax.distributed``),
-    process 0 prepares it while the others wait, then they read it (a ``data_dir`` that
-    process 0 does not share is then prepared by each process that sees it unprepared)."""
+    """``builder`` (of TFDS dataset ``name`` in ``data_dir``), downloaded and prepared as
+    ARRAY_RECORD if it was not, or ``DatasetUnavailableError`` naming what is missing
+    (TensorFlow, the network) and the offline dataset. With several processes
+    (``jax.distributed``), process 0 prepares it while the others wait, then they read it
+    (a ``data_dir`` that process 0 does not share is then prepared by each process that
+    sees it unprepared). Every process calls it, in the same order."""
     from jaxconv import distributed  # imports JAX: only where TFDS datasets are loaded
 
     def prepare_if_needed() -> None:
         if not _is_prepared(builder):
-            prepare(name, builder)
+            _prepare(name, builder)
 
     try:
         if distributed.primary_first(prepare_if_needed):
@@ -196,11 +199,11 @@ def _prepare_once(
 
     builder = tfds.builder(name, data_dir=data_dir)  # reads what process 0 prepared
     if not _is_prepared(builder):
-        prepare(name, builder)
+        _prepare(name, builder)
     return builder
 
 
-def prepare(name: str, builder: tfds.core.DatasetBuilder) -> None:
+def _prepare(name: str, builder: tfds.core.DatasetBuilder) -> None:
     """Downloads and prepares ``builder`` as ARRAY_RECORD, or raises DatasetUnavailableError
     naming what is missing (TensorFlow, the network) and the offline dataset."""
     where = builder.data_dir_root

@@ -226,9 +226,7 @@ def _load_tfds(name: str, data_dir: str | None, height: int, width: int) -> Segm
     import tensorflow_datasets as tfds  # only for a TFDS dataset, as in input_pipeline
 
     mask = TFDS_SEGMENTATION[name]
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-        input_pipeline.prepare(name, builder)
+    builder = input_pipeline.prepare_once(name, tfds.builder(name, data_dir=data_dir), data_dir)
 
     def read_split(split: str) -> tuple[np.ndarray, np.ndarray]:
         images, labels = [], []
