@@ -258,7 +258,8 @@ class _RunningNorm(nnx.Module):
         self.running_var = nnx.BatchStat(jnp.ones(shape, jnp.float32)) if track else None
         self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32)) if track else None
 
-    def _params(self) -> tuple[jax.Array | None, ...]:
+    def _arrays(self) -> tuple[jax.Array | None, ...]:
+        """running_mean, running_var, scale, bias (None where absent), as norm_ops takes them."""
         return tuple(
             None if v is None else v[...]
             for v in (self.running_mean, self.running_var, self.scale, self.bias)
@@ -309,7 +310,7 @@ class BatchNorm(_RunningNorm):
             if self.momentum is None:
                 momentum = 1.0 / count
         y, mean, var = norm_ops.batch_norm(
-            x, *self._params(), training=batch_stats, momentum=momentum, eps=self.eps,
+            x, *self._arrays(), training=batch_stats, momentum=momentum, eps=self.eps,
             dtype=self.dtype,
         )  # fmt: skip
         if update:
@@ -359,7 +360,7 @@ class InstanceNorm(_RunningNorm):
         input_stats = not self.use_running_average or not self.track_running_stats
         momentum = 0.0 if self.momentum is None else self.momentum
         y, mean, var = norm_ops.instance_norm(
-            x, *self._params(), use_input_stats=input_stats, momentum=momentum, eps=self.eps,
+            x, *self._arrays(), use_input_stats=input_stats, momentum=momentum, eps=self.eps,
             dtype=self.dtype,
         )  # fmt: skip
         if input_stats and self.track_running_stats:

@@ -100,18 +100,18 @@ def _dilated_max(x: jax.Array, geometry: tuple[tuple[int, ...], ...]) -> jax.Arr
     input, stacked in torch's scan order, and the first maximum taken from them."""
     kernel, strides, dilations, pads, out = geometry
     padded = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-    patches = jnp.stack(
-        [
-            padded[
-                (
-                    slice(None),
-                    *(slice(o * d, o * d + (m - 1) * s + 1, s)
-                      for o, d, m, s in zip(offset, dilations, out, strides)),
-                )
-            ]
-            for offset in itertools.product(*(range(k) for k in kernel))
-        ]
-    )  # fmt: skip
+
+    def at(offset: tuple[int, ...]) -> jax.Array:
+        """The window position ``offset`` of every window."""
+        return padded[
+            (
+                slice(None),
+                *(slice(o * d, o * d + (m - 1) * s + 1, s)
+                  for o, d, m, s in zip(offset, dilations, out, strides)),
+            )
+        ]  # fmt: skip
+
+    patches = jnp.stack([at(offset) for offset in itertools.product(*map(range, kernel))])
     first = jnp.argmax(patches, axis=0)
     return jnp.take_along_axis(patches, first[None], axis=0)[0]
 
