@@ -132,6 +132,9 @@ def conv_transpose(
 
 def _strided(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
     """``C(x, K)``: a 'VALID' conv with the strides of ``x`` padded by the pads."""
+    if geometry.groups > 1 and kernel.shape[-2] > 1:
+        one = functools.partial(_strided, geometry=geometry._replace(groups=1))
+        return _group_by_group(one, geometry.groups, x, kernel)
     return _padded_conv(
         x, geometry.pads, kernel, geometry.strides, geometry.dilation, geometry.groups
     )
@@ -139,8 +142,8 @@ def _strided(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
 
 def _padded_conv(x, pads, kernel, strides, dilation, groups) -> jax.Array:
     """A 'VALID' conv of ``x`` padded by ``pads`` (``lax.pad``): XLA's, or im2col and a
-    matmul (batched over the groups) where XLA:CPU's conv is slower, or tap by tap
-    where each group has one input channel."""
+    matmul where XLA:CPU's conv is slower; with groups (of one input channel), tap by
+    tap."""
     kernel_size, depth = kernel.shape[:-2], math.prod(kernel.shape[:-1])
     rows = [
         (n + lo + hi - d * (k - 1) - 1) // s + 1
@@ -156,21 +159,30 @@ def _padded_conv(x, pads, kernel, strides, dilation, groups) -> jax.Array:
 
     def im2col_matmul(x):
         columns = _windows(x, kernel_size, strides, dilation, rows)
-        out = _grouped_matmul(columns, kernel, groups)
+        out = columns.reshape(-1, depth) @ kernel.reshape(depth, -1)
         return out.reshape(x.shape[0], *rows, kernel.shape[-1])
 
     return _by_chunks(im2col_matmul, (x,), columns_per_image)
 
 
-def _grouped_matmul(columns: jax.Array, kernel: jax.Array, groups: int) -> jax.Array:
-    """``(B, *rows, taps, g * c)`` windows times the kernel ``(*k, c, g * o)``, group by
-    group: ``(B * rows, g * o)``. One group is one plain matmul (an einsum adds copies)."""
-    taps, channels = math.prod(kernel.shape[:-2]), kernel.shape[-2]
-    if groups == 1:
-        return columns.reshape(-1, taps * channels) @ kernel.reshape(taps * channels, -1)
-    lhs = columns.reshape(columns.size // (taps * groups * channels), taps, groups, channels)
-    rhs = kernel.reshape(taps, channels, groups, kernel.shape[-1] // groups)
-    return jnp.einsum("ntgc,tcgo->ngo", lhs, rhs).reshape(lhs.shape[0], kernel.shape[-1])
+def _group_by_group(fn: Callable, groups: int, *operands: jax.Array) -> jax.Array:
+    """``fn`` on each group's part of every operand's last axis (``groups`` equal parts),
+    in one loop (``lax.fori_loop``): its result is that group's part of the output's
+    last axis."""
+    parts = [
+        jax.ShapeDtypeStruct((*a.shape[:-1], a.shape[-1] // groups), a.dtype) for a in operands
+    ]
+    part = jax.eval_shape(fn, *parts)
+
+    def one_group(i, out):
+        args = [
+            lax.dynamic_slice_in_dim(a, i * p.shape[-1], p.shape[-1], axis=-1)
+            for a, p in zip(operands, parts)
+        ]
+        return lax.dynamic_update_slice_in_dim(out, fn(*args), i * part.shape[-1], axis=-1)
+
+    out = jnp.zeros((*part.shape[:-1], groups * part.shape[-1]), part.dtype)
+    return lax.fori_loop(0, groups, one_group, out)
 
 
 def _per_tap_conv(x: jax.Array, kernel: jax.Array, strides, dilation, rows) -> jax.Array:
@@ -254,6 +266,9 @@ def _slice(x: jax.Array, starts, extents, steps) -> jax.Array:
 
 def _transposed(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
     """``T(y, K)``: one matmul for a 1x1 input, else the phase decomposition."""
+    if geometry.groups > 1 and kernel.shape[-1] > geometry.groups:
+        one = functools.partial(_transposed, geometry=geometry._replace(groups=1))
+        return _group_by_group(one, geometry.groups, y, kernel)
     if all(n == 1 for n in y.shape[1:-1]):
         return _from_one_pixel(y, kernel, geometry)
     return _by_phases(y, kernel, geometry)
@@ -379,9 +394,16 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
     phase_columns = math.prod(plan.rows) * math.prod(plan.taps) * y_channels
     phased = phase_columns + 2 * math.prod(plan.rows) * math.prod(geometry.strides) * x_channels
     if direct <= phased:
-        grad, columns_per_image = _kernel_grad_direct, direct
+        grad, columns_per_image, windowed = _kernel_grad_direct, direct, x_channels
     else:
-        grad, columns_per_image = _kernel_grad_by_phases, phase_columns
+        grad, columns_per_image, windowed = _kernel_grad_by_phases, phase_columns, y_channels
+    if geometry.groups > 1 and windowed > geometry.groups:
+        one = functools.partial(
+            _kernel_grad,
+            kernel_shape=(*kernel_shape[:-1], kernel_shape[-1] // geometry.groups),
+            geometry=geometry._replace(groups=1),
+        )
+        return _group_by_group(one, geometry.groups, x, y)
     if _fits(columns_per_image, x.dtype):
         grad = functools.partial(grad, kernel_shape=kernel_shape, geometry=geometry)
         return _by_chunks(grad, (x, y), columns_per_image, summed=True)
@@ -422,38 +444,29 @@ def _kernel_grad_by_phases(x: jax.Array, y: jax.Array, kernel_shape, geometry) -
 def _windows_t(x, pads, kernel_size, strides, dilation, other, groups: int) -> jax.Array:
     """``W^T other`` group by group, for the windows ``W`` (:func:`_windows`, of
     ``other``'s rows) of ``x`` padded by ``pads``: a contraction over the batch and
-    rows, ``(taps, c, g, o)``.
+    rows, ``(taps, c, g, o)`` (flattened for one group).
 
-    One channel per group (depthwise): tap by tap, a product summed in float32 at
+    With groups (of one channel of ``x``): tap by tap, a product summed in float32 at
     least, from :func:`_tap_windows` (no im2col, no padded copy).
     """
     rows = other.shape[1:-1]
-    if groups == 1 or x.shape[-1] > groups:
+    if groups == 1:
         columns = _windows(_pad(x, pads), kernel_size, strides, dilation, rows)
-        return _matmul_t(columns, other, groups)
+        return _matmul_t(columns, other)
     wide = jnp.promote_types(x.dtype, jnp.float32)
     per_group = other.reshape(*other.shape[:-1], groups, other.shape[-1] // groups).astype(wide)
     batch_and_rows = tuple(range(other.ndim - 1))
     unread = jnp.zeros(per_group.shape[-2:], wide)  # a tap that reads only padding
-    taps = dict.fromkeys(itertools.product(*map(range, kernel_size)), unread)
+    sums = dict.fromkeys(itertools.product(*map(range, kernel_size)), unread)
     for j, window in _tap_windows(x, pads, kernel_size, strides, dilation, rows):
-        taps[j] = jnp.sum(window[..., None].astype(wide) * per_group, axis=batch_and_rows)
-    return jnp.stack(list(taps.values()))[:, None].astype(x.dtype)
+        sums[j] = jnp.sum(window[..., None].astype(wide) * per_group, axis=batch_and_rows)
+    return jnp.stack(list(sums.values()))[:, None].astype(x.dtype)
 
 
-def _matmul_t(columns: jax.Array, other: jax.Array, groups: int) -> jax.Array:
-    """``columns^T other`` group by group, a contraction over the rows: windows
-    ``(*rows, taps, g * c)`` and ``other`` ``(*rows, g * o)`` give ``(taps, c, g, o)``."""
-    rows = math.prod(other.shape[:-1])
-    taps = math.prod(columns.shape[other.ndim - 1 : -1])
-    if groups == 1:
-        depth = taps * columns.shape[-1]
-        return columns.reshape(rows, depth).T @ other.reshape(rows, other.shape[-1])
-    return jnp.einsum(
-        "ntgc,ngo->tcgo",
-        columns.reshape(rows, taps, groups, columns.shape[-1] // groups),
-        other.reshape(rows, groups, other.shape[-1] // groups),
-    )
+def _matmul_t(columns: jax.Array, other: jax.Array) -> jax.Array:
+    """``columns^T other``, both flattened to ``(rows, -1)``: a contraction over rows."""
+    rows, depth = math.prod(other.shape[:-1]), math.prod(columns.shape[other.ndim - 1 :])
+    return columns.reshape(rows, depth).T @ other.reshape(rows, other.shape[-1])
 
 
 # ----------------------------------------------------------------------------------
