@@ -86,17 +86,21 @@ def test_auto_is_fast_on_the_cpu_and_the_reference_elsewhere(backend, auto, monk
     assert ops.resolve_impl("fast") == "fast" and ops.resolve_impl("reference") == "reference"
 
 
-def _convs(f, *args):
-    """The conv_general_dilated equations of ``f``'s jaxpr, sub-jaxprs included."""
+def _equations(f, *args):
+    """The equations of ``f``'s jaxpr, sub-jaxprs included."""
 
     def walk(jaxpr):
         for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                yield eqn
+            yield eqn
             for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 yield from walk(sub)
 
     return list(walk(jax.make_jaxpr(f)(*args).jaxpr))
+
+
+def _convs(f, *args):
+    """The conv_general_dilated equations of ``f``'s jaxpr, sub-jaxprs included."""
+    return [e for e in _equations(f, *args) if e.primitive.name == "conv_general_dilated"]
 
 
 @BOTH_LAYERS
@@ -179,6 +183,67 @@ def test_one_window_paths_agree_with_the_reference(cls, shape, kwargs):
     _fast_agrees(_forward_and_vjp, layers, _params(layers["reference"], x), x)
 
 
+# Groups: depthwise (one channel per group: tap by tap), with a channel multiplier (the
+# other direction group by group, in and out widths unequal: a wrong group order would
+# mix channels), a 1x1 input and 3-D. (BOTH_LAYERS, groups=2, go group by group.)
+GROUPED = [
+    (jnn.ConvTranspose, (2, 5, 6, 6), dict(
+        features=6, kernel_size=4, stride=2, padding=1, groups=6,
+    )),
+    (jnn.ConvTranspose, (2, 5, 6, 6), dict(
+        features=12, kernel_size=(3, 2), stride=(2, 3), padding=(1, 0), output_padding=(1, 2),
+        dilation=(1, 2), groups=6,
+    )),
+    (jnn.ConvTranspose, (2, 1, 1, 4), dict(features=4, kernel_size=3, stride=2, groups=4)),
+    (jnn.Conv, (2, 7, 8, 6), dict(features=12, kernel_size=3, stride=2, padding=1, groups=6)),
+    (jnn.Conv, (1, 5, 4, 5, 4), dict(features=4, kernel_size=(2, 3, 2), stride=(2, 1, 2),
+                                     padding=1, groups=4)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cls, shape, kwargs", GROUPED)
+def test_grouped_and_depthwise_layers_agree_with_the_reference(cls, shape, kwargs):
+    """Outputs and vjps, fast against the reference (compiled with LLVM's code generation
+    unoptimised, as test_parity_torch does: half the compile time)."""
+    x = jax.random.normal(KEY, shape)
+    layers = _layers(cls, **kwargs)
+
+    def both(params, x):
+        return {impl: _forward_and_vjp(layer, params, x) for impl, layer in layers.items()}
+
+    options = {"xla_backend_optimization_level": 0}
+    results = jax.jit(both, compiler_options=options)(_params(layers["reference"], x), x)
+    for got, expected in zip(*(jax.tree.leaves(results[impl]) for impl in ("fast", "reference"))):
+        _close(got, expected)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel_shape, kwargs",
+    [
+        ((1, 4, 4, 1), (4, 4, 1, 1), dict(stride=2, padding=1)),  # depthwise: tap by tap
+        ((1, 4, 4, 2), (3, 3, 2, 2), dict(stride=2, output_padding=1)),  # group by group
+    ],
+)
+def test_the_fast_path_is_one_program_whatever_the_groups(shape, kernel_shape, kwargs):
+    """Forward and backward of a transposed conv and of a conv with 64 groups trace to
+    as many operations as with 2 groups: no per-group repetition."""
+
+    def size(layer, groups):
+        x = jnp.zeros((*shape[:-1], shape[-1] * groups))
+        kernel = jnp.zeros((*kernel_shape[:-1], kernel_shape[-1] * groups))
+        args = dict(kwargs, groups=groups, impl="fast")
+        if layer is ops.conv:
+            args.pop("output_padding", None)
+
+        def loss(x, kernel):
+            return jnp.sum(layer(x, kernel, **args) ** 2)
+
+        return len(_equations(jax.grad(loss, argnums=(0, 1)), x, kernel))
+
+    for layer in (ops.conv_transpose, ops.conv):
+        assert size(layer, 64) == size(layer, 2)
+
+
 @pytest.mark.parametrize(
     "x_shape, kernel_shape, geometry",
     [
@@ -187,6 +252,8 @@ def test_one_window_paths_agree_with_the_reference(cls, shape, kwargs):
         ((2, 13, 7, 2), (3, 2, 2, 3), fast_conv.Geometry((3, 1), ((2, -1), (0, 2)), (2, 3))),
         ((3, 17, 2), (5, 2, 4), fast_conv.Geometry((4,), ((3, 1),), (2,))),
         ((1, 5, 6, 4, 2), (2, 3, 2, 2, 3), fast_conv.Geometry((2, 1, 3), ((0, 1),) * 3, (1, 2, 1))),
+        # depthwise, 4 groups, tap by tap: taps 0 and 2 of the first dimension read only padding
+        ((2, 1, 8, 4), (3, 3, 1, 4), fast_conv.Geometry((3, 2), ((4, 4), (3, 0)), (1, 2), 4)),
     ],
 )
 def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
@@ -201,7 +268,7 @@ def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
         padded = fast_conv._pad(x, geometry.pads)
         return jax.lax.conv_general_dilated(
             padded, kernel, geometry.strides, "VALID", rhs_dilation=geometry.dilation,
-            dimension_numbers=dimensions,
+            dimension_numbers=dimensions, feature_group_count=geometry.groups,
         )  # fmt: skip
 
     kernel = jax.ShapeDtypeStruct(kernel_shape, x.dtype)
