@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 
+SEED = 0
+CHECKPOINT_EVERY = 1  # epochs between checkpoints
+KEEP = 3  # checkpoints kept
+
 
 @dataclasses.dataclass(frozen=True)
 class Training:
@@ -22,9 +26,9 @@ class Training:
     batch_size: int
     learning_rate: float
     workdir: str
-    seed: int = 0
-    checkpoint_every: int = 1  # epochs between checkpoints
-    keep: int = 3  # checkpoints kept
+    seed: int = SEED
+    checkpoint_every: int = CHECKPOINT_EVERY
+    keep: int = KEEP
 
 
 # ``jaxconv train``: the convolutional autoencoder (jaxconv.models), Adam

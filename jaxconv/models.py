@@ -173,6 +173,12 @@ def init_params(config: AutoencoderConfig, seed: int) -> dict:
     return jax.jit(model.init)(jax.random.key(seed), dummy)["params"]
 
 
+def reconstruct(config: AutoencoderConfig, params: dict, images: np.ndarray) -> np.ndarray:
+    """The autoencoder's reconstructions of ``images``, computed in this process alone (the
+    parameters are fetched from wherever they are)."""
+    return np.asarray(jax.jit(AutoencoderTask(config).apply)(jax.device_get(params), images))
+
+
 def mse(reconstructions: jax.Array, images: jax.Array) -> jax.Array:
     """Mean squared error over all pixels (``torch.nn.MSELoss()``)."""
     return jnp.mean((reconstructions - images) ** 2)

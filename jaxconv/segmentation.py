@@ -446,7 +446,7 @@ def load_predictor(workdir: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     """``predict(images) -> labels`` (:func:`predict_fn`) of the run that ``jaxconv
     segment`` trained in ``workdir`` (its latest checkpoint).
 
-    Raises ``jaxconv.train.RunDirError`` naming the problem when there is no such run.
+    Raises ``jaxconv.rundir.RunDirError`` naming the problem when there is no such run.
     """
     config, state = train.load_run(workdir, SegmentationConfig)
     return predict_fn(config.model, jax.device_get(state.params))

@@ -1,4 +1,4 @@
-"""Training: one loop for every task, with its run directory, checkpoints and resume.
+"""Training: one loop for every task, checkpointed in its run directory, and resume.
 
 A *task* (the autoencoder of :mod:`jaxconv.models`, the segmenter of
 :mod:`jaxconv.segmentation`) says what differs between trained models: the initial
@@ -8,10 +8,8 @@ module's, written once:
 * :func:`train_step`: the task's loss, its gradient and one optax update, jit-compiled;
   the batch is sharded over every device of every process, the parameters replicated
   (:mod:`jaxconv.distributed`);
-* a run directory: ``run.json`` (settings), ``metrics.jsonl`` (one line per epoch) and
-  ``checkpoints/`` (orbax). Each checkpoint holds the train state *and* the metrics of
-  every epoch up to it, so the two are committed together: on resume ``metrics.jsonl`` is
-  rewritten from the checkpoint, whatever moment a crash hit;
+* the run directory (:mod:`jaxconv.rundir`): ``run.json`` (settings), ``metrics.jsonl``
+  and ``checkpoints/``, each checkpoint with the metrics of every epoch up to it;
 * resume from the latest checkpoint, ending bitwise equal to an uninterrupted run (the
   data order is a function of seed and epoch);
 * Ctrl-C stops after saving the last finished epoch (:class:`Interrupted`); a non-finite
@@ -21,9 +19,7 @@ module's, written once:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import signal
 import threading
 import time
@@ -37,12 +33,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from jaxconv import distributed, input_pipeline
+from jaxconv import configs, distributed, input_pipeline
 from jaxconv.models import AutoencoderConfig
+from jaxconv.rundir import (
+    CheckpointError,
+    RunDir,
+    RunDirError,
+    restore_latest,
+    save_checkpoint,
+)
 
 Batch = Mapping[str, jax.Array]
 Arrays = Mapping[str, np.ndarray]
@@ -99,9 +101,9 @@ class TrainConfig:
     """What a run is: resuming it with other values would not continue the same run."""
 
     dataset: str = input_pipeline.EMBEDDED_DATASET
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    seed: int = 0
+    batch_size: int = configs.AUTOENCODER.batch_size
+    learning_rate: float = configs.AUTOENCODER.learning_rate
+    seed: int = configs.AUTOENCODER.seed
     model: Any = AutoencoderConfig()  # a ModelConfig
 
     def __post_init__(self) -> None:
@@ -194,12 +196,6 @@ def eval_step(state: TrainState, batch: Batch, mask: jax.Array) -> dict[str, jax
     return state.task.eval_sums(state.params, batch, mask)
 
 
-def reconstruct(state: TrainState, images: np.ndarray) -> np.ndarray:
-    """The model's outputs for ``images`` (an autoencoder's reconstructions), computed in
-    this process alone (the parameters are fetched from wherever they are)."""
-    return np.asarray(jax.jit(state.apply_fn)(jax.device_get(state.params), images))
-
-
 def _local(batch: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
     rows = distributed.process_rows(batch_size)
     return {key: value[rows] for key, value in batch.items()}
@@ -217,15 +213,6 @@ def evaluate(state: TrainState, test: Arrays, batch_size: int) -> dict[str, Any]
         for key, value in sums.items():
             totals[key] = totals.get(key, 0) + np.asarray(value, np.float64)
     return state.task.metrics(totals, input_pipeline.num_examples(test))
-
-
-class RunDirError(ValueError):
-    """A run directory that is missing, unfinished, unreadable, or from another model."""
-
-
-class CheckpointError(RunDirError):
-    """A checkpoint that cannot be read (truncated, damaged): a runtime failure."""
-
 
 class Diverged(RuntimeError):
     """The loss became NaN or infinite; nothing of the diverged epoch was saved."""
@@ -245,180 +232,6 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, saved: int) -> None:
         super().__init__(saved)
         self.saved = saved
-
-
-class RunDir:
-    """A run directory's files: settings, metrics and orbax checkpoints.
-
-    Only the primary process writes ``run.json`` and ``metrics.jsonl``; every process
-    takes part in saving and restoring checkpoints.
-    """
-
-    def __init__(self, workdir: str | Path, keep: int = 3) -> None:
-        self.path = Path(workdir)
-        self.config_path = self.path / "run.json"
-        self.metrics_path = self.path / "metrics.jsonl"
-        self.checkpoint_dir = self.path / "checkpoints"
-        self.keep = keep
-
-    def read_config(self, model_class: type = AutoencoderConfig) -> TrainConfig | None:
-        """The settings in ``run.json`` (None if there is none); ``RunDirError`` if unreadable."""
-        if not self.config_path.exists():
-            return None
-        try:
-            return TrainConfig.from_dict(json.loads(self.config_path.read_text()), model_class)
-        except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-            raise RunDirError(
-                f"{self.config_path} cannot be read as jaxconv run settings ({e}); "
-                f"choose another --workdir or move the file away"
-            ) from e
-
-    def check(self, config: TrainConfig) -> None:
-        """Raises ``RunDirError`` unless ``workdir`` is a usable directory for ``config``."""
-        nearest = next(p for p in (self.path, *self.path.parents) if p.exists())
-        if not nearest.is_dir():
-            raise RunDirError(f"--workdir {self.path}: {nearest} is a file, not a directory")
-        if not os.access(nearest, os.W_OK | os.X_OK):
-            raise RunDirError(f"--workdir {self.path}: {nearest} is not writable")
-        existing = self.read_config(type(config.model))
-        if existing is not None and existing != config:
-            ours, theirs = _flat(config.to_dict()), _flat(existing.to_dict())
-            differ = ", ".join(
-                f"{name} {json.dumps(theirs.get(name))} (asked: {json.dumps(ours.get(name))})"
-                for name in sorted(ours.keys() | theirs.keys())
-                if ours.get(name) != theirs.get(name)
-            )
-            raise RunDirError(
-                f"{self.path} holds a run with other settings: {differ}. Resuming it with "
-                "these would not continue it: choose another --workdir, or the run's settings."
-            )
-
-    def claim(self, config: TrainConfig) -> None:
-        """Writes ``run.json`` (primary process); :meth:`check` it first."""
-        if distributed.is_primary():
-            self.path.mkdir(parents=True, exist_ok=True)
-            _write_atomically(self.config_path, json.dumps(config.to_dict(), indent=2) + "\n")
-
-    def checkpoints(self) -> ocp.CheckpointManager:
-        return ocp.CheckpointManager(
-            self.checkpoint_dir.absolute(),
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=self.keep, create=True, cleanup_tmp_directories=True
-            ),
-            item_handlers={  # named handlers, so that item_metadata reads the saved shapes
-                "state": ocp.StandardCheckpointHandler(),
-                "history": ocp.JsonCheckpointHandler(),
-            },
-        )
-
-    def metrics(self) -> list[dict]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
-
-    def write_metrics(self, history: list[dict]) -> None:
-        """Replaces ``metrics.jsonl`` with one line per epoch of ``history`` (atomically)."""
-        if distributed.is_primary():
-            _write_atomically(self.metrics_path, "".join(json.dumps(m) + "\n" for m in history))
-
-
-def _flat(settings: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"model": {"embedding_dim": 8}}`` as ``{"model.embedding_dim": 8}``."""
-    flat = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """``path`` holds either its old contents or ``text``, never a part of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _save(manager: ocp.CheckpointManager, epoch: int, state: TrainState, history: list) -> None:
-    manager.save(
-        epoch,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), history=ocp.args.JsonSave(history)
-        ),
-    )
-    manager.wait_until_finished()
-
-
-def restore_latest(
-    manager: ocp.CheckpointManager, state: TrainState
-) -> tuple[TrainState, list[dict], int]:
-    """The latest checkpoint's state, metrics history and epoch, or ``(state, [], 0)``.
-
-    Raises ``RunDirError`` naming the checkpoint when it does not fit ``state`` or
-    cannot be read; nothing on disk is changed.
-    """
-    epoch = manager.latest_step()
-    if epoch is None:
-        return state, [], 0
-    where = manager.directory / str(epoch)
-    _, replicated = distributed.shardings()  # where every process can read them from
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state
-    )
-    try:
-        _check_fits(manager.item_metadata(epoch)["state"], abstract, epoch)
-        restored = manager.restore(
-            epoch,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), history=ocp.args.JsonRestore()
-            ),
-        )
-    except RunDirError:
-        raise
-    except Exception as e:  # orbax raises many kinds for a damaged checkpoint
-        raise CheckpointError(
-            f"the checkpoint {where} cannot be read ({type(e).__name__}: {_first_line(e)}); "
-            f"move it out of {manager.directory} to resume from the one before"
-        ) from e
-    history = restored["history"]
-    if not isinstance(history, list) or [m.get("epoch") for m in history] != list(
-        range(1, epoch + 1)
-    ):
-        raise CheckpointError(f"the checkpoint {where} holds no metrics of epochs 1 to {epoch}")
-    return restored["state"], history, epoch
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else ""
-
-
-def _shapes_by_path(tree) -> dict[str, tuple[int, ...]]:
-    """``{"params/encoder/Conv_0/kernel": shape, ...}`` of a pytree (a Python scalar: ``()``)."""
-
-    def name(key) -> str:  # a dict key, an attribute or a sequence index
-        return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
-
-    return {
-        "/".join(map(name, path)): tuple(getattr(leaf, "shape", ()))
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-    }
-
-
-def _check_fits(metadata, abstract, epoch: int) -> None:
-    """Raises ``RunDirError`` naming the arrays whose saved shape ``abstract`` does not
-    have, before a restore starts (orbax leaves work behind when one fails)."""
-    saved, wanted = _shapes_by_path(metadata), _shapes_by_path(abstract)
-    wrong = [
-        f"{path}: saved {saved.get(path)}, model needs {wanted.get(path)}"
-        for path in sorted(saved.keys() | wanted.keys(), key=lambda p: (p.startswith("opt"), p))
-        if saved.get(path) != wanted.get(path)
-    ]
-    if wrong:
-        shown = "; ".join(wrong[:3]) + (f"; and {len(wrong) - 3} more" if len(wrong) > 3 else "")
-        raise RunDirError(f"checkpoint of epoch {epoch}, arrays that differ: {shown}")
-
 
 def check_run(train: Arrays, test: Arrays, workdir: str | Path, config: TrainConfig) -> None:
     """Raises ``ValueError`` for settings that cannot train on these splits in ``workdir``."""
@@ -457,8 +270,8 @@ def fit(
     config: TrainConfig,
     epochs: int,
     *,
-    checkpoint_every: int = 1,
-    keep: int = 3,
+    checkpoint_every: int = configs.CHECKPOINT_EVERY,
+    keep: int = configs.KEEP,
     progress: bool = True,
 ) -> tuple[TrainState, list[dict]]:
     """Trains ``config.task`` for ``epochs`` epochs in ``workdir``, resuming from its checkpoint.
@@ -535,7 +348,7 @@ def fit(
                 }
                 history.append(metrics)
                 if epoch % checkpoint_every == 0 or epoch == epochs:
-                    _save(manager, epoch, state, history)
+                    save_checkpoint(manager, epoch, state, history)
                     saved = epoch
                 run.write_metrics(history)
                 if progress:
@@ -544,7 +357,7 @@ def fit(
                     break
             if stopping:  # every process agreed on it, so they save together
                 if saved < len(history):
-                    _save(manager, len(history), finished, history)
+                    save_checkpoint(manager, len(history), finished, history)
                 raise Interrupted(len(history))
     return state, history
 
@@ -676,7 +489,7 @@ def load_run(
     hint = f"train one first: jaxconv {model_class.command} --workdir {run.path}"
     if not run.config_path.exists():
         raise RunDirError(f"{run.path} holds no jaxconv run (no run.json); {hint}")
-    config = run.read_config(model_class)
+    config = run.read_config(TrainConfig, model_class)
     with run.checkpoints() as manager:
         if manager.latest_step() is None:
             raise RunDirError(f"{run.path} has no finished checkpoint yet; {hint}")

@@ -207,6 +207,19 @@ def test_every_default_is_the_one_in_configs():
     pairs = inspect.signature(embedding.default_pairs).parameters["count"]
     assert pairs.default == configs.INTERPOLATION_PAIRS
 
+    from jaxconv.rundir import RunDir
+    from jaxconv.train import TrainConfig, fit
+
+    run = TrainConfig()
+    assert (run.batch_size, run.learning_rate, run.seed) == (
+        configs.AUTOENCODER.batch_size,
+        configs.AUTOENCODER.learning_rate,
+        configs.AUTOENCODER.seed,
+    )
+    fit_defaults = inspect.signature(fit).parameters
+    assert fit_defaults["checkpoint_every"].default == configs.CHECKPOINT_EVERY
+    assert fit_defaults["keep"].default == RunDir(".").keep == configs.KEEP
+
 
 def test_python_m_jaxconv_launch_is_jaxconv_launch():
     # launch's own entry point runs `python -m jaxconv launch` (no import of the CLI)

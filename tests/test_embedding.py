@@ -15,7 +15,9 @@ from PIL import Image
 from jaxconv import cli, embedding, input_pipeline, plots
 from jaxconv.input_pipeline import Dataset
 from jaxconv.models import Autoencoder
-from jaxconv.train import RunDir, TrainConfig, TrainState, load_run, reconstruct, train_and_evaluate
+from jaxconv.models import reconstruct
+from jaxconv.rundir import RunDir
+from jaxconv.train import TrainConfig, TrainState, load_run, train_and_evaluate
 
 CONFIG = TrainConfig(batch_size=64)
 TRAIN_IMAGES = 1024  # one epoch of 16 steps: a briefly trained model, in seconds
@@ -194,7 +196,8 @@ def test_encode_and_decode_in_batches_equal_the_model(loaded_run, mnist5k):
     np.testing.assert_allclose(z, expected, rtol=1e-5, atol=1e-5)
     decoded = embedding.decode(config.model, state.params, z, batch_size=2)
     assert decoded.shape == images.shape
-    np.testing.assert_allclose(decoded, reconstruct(state, images), rtol=1e-5, atol=1e-5)
+    reconstructions = reconstruct(config.model, state.params, images)
+    np.testing.assert_allclose(decoded, reconstructions, rtol=1e-5, atol=1e-5)
 
 
 def test_the_ends_of_the_decoded_line_are_the_reconstructions(loaded_run, mnist5k):
@@ -202,7 +205,7 @@ def test_the_ends_of_the_decoded_line_are_the_reconstructions(loaded_run, mnist5
     a, b = mnist5k.test_images[0], mnist5k.test_images[1]
     line = embedding.decoded_line(config.model, state.params, a, b, 6)
     assert line.shape == (6, 28, 28, 1)
-    ends = reconstruct(state, np.stack([a, b]))
+    ends = reconstruct(config.model, state.params, np.stack([a, b]))
     np.testing.assert_allclose(line[[0, -1]], ends, atol=1e-5)
     assert np.abs(ends[0] - ends[1]).max() > 1e-2  # so a swapped or repeated end would show
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 from jaxconv import cli, scenes, segmentation
 from jaxconv.input_pipeline import load_dataset
-from jaxconv.train import RunDirError, load_run
+from jaxconv.rundir import RunDirError
+from jaxconv.train import load_run
 
 FLAGS = [
     "segment", "--epochs", "4", "--image-size", "32", "32", "--num-scenes", "3000", "200",

@@ -16,9 +16,8 @@ from jaxconv import interop
 from jaxconv.models import Autoencoder, AutoencoderConfig, AutoencoderTask
 from jaxconv.torch_models import torch_autoencoder
 from jaxconv import train
+from jaxconv.rundir import RunDir, RunDirError
 from jaxconv.train import (
-    RunDir,
-    RunDirError,
     TrainConfig,
     TrainState,
     create_train_state,

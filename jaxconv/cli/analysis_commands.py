@@ -36,7 +36,8 @@ def add_run_dir_parser(
 def load_run_and_data(args: argparse.Namespace) -> tuple[TrainConfig, TrainState, Dataset]:
     """``(TrainConfig, TrainState, Dataset)`` of ``args.workdir``; argparse errors otherwise."""
     from jaxconv import models
-    from jaxconv.train import CheckpointError, RunDirError, load_run
+    from jaxconv.rundir import CheckpointError, RunDirError
+    from jaxconv.train import load_run
 
     try:
         config, state = load_run(args.workdir)

@@ -44,7 +44,8 @@ def train_run(args: argparse.Namespace, make_model, train, test, workdir: Path):
     a diverged run, an unreadable checkpoint or a file system error exits 1; Ctrl-C exits
     130 after saving, saying how to resume.
     """
-    from jaxconv.train import Diverged, Interrupted, RunDirError, TrainConfig, check_run, fit
+    from jaxconv.rundir import RunDirError
+    from jaxconv.train import Diverged, Interrupted, TrainConfig, check_run, fit
 
     try:
         config = TrainConfig(
@@ -88,8 +89,7 @@ def train_run(args: argparse.Namespace, make_model, train, test, workdir: Path):
 
 def run_train(args: argparse.Namespace) -> None:
     from jaxconv import distributed, plots
-    from jaxconv.models import AutoencoderConfig
-    from jaxconv.train import reconstruct
+    from jaxconv.models import AutoencoderConfig, reconstruct
 
     join_processes(args)
     workdir = args.workdir or Path(
@@ -101,14 +101,14 @@ def run_train(args: argparse.Namespace) -> None:
     def model() -> AutoencoderConfig:
         return AutoencoderConfig(image_shape=dataset.image_shape, embedding_dim=args.embedding_dim)
 
-    _, state, history = train_run(args, model, *splits, workdir)
+    config, state, history = train_run(args, model, *splits, workdir)
     if not distributed.is_primary():
         return
 
     originals = dataset.test_images[:10]
     figure = plots.reconstructions(
         originals,
-        reconstruct(state, originals),
+        reconstruct(config.model, state.params, originals),
         workdir / "reconstructions.png",
         title=f"{dataset.name}: test images and their reconstructions "
         f"(test MSE {history[-1]['test_mse']:.4f})",
