@@ -1,16 +1,23 @@
-"""jaxconv.shapes against PyTorch's own arithmetic on random configurations."""
+"""jaxconv.shapes against PyTorch's own arithmetic on random configurations.
+
+Each test draws its configurations from its own seeded stream, in chunks; by default
+the first ``*_PER_CHUNK`` of each chunk's stream, ``JAXCONV_PARITY=full`` all of them.
+"""
 
 import random
 import warnings
 
 import pytest
-from torch_reference import torch_output_shape, torch_output_size_shape
+from conftest import parity_count
 
 from jaxconv import shapes
+from jaxconv.torch_reference import torch_output_shape, torch_output_size_shape
 
 pytestmark = pytest.mark.parity
 
-NUM_CONFIGS = 10_000
+PER_CHUNK = parity_count(1000, 250)  # x 10 chunks: 10,000 configs in the full set
+INVERSE_PER_CHUNK = parity_count(1000, 250)  # x 4 chunks
+OUTPUT_SIZE_PER_CHUNK = parity_count(1000, 500)  # x 2 chunks
 
 
 def _int_or_tuple(rng: random.Random, ndim: int, low: int, high: int):
@@ -44,7 +51,7 @@ def _ours(fn, *args, **kwargs):
 @pytest.mark.parametrize("chunk", range(10))
 def test_conv_output_shape_matches_torch(chunk):
     rng = random.Random(chunk)
-    for _ in range(NUM_CONFIGS // 10):
+    for _ in range(PER_CHUNK):
         input_shape, kernel, kwargs = _random_config(rng)
         if rng.random() < 0.15:
             kwargs["padding"] = rng.choice(["same", "valid"])
@@ -58,7 +65,7 @@ def test_conv_output_shape_matches_torch(chunk):
 @pytest.mark.parametrize("chunk", range(10))
 def test_conv_transpose_output_shape_matches_torch(chunk):
     rng = random.Random(100 + chunk)
-    for _ in range(NUM_CONFIGS // 10):
+    for _ in range(PER_CHUNK):
         input_shape, kernel, kwargs = _random_config(rng)
         kwargs["output_padding"] = _int_or_tuple(
             rng, len(input_shape), -1 if rng.random() < 0.02 else 0, 3
@@ -74,7 +81,7 @@ def test_conv_transpose_output_shape_matches_torch(chunk):
 def test_output_padding_for_inverts_torch_conv_shape(chunk):
     rng = random.Random(200 + chunk)
     checked = 0
-    for _ in range(1000):
+    for _ in range(INVERSE_PER_CHUNK):
         input_shape, kernel, kwargs = _random_config(rng)
         op = _ours(shapes.output_padding_for, input_shape, kernel, **kwargs)
         conv_out = torch_output_shape(False, input_shape, kernel, **kwargs)
@@ -84,7 +91,7 @@ def test_output_padding_for_inverts_torch_conv_shape(chunk):
         back = torch_output_shape(True, conv_out, kernel, output_padding=op, **kwargs)
         assert back == input_shape, (input_shape, kernel, kwargs, op)
         checked += 1
-    assert checked > 300
+    assert checked > 0.3 * INVERSE_PER_CHUNK
 
 
 def _smallest_transpose_output(input_shape, kernel, kwargs) -> list[int]:
@@ -105,7 +112,7 @@ def test_output_size_rule_matches_torch(chunk):
     """``forward(x, output_size)``: sizes from 2 below to 5 above torch's smallest, spatial
     or whole (torch's whole shape is channels-first, ours channels-last)."""
     rng = random.Random(300 + chunk)
-    for _ in range(1000):
+    for _ in range(OUTPUT_SIZE_PER_CHUNK):
         input_shape, kernel, kwargs = _random_config(rng)
         smallest = _smallest_transpose_output(input_shape, kernel, kwargs)
         spatial = tuple(rng.randint(m - 2, m + 5) for m in smallest)
