@@ -190,8 +190,7 @@ SUITE = [
                  "batch 256"),
 ]
 # fmt: on
-# --quick: one 1-D, one grouped, one 3-D and one of the lecture's, at batch 1 (not a
-# depthwise one: jaxconv builds one program per group, 64 of them, which compile ~50 s)
+# --quick: one 1-D, one grouped, one 3-D and one of the lecture's, at batch 1
 QUICK_SUITE = (
     "HiFi-GAN V1 up 4 (x2)",
     "StyleGAN2 modconv up g=4",
