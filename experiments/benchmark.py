@@ -88,14 +88,10 @@ def positive(kind: type[int] | type[float]) -> Callable[[str], float]:
     return parse
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run, not a measurement")
-    parser.add_argument("--out", default="benchmark.json", help="where to write the JSON table")
-    parser.add_argument("--profile", action="store_true", help="add per-XLA-op profiles")
-    parser.add_argument(
-        "--parts", type=parse_parts, default=PARTS, help="a subset of ops,suite,train (all)"
-    )
+def add_timing_arguments(parser: argparse.ArgumentParser, rounds_per: str) -> None:
+    """``--threads``, ``--rounds`` (per ``rounds_per``) and ``--min-round-s``; the last two
+    None unless given (the caller's defaults: ``ROUNDS`` and ``timing.MIN_ROUND_S``, or
+    the ``QUICK_`` ones)."""
     parser.add_argument(
         "--threads",
         type=positive(int),
@@ -106,7 +102,7 @@ def parse_args() -> argparse.Namespace:
         "--rounds",
         type=positive(int),
         default=None,
-        help=f"rounds per group of contenders (default: {ROUNDS}; --quick: {QUICK_ROUNDS})",
+        help=f"rounds per {rounds_per} (default: {ROUNDS}; --quick: {QUICK_ROUNDS})",
     )
     parser.add_argument(
         "--min-round-s",
@@ -115,6 +111,17 @@ def parse_args() -> argparse.Namespace:
         help=f"a round's length at least, seconds (default: {timing.MIN_ROUND_S}; --quick: "
         f"{QUICK_MIN_ROUND_S})",
     )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run, not a measurement")
+    parser.add_argument("--out", default="benchmark.json", help="where to write the JSON table")
+    parser.add_argument("--profile", action="store_true", help="add per-XLA-op profiles")
+    parser.add_argument(
+        "--parts", type=parse_parts, default=PARTS, help="a subset of ops,suite,train (all)"
+    )
+    add_timing_arguments(parser, "group of contenders")
     parser.add_argument(
         "--expected-peak",
         type=positive(float),
