@@ -93,7 +93,7 @@ def _unet(spatial_dims: int, norm: str, quick: bool) -> Network:
     from jaxconv.ports.monai_unet import UNet
 
     channels = QUICK_UNET_CHANNELS if quick else UNET_CHANNELS
-    side = (16 if quick else 128) if spatial_dims == 2 else (16 if quick else 64)
+    side = 16 if quick else {2: 128, 3: 64}[spatial_dims]
     settings = dict(
         spatial_dims=spatial_dims, in_channels=1, out_channels=2, channels=channels,
         strides=UNET_STRIDES, num_res_units=2, norm=norm,
@@ -123,7 +123,7 @@ def _basic_unet(quick: bool) -> Network:
     )
 
 
-def torch_dcgan_generator(nz: int, ngf: int, nc: int, image_size: int) -> Any:
+def _torch_dcgan_generator(nz: int, ngf: int, nc: int, image_size: int) -> Any:
     """PyTorch's DCGAN example generator (``main``: ConvTranspose2d, BatchNorm2d, ReLU
     per layer, Tanh) for a power-of-two ``image_size``; the example's is 64."""
     from torch import nn
@@ -143,7 +143,7 @@ def torch_dcgan_generator(nz: int, ngf: int, nc: int, image_size: int) -> Any:
     return nn.Sequential(OrderedDict(main=nn.Sequential(*layers)))
 
 
-def torch_dcgan_discriminator(ndf: int, nc: int, image_size: int) -> Any:
+def _torch_dcgan_discriminator(ndf: int, nc: int, image_size: int) -> Any:
     """PyTorch's DCGAN example discriminator (``main``: Conv2d, BatchNorm2d but on the
     first, LeakyReLU 0.2), its last 4x4 conv replaced by Flatten -> Linear -> Sigmoid
     (as :class:`jaxconv.ports.dcgan.Discriminator`); one probability per image."""
@@ -172,13 +172,13 @@ def _dcgan(part: str, quick: bool) -> Network:
         return Network(
             f"DCGAN generator (PyTorch's example), nz {s['nz']}, ngf {s['ngf']} -> "
             f"{size}x{size}x{s['nc']}",
-            lambda: torch_dcgan_generator(s["nz"], s["ngf"], s["nc"], size),
+            lambda: _torch_dcgan_generator(s["nz"], s["ngf"], s["nc"], size),
             lambda rngs: dcgan.Generator(s["nz"], s["ngf"], s["nc"], size, rngs=rngs),
             (s["batch"], s["nz"], 1, 1),
         )
     return Network(
         f"DCGAN discriminator (PyTorch's example, Flatten -> Linear head), ndf {s['ndf']}",
-        lambda: torch_dcgan_discriminator(s["ndf"], s["nc"], size),
+        lambda: _torch_dcgan_discriminator(s["ndf"], s["nc"], size),
         lambda rngs: dcgan.Discriminator(s["ndf"], s["nc"], size, rngs=rngs),
         (s["batch"], s["nc"], size, size),
     )
@@ -388,10 +388,10 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     start = time.perf_counter()
     load_start, cpu_start = os.getloadavg(), machine.cpu_seconds()
-    results = [
-        measure(name, NETWORKS[name](args.quick), args.rounds, args.min_round_s)
-        for name in args.networks
-    ]
+    results = []
+    for name in args.networks:
+        print(f"measuring {name} ...", file=sys.stderr, flush=True)  # minutes at full size
+        results.append(measure(name, NETWORKS[name](args.quick), args.rounds, args.min_round_s))
     seconds = time.perf_counter() - start
     threads = {"torch": torch.get_num_threads(), "xla_intra_op": machine.xla_intra_op_threads()}
     print(
