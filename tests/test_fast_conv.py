@@ -5,6 +5,8 @@ the CPU only) and compares float32 results computed with float32 products (conft
 First-order parity with PyTorch, for every implementation, is in test_parity_torch.py.
 """
 
+import functools
+
 import jax
 import jax.extend
 import jax.numpy as jnp
@@ -15,6 +17,9 @@ from jaxconv import fast_conv, ops
 from jaxconv import nn as jnn
 
 KEY = jax.random.key(0)
+# The numbers, not the speed, are tested: XLA's HLO passes run as in production, only
+# LLVM's code generation is left unoptimised (about half of a small program's compile).
+QUICK = {"xla_backend_optimization_level": 0}
 
 TRANSPOSED = dict(
     features=4, kernel_size=(3, 2), stride=(2, 3), padding=(1, 0), output_padding=(1, 2),
@@ -32,6 +37,11 @@ def _layers(cls, **kwargs):
     return {impl: cls(impl=impl, **kwargs) for impl in ("reference", "fast")}
 
 
+def _normal(shape, seed=0, dtype=jnp.float32):
+    """Standard normal values drawn by NumPy: an eager ``jax.random`` draw compiles."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
 def _params(layer, x):
     """Random parameters of ``layer``'s shapes (cheaper than compiling ``init``)."""
     shapes = jax.eval_shape(layer.init, KEY, x)["params"]
@@ -47,14 +57,17 @@ def _close(a, b, rtol=1e-5):
 
 
 def _fast_agrees(compute, layers, *args, rtol=1e-5):
-    """``compute(layer, *args)`` for every implementation, in one jit: fast == reference."""
-    results = jax.jit(lambda *a: {impl: compute(layer, *a) for impl, layer in layers.items()})(
-        *args
-    )
+    """``compute(layer, *args)`` for every implementation, in one jit: fast == reference.
+    Returns the results by implementation."""
+    results = jax.jit(
+        lambda *a: {impl: compute(layer, *a) for impl, layer in layers.items()},
+        compiler_options=QUICK,
+    )(*args)
     for got, expected in zip(
         jax.tree.leaves(results["fast"]), jax.tree.leaves(results["reference"])
     ):
         _close(got, expected, rtol)
+    return results
 
 
 def _forward_and_vjp(layer, params, x):
@@ -107,7 +120,7 @@ def _convs(f, *args):
 def test_fast_training_convolves_no_dilated_input(cls, kwargs):
     """The reference's transposed conv, or a strided conv's input gradient, dilates
     the input with zeros (``lhs_dilation``); the fast path never does."""
-    x = jax.random.normal(KEY, (2, 7, 8, 6))
+    x = _normal((2, 7, 8, 6))
     used = {}
     for impl, layer in _layers(cls, **kwargs).items():
         params = jax.eval_shape(layer.init, KEY, x)
@@ -128,7 +141,7 @@ def _loss(layer, params, x):
 def test_second_derivatives_agree(cls, kwargs):
     """Grad of grad (in the parameters and the input) and ``jax.hessian`` (forward over
     reverse) in the kernel."""
-    x = jax.random.normal(KEY, (2, 5, 6, 6))
+    x = _normal((2, 5, 6, 6))
     layers = _layers(cls, **kwargs)
 
     def derivatives(layer, params, x):
@@ -146,8 +159,8 @@ def test_second_derivatives_agree(cls, kwargs):
 @BOTH_LAYERS
 def test_forward_mode_agrees(cls, kwargs):
     """``jax.jvp`` in the parameters and the input, and ``jax.jacfwd``."""
-    x = jax.random.normal(KEY, (2, 5, 6, 6))
-    dx = jax.random.normal(jax.random.key(1), x.shape)
+    x = _normal((2, 5, 6, 6))
+    dx = _normal(x.shape, seed=1)
     layers = _layers(cls, **kwargs)
 
     def forward_mode(layer, params, x, dx):
@@ -178,7 +191,7 @@ def test_forward_mode_agrees(cls, kwargs):
     ],
 )  # fmt: skip
 def test_one_window_paths_agree_with_the_reference(cls, shape, kwargs):
-    x = jax.random.normal(KEY, shape)
+    x = _normal(shape)
     layers = _layers(cls, **kwargs)
     _fast_agrees(_forward_and_vjp, layers, _params(layers["reference"], x), x)
 
@@ -203,16 +216,14 @@ GROUPED = [
 
 @pytest.mark.parametrize("cls, shape, kwargs", GROUPED)
 def test_grouped_and_depthwise_layers_agree_with_the_reference(cls, shape, kwargs):
-    """Outputs and vjps, fast against the reference (compiled with LLVM's code generation
-    unoptimised, as test_parity_torch does: half the compile time)."""
-    x = jax.random.normal(KEY, shape)
+    """Outputs and vjps, fast against the reference."""
+    x = _normal(shape)
     layers = _layers(cls, **kwargs)
 
     def both(params, x):
         return {impl: _forward_and_vjp(layer, params, x) for impl, layer in layers.items()}
 
-    options = {"xla_backend_optimization_level": 0}
-    results = jax.jit(both, compiler_options=options)(_params(layers["reference"], x), x)
+    results = jax.jit(both, compiler_options=QUICK)(_params(layers["reference"], x), x)
     for got, expected in zip(*(jax.tree.leaves(results[impl]) for impl in ("fast", "reference"))):
         _close(got, expected)
 
@@ -261,7 +272,7 @@ def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
 
     The pads are exact (C reads all of x), as :func:`jaxconv.fast_conv.conv` makes them.
     """
-    x = jax.random.normal(KEY, x_shape)
+    x = _normal(x_shape)
     dimensions = fast_conv._dimension_numbers(len(x_shape) - 2)
 
     def xla_conv(kernel):
@@ -272,17 +283,25 @@ def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
         )  # fmt: skip
 
     kernel = jax.ShapeDtypeStruct(kernel_shape, x.dtype)
-    y = jax.random.normal(jax.random.key(1), jax.eval_shape(xla_conv, kernel).shape)
-    expected = jax.linear_transpose(xla_conv, kernel)(y)[0]
-    for grad in (fast_conv._kernel_grad_direct, fast_conv._kernel_grad_by_phases):
-        _close(jax.jit(grad, static_argnums=(2, 3))(x, y, kernel_shape, geometry), expected)
+    y = _normal(jax.eval_shape(xla_conv, kernel).shape, seed=1)
+
+    @functools.partial(jax.jit, compiler_options=QUICK)  # XLA's and both of ours: one compile
+    def gradients(x, y):
+        expected = jax.linear_transpose(xla_conv, kernel)(y)[0]
+        ours = [grad(x, y, kernel_shape, geometry) for grad in (
+            fast_conv._kernel_grad_direct, fast_conv._kernel_grad_by_phases)]  # fmt: skip
+        return expected, ours
+
+    expected, ours = gradients(x, y)
+    for got in ours:
+        _close(got, expected)
 
 
 @BOTH_LAYERS
 def test_without_im2col_xla_convs_agree(cls, kwargs, monkeypatch):
     """Past ``IM2COL_MAX_BYTES`` (here 0) every conv and kernel gradient is XLA's."""
     monkeypatch.setattr(fast_conv, "IM2COL_MAX_BYTES", 0)
-    x = jax.random.normal(KEY, (2, 5, 6, 6))
+    x = _normal((2, 5, 6, 6))
     layers = _layers(cls, **kwargs)
     _fast_agrees(_forward_and_vjp, layers, _params(layers["reference"], x), x)
 
@@ -291,7 +310,7 @@ def test_without_im2col_xla_convs_agree(cls, kwargs, monkeypatch):
 def test_batch_chunks_give_the_whole_batch_result(summed, monkeypatch):
     """Chunks of 2 (a divisor would be 1: too small) and a rest of 1, from a batch of 5."""
     monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 2 * 3 * 4)  # 2 images of 3 float32 columns
-    x = jax.random.normal(KEY, (5, 3))
+    x = _normal((5, 3))
     weights = jnp.arange(6.0).reshape(3, 2)
 
     def fn(x):
@@ -306,7 +325,7 @@ def test_batch_chunks_give_the_whole_batch_result(summed, monkeypatch):
 def test_by_batch_chunks_first_and_second_derivatives_agree(cls, kwargs, monkeypatch):
     """One image per chunk (``CHUNK_BYTES`` 1): outputs, vjp and the kernel's Hessian."""
     monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 1)
-    x = jax.random.normal(KEY, (3, 5, 6, 6))
+    x = _normal((3, 5, 6, 6))
     layers = _layers(cls, **kwargs)
 
     def derivatives(layer, params, x):
@@ -321,20 +340,26 @@ def test_by_batch_chunks_first_and_second_derivatives_agree(cls, kwargs, monkeyp
 @BOTH_LAYERS
 def test_a_bfloat16_input_computes_in_the_reference_dtype(cls, kwargs):
     """bfloat16 input, float32 parameters: both compute in float32, as Flax promotes."""
-    x = jax.random.normal(KEY, (2, 5, 6, 6)).astype(jnp.bfloat16)
+    x = _normal((2, 5, 6, 6), dtype=jnp.bfloat16)
     layers = _layers(cls, **kwargs)
     params = _params(layers["reference"], x)
-    outputs = {impl: layer.apply({"params": params}, x) for impl, layer in layers.items()}
+    outputs = jax.jit(
+        lambda p, x: {impl: layer.apply({"params": p}, x) for impl, layer in layers.items()},
+        compiler_options=QUICK,
+    )(params, x)
     assert outputs["fast"].dtype == outputs["reference"].dtype == jnp.float32
     _close(outputs["fast"], outputs["reference"])
 
 
 @BOTH_LAYERS
 def test_bfloat16_throughout_stays_bfloat16(cls, kwargs):
-    x = jax.random.normal(KEY, (2, 5, 6, 6)).astype(jnp.bfloat16)
+    x = _normal((2, 5, 6, 6), dtype=jnp.bfloat16)
     layers = _layers(cls, **kwargs)
     params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), _params(layers["reference"], x))
-    results = {impl: _forward_and_vjp(layer, params, x) for impl, layer in layers.items()}
+    results = jax.jit(
+        lambda p, x: {impl: _forward_and_vjp(layer, p, x) for impl, layer in layers.items()},
+        compiler_options=QUICK,
+    )(params, x)
     for got, expected in zip(*(jax.tree.leaves(results[impl]) for impl in ("fast", "reference"))):
         assert got.dtype == expected.dtype == jnp.bfloat16
         _close(got.astype(jnp.float32), expected.astype(jnp.float32), rtol=3e-2)
@@ -346,6 +371,5 @@ def test_an_empty_batch_agrees(cls, kwargs):
     x = jnp.zeros((0, 5, 6, 6))
     layers = _layers(cls, **kwargs)
     params = _params(layers["reference"], x)
-    _fast_agrees(_forward_and_vjp, layers, params, x)
-    grads = _forward_and_vjp(layers["fast"], params, x)[1][0]
+    grads = _fast_agrees(_forward_and_vjp, layers, params, x)["fast"][1][0]
     assert not any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads))
