@@ -1,15 +1,23 @@
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 
-from jaxconv.input_pipeline import Dataset, load_dataset
+from jaxconv import input_pipeline
+from jaxconv.input_pipeline import EMBEDDED_DATASET, Dataset, load_dataset
 
 # Parity with PyTorch's float32 needs float32 products: on GPUs XLA's default is TF32.
 jax.config.update("jax_default_matmul_precision", "highest")
+# What this process's XLA started with: an in-process ``jaxconv`` command sets XLA_FLAGS
+# later (for the processes it would start), which this process's XLA never reads.
+XLA_FLAGS_AT_START = os.environ.get("XLA_FLAGS", "")
 # One torch thread per test process (pytest-xdist runs one per core): more OpenMP threads
 # than cores stall on each other; a 5-pixel conv1d took 24 ms with 2 threads on the busy
 # 2-core machine, 0.01 ms with 1.
@@ -58,3 +66,98 @@ def small_digits(mnist5k) -> Dataset:
         mnist5k.test_images[:64],
         mnist5k.test_labels[:64],
     )
+
+
+@pytest.fixture
+def same_numerics_env() -> dict[str, str]:
+    """The environment for a Python subprocess whose JAX computes bitwise what this test
+    process computes: the matmul precision above and the XLA flags this process started
+    with (set, even empty, ``jaxconv``'s commands leave them as they are)."""
+    return {
+        **os.environ,
+        "XLA_FLAGS": XLA_FLAGS_AT_START,
+        "JAX_DEFAULT_MATMUL_PRECISION": "highest",
+    }
+
+
+@pytest.fixture(scope="session")
+def run_digits(mnist5k) -> Dataset:
+    """512 train images (8 steps of the default batch of 64) and the whole test split (500)."""
+    return Dataset(
+        "mnist5k",
+        mnist5k.train_images[:512],
+        mnist5k.train_labels[:512],
+        mnist5k.test_images,
+        mnist5k.test_labels,
+    )
+
+
+FINISHED_RUN_EPOCHS = 3
+
+
+@pytest.fixture(scope="session")
+def finished_run(run_digits, tmp_path_factory) -> Path:
+    """A finished run of the default autoencoder settings (``TrainConfig()``) on
+    ``run_digits``: ``FINISHED_RUN_EPOCHS`` epochs, checkpoints 1 to 3, run.json and
+    metrics.jsonl. Trained once per test session: under pytest-xdist the first worker to ask
+    trains it while the others wait on the lock. Tests read it; to write, copy it
+    (``run_copy``)."""
+    from jaxconv.train import TrainConfig, train_and_evaluate
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the directory all workers of this run share
+        root = root.parent
+    workdir, params = root / "finished_run", root / "finished_run_params.npz"
+    with FileLock(f"{workdir}.lock"):
+        if not params.exists():  # written last: the run is finished
+            shutil.rmtree(workdir, ignore_errors=True)  # a worker that failed half-way
+            state, _ = train_and_evaluate(
+                run_digits, workdir, TrainConfig(), FINISHED_RUN_EPOCHS, progress=False
+            )
+            leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(state.params)]
+            np.savez(params, *leaves)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def finished_run_params(finished_run) -> list[np.ndarray]:
+    """The parameters that training ``finished_run`` returned (``jax.tree.leaves`` order)."""
+    with np.load(finished_run.parent / "finished_run_params.npz") as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+
+@pytest.fixture(scope="session")
+def run_digits_file(run_digits, tmp_path_factory) -> Path:
+    """``run_digits`` as arrays ``train_x``, ``train_y``, ``test_x``, ``test_y`` in an .npz
+    file, for subprocesses (faster than parsing the embedded CSV file)."""
+    path = tmp_path_factory.mktemp("run_digits") / "digits.npz"
+    np.savez(
+        path,
+        train_x=run_digits.train_images,
+        train_y=run_digits.train_labels,
+        test_x=run_digits.test_images,
+        test_y=run_digits.test_labels,
+    )
+    return path
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path) -> Path:
+    """A private copy of ``finished_run``, for a test that writes in it."""
+    return Path(shutil.copytree(finished_run, tmp_path / "run"))
+
+
+@pytest.fixture
+def cli_dataset(monkeypatch) -> Callable[[Dataset], None]:
+    """``use(dataset)``: from then on the in-process ``jaxconv`` commands (``cli.main``) get
+    ``dataset`` for ``--dataset mnist5k`` instead of parsing the embedded CSV file again
+    (about a second each time); other datasets load as usual."""
+    real = input_pipeline.load_dataset
+
+    def use(dataset: Dataset) -> None:
+        def load(name: str = EMBEDDED_DATASET, *, data_dir: str | None = None) -> Dataset:
+            return dataset if name == EMBEDDED_DATASET else real(name, data_dir=data_dir)
+
+        monkeypatch.setattr(input_pipeline, "load_dataset", load)
+
+    return use

@@ -108,13 +108,20 @@ FLAG_CASES = [
 ]
 
 
-def _snapshot(directory: Path) -> dict[str, str]:
-    """Every file under ``directory`` and a hash of its bytes."""
-    return {
-        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(directory.rglob("*"))
-        if path.is_file()
-    }
+def _snapshot(directory: Path) -> dict[str, object]:
+    """Every file under ``directory``: a hash of the bytes of a small one (run.json, metrics,
+    metadata), the size and modification time of a big one (checkpoint data, never rewritten)."""
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            small = stat.st_size < 65536
+            files[str(path.relative_to(directory))] = (
+                hashlib.sha256(path.read_bytes()).hexdigest()
+                if small
+                else (stat.st_size, stat.st_mtime_ns)
+            )
+    return files
 
 
 def _fails(argv: list[str], status: int, fragment: str, capsys) -> str:
@@ -130,24 +137,20 @@ def _fails(argv: list[str], status: int, fragment: str, capsys) -> str:
     return line
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A finished two-epoch run of ``jaxconv train``: checkpoints 1 and 2, run.json, metrics."""
-    workdir = tmp_path_factory.mktemp("run") / "run"
-    cli.main(["train", "--epochs", "2", "--batch-size", "500", "--workdir", str(workdir)])
-    return workdir
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path) -> Path:
-    return Path(shutil.copytree(trained, tmp_path / "run"))
+@pytest.fixture(autouse=True)
+def digits_in_the_cli(cli_dataset, run_digits) -> None:
+    """``--dataset mnist5k`` is ``finished_run``'s data: the CSV file is not parsed each time."""
+    cli_dataset(run_digits)
 
 
 @pytest.mark.parametrize("command, flags, status, fragment", FLAG_CASES)
-def test_a_bad_flag_is_one_usage_line_naming_it(command, flags, status, fragment, run_copy, capsys):
-    before = _snapshot(run_copy)
-    _fails([command, "--workdir", str(run_copy), *flags], status, fragment, capsys)
-    assert _snapshot(run_copy) == before
+def test_a_bad_flag_is_one_usage_line_naming_it(
+    command, flags, status, fragment, finished_run, capsys
+):
+    # refused before anything is written: the shared run itself, not a copy
+    before = _snapshot(finished_run)
+    _fails([command, "--workdir", str(finished_run), *flags], status, fragment, capsys)
+    assert _snapshot(finished_run) == before
 
 
 def test_no_command_is_a_usage_error(capsys):
@@ -227,8 +230,9 @@ DAMAGED_CHECKPOINTS = {"truncated": _truncated, "emptied": _emptied}
 READERS = ("train", "interpolate", "embed", "generate")
 
 
-def _argv(command: str, workdir: Path) -> list[str]:
-    extra = ["--epochs", "3", "--batch-size", "500"] if command == "train" else []
+def _argv(command: str, workdir: Path, epochs: int = 4) -> list[str]:
+    """``command`` on ``workdir``; train with finished_run's settings, to ``epochs``."""
+    extra = ["--epochs", str(epochs)] if command == "train" else []
     return [command, *extra, "--workdir", str(workdir)]
 
 
@@ -296,26 +300,26 @@ def test_another_models_workdir_is_refused(run_copy, capsys):
 
 def test_epochs_below_the_checkpoint_are_refused(run_copy, capsys):
     before = _snapshot(run_copy)
-    argv = ["train", "--epochs", "1", "--batch-size", "500", "--workdir", str(run_copy)]
-    _fails(argv, 2, "--epochs 2 or more", capsys)
+    _fails(_argv("train", run_copy, epochs=2), 2, "--epochs 3 or more", capsys)
     assert _snapshot(run_copy) == before
 
 
 def test_a_deleted_latest_checkpoint_resumes_from_the_one_before(run_copy, capsys):
-    shutil.rmtree(run_copy / "checkpoints" / "2")
-    cli.main(_argv("train", run_copy))
+    shutil.rmtree(run_copy / "checkpoints" / "3")
+    cli.main(_argv("train", run_copy, epochs=3))
+    assert "resumed from epoch 2" in capsys.readouterr().out
     metrics = (run_copy / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in metrics] == [1, 2, 3]
 
 
 def test_leftover_temporary_checkpoint_directories_are_ignored_and_cleaned(run_copy, capsys):
-    leftover = run_copy / "checkpoints" / "3.orbax-checkpoint-tmp-1234567"
+    leftover = run_copy / "checkpoints" / "4.orbax-checkpoint-tmp-1234567"
     leftover.mkdir()
     (leftover / "partial").write_bytes(b"\0" * 100)
-    cli.main(["embed", "--workdir", str(run_copy)])  # reads epoch 2
-    cli.main(_argv("train", run_copy))  # saves epoch 3 for real
+    cli.main(["embed", "--workdir", str(run_copy)])  # reads epoch 3
+    cli.main(_argv("train", run_copy, epochs=4))  # saves epoch 4 for real
     assert not leftover.exists()
-    assert _latest_checkpoint(run_copy).name == "3"
+    assert _latest_checkpoint(run_copy).name == "4"
 
 
 # -- data ------------------------------------------------------------------------------------

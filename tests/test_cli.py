@@ -19,8 +19,9 @@ def _train(*flags: str) -> None:
     cli.main(["train", *flags])
 
 
-def test_train_writes_metrics_checkpoints_and_figures(tmp_path, capsys):
-    _train("--epochs", "1", "--batch-size", "256", "--workdir", str(tmp_path))
+def test_train_writes_metrics_checkpoints_and_figures(run_digits, cli_dataset, tmp_path, capsys):
+    cli_dataset(run_digits)  # 512 of mnist5k's train images: 8 steps
+    _train("--epochs", "1", "--workdir", str(tmp_path))
     out = capsys.readouterr().out
     (metrics,) = [
         json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -44,7 +45,8 @@ def test_train_writes_metrics_checkpoints_and_figures(tmp_path, capsys):
         (["--dataset", "no_such_dataset"], "Unknown dataset"),
     ],
 )
-def test_bad_flags_get_argparse_errors(flags, message, capsys, tmp_path):
+def test_bad_flags_get_argparse_errors(flags, message, mnist5k, cli_dataset, capsys, tmp_path):
+    cli_dataset(mnist5k)  # its 4,500 train images bound --batch-size
     with pytest.raises(SystemExit) as exit_info:
         _train(*flags, "--workdir", str(tmp_path))
     assert exit_info.value.code == 2

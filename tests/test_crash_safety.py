@@ -14,43 +14,57 @@ import jax
 import numpy as np
 import pytest
 
-from jaxconv import input_pipeline
+from jaxconv import cli, input_pipeline
 from jaxconv.input_pipeline import Dataset
+from jaxconv.rundir import RunDir
 from jaxconv.train import Diverged, TrainConfig, load_run, train_and_evaluate
 
-# 9 steps an epoch: every epoch ends in an evaluation and a checkpoint within about a second
-FLAGS = ["--epochs", "5", "--batch-size", "500"]
+# The kills below are 3 to 5 and each moves the run on by an epoch at most (a loaded machine
+# can make a kill come late): the run stays far from its last checkpoint.
+EPOCHS = 10
+SAVE_TRIES = 3
 
+# `jaxconv train` (cli.main in a fresh interpreter) on the digits saved in argv[1]: 8 steps
+# an epoch, so that an epoch and its checkpoint take well under a second.
+TRAIN = """
+import sys
+import numpy as np
+from jaxconv import cli, input_pipeline
+from jaxconv.input_pipeline import Dataset
 
-def _command(workdir: Path, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "jaxconv", "train", *FLAGS, *flags, "--workdir", str(workdir)]
+with np.load(sys.argv[1]) as d:
+    digits = Dataset("mnist5k", *(d[k] for k in ("train_x", "train_y", "test_x", "test_y")))
+input_pipeline.load_dataset = lambda *args, **kwargs: digits
+cli.main(sys.argv[2:])
+"""
 
 
 class Run:
-    """``jaxconv train`` in a subprocess, its stdout lines collected as they come."""
+    """``jaxconv train --epochs EPOCHS`` in a subprocess, its stdout lines collected as they
+    come; its JAX computes what this process's does (``same_numerics_env``)."""
 
-    def __init__(self, workdir: Path) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def __init__(self, digits: Path, workdir: Path, env: dict[str, str]) -> None:
+        command = ["train", "--epochs", str(EPOCHS), "--workdir", str(workdir)]
         self.process = subprocess.Popen(
-            _command(workdir),
+            [sys.executable, "-c", TRAIN, str(digits), *command],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env={**env, "PYTHONUNBUFFERED": "1"},
         )
-        self.lines: list[str] = []
         self.compiled = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         for line in self.process.stdout:
-            self.lines.append(line)
             if "compiled the train step" in line:
                 self.compiled.set()
         self.compiled.set()  # ended before compiling (e.g. nothing left to train)
 
-    def wait_until_training(self) -> None:
+    def wait_until_training(self) -> float:
+        """The time at which the train step was compiled."""
         assert self.compiled.wait(120), "jaxconv train did not start training in 120 s"
+        return time.monotonic()
 
     def finish(self) -> tuple[int, str]:
         _, err = self.process.communicate(timeout=300)
@@ -70,15 +84,11 @@ def _leaves(workdir: Path) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> tuple[Path, float]:
-    """A run that nothing stops, and how long it trained (seconds after compiling)."""
+def uninterrupted(run_digits, tmp_path_factory) -> Path:
+    """The run that nothing stops, trained in this process: the subprocesses compute the same."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    run = Run(workdir)
-    run.wait_until_training()
-    start = time.monotonic()
-    code, err = run.finish()
-    assert code == 0, err
-    return workdir, time.monotonic() - start
+    train_and_evaluate(run_digits, workdir, TrainConfig(), EPOCHS, progress=False)
+    return workdir
 
 
 def _checkpoints(workdir: Path) -> tuple[list[int], list[str]]:
@@ -94,75 +104,99 @@ def _wait_for(condition, what: str, run: Run) -> None:
         time.sleep(0.002)
 
 
-# Where each kill lands, after the run has a first checkpoint: a random moment within half
-# an epoch (mid-step or mid-evaluation: no new checkpoint), as an orbax save starts its
-# folder (inside the save), or as a checkpoint has just appeared (before metrics.jsonl
-# follows). Only the last kind moves the run on, three times: it stays before epoch 5.
-KILL_AT = ["random", "save", "saved", "random", "save", "saved", "random", "save", "saved"]
+def _kill(run: Run, workdir: Path) -> list[str]:
+    """SIGKILLs ``run``; checks that it was still running and that what it left is a run
+    that resumes. Returns its unfinished saves."""
+    run.process.send_signal(signal.SIGKILL)
+    run.finish()
+    assert run.process.returncode == -signal.SIGKILL  # it was still running
+    finished, unfinished = _checkpoints(workdir)
+    assert finished and finished[-1] < EPOCHS  # before the last checkpoint
+    epochs = _epochs_in(workdir)  # always whole lines of consecutive epochs
+    assert epochs == list(range(1, len(epochs) + 1))
+    return unfinished
 
 
-def test_sigkill_at_moments_mid_run_ends_as_an_uninterrupted_run(uninterrupted, tmp_path):
-    reference, training_seconds = uninterrupted
-    epoch_seconds = training_seconds / int(FLAGS[1])
-    rng = random.Random(0)
-    inside_a_save = 0
-    for moment in [*KILL_AT, "random"]:
-        run = Run(tmp_path)
+def test_sigkill_at_moments_mid_run_ends_as_an_uninterrupted_run(
+    uninterrupted, run_digits_file, same_numerics_env, tmp_path
+):
+    def start() -> Run:
+        return Run(run_digits_file, tmp_path, same_numerics_env)
+
+    # 1. as a checkpoint has just appeared (before metrics.jsonl follows)
+    run = start()
+    compiled = run.wait_until_training()
+    _wait_for(lambda: _checkpoints(tmp_path)[0], "its first checkpoint", run)
+    cycle = time.monotonic() - compiled  # an epoch, its evaluation and its checkpoint
+    _kill(run, tmp_path)
+
+    # 2. at a random moment early in the resumed epoch (mid-step: no new checkpoint)
+    run = start()
+    run.wait_until_training()
+    time.sleep(random.Random(0).uniform(0, cycle / 3))
+    _kill(run, tmp_path)
+
+    # 3. inside a save (orbax's unfinished folder is there); a kill can come just after
+    # the save finished, so up to SAVE_TRIES runs
+    for _ in range(SAVE_TRIES):
+        run = start()
         run.wait_until_training()
-        _wait_for(lambda: _checkpoints(tmp_path)[0], "its first checkpoint", run)
-        before = _checkpoints(tmp_path)[0]
-        if moment == "random":
-            time.sleep(rng.uniform(0, epoch_seconds / 2))
-        elif moment == "save":
-            _wait_for(lambda: _checkpoints(tmp_path)[1], "a save", run)
-        else:
-            _wait_for(lambda: _checkpoints(tmp_path)[0][-1] > before[-1], "a new checkpoint", run)
-        run.process.send_signal(signal.SIGKILL)
-        run.finish()
-        assert run.process.returncode == -signal.SIGKILL  # it was still running
-        finished, unfinished = _checkpoints(tmp_path)
-        assert finished[-1] < int(FLAGS[1])  # before the last checkpoint
-        inside_a_save += bool(unfinished)
-        epochs = _epochs_in(tmp_path)  # always whole lines of consecutive epochs
-        assert epochs == list(range(1, len(epochs) + 1))
-    assert inside_a_save >= 1
-    code, err = Run(tmp_path).finish()
-    assert code == 0, err
+        _wait_for(lambda: _checkpoints(tmp_path)[1], "a save", run)
+        if _kill(run, tmp_path):
+            break
+    else:
+        pytest.fail(f"none of {SAVE_TRIES} kills came inside a save")
 
+    code, err = start().finish()
+    assert code == 0, err
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    expected = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5]
+    expected = [
+        json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [m["epoch"] for m in metrics] == list(range(1, EPOCHS + 1))
     for key in ("train_mse", "test_mse"):
         assert [m[key] for m in metrics] == [m[key] for m in expected]
-    for a, b in zip(_leaves(tmp_path), _leaves(reference)):
+    for a, b in zip(_leaves(tmp_path), _leaves(uninterrupted)):
         np.testing.assert_array_equal(a, b)
 
 
-def test_ctrl_c_saves_the_last_finished_epoch_and_says_how_to_resume(uninterrupted, tmp_path):
-    run = Run(tmp_path)
-    run.wait_until_training()
-    while not any(line.startswith("epoch   1 ") for line in run.lines):
-        assert run.process.poll() is None, "the run ended before its first epoch"
-        time.sleep(0.05)
-    run.process.send_signal(signal.SIGINT)
-    code, err = run.finish()
-    assert code == 130
+def test_ctrl_c_saves_the_last_finished_epoch_and_says_how_to_resume(
+    finished_run, run_digits, cli_dataset, tmp_path, capsys, monkeypatch
+):
+    """A real SIGINT to this process once epoch 1 is written, as a Ctrl-C would send."""
+    # its handler runs in the main thread only; a test run elsewhere would be interrupted
+    assert threading.current_thread() is threading.main_thread()
+    cli_dataset(run_digits)  # finished_run's data and settings: the same run
+    write_metrics = RunDir.write_metrics
+
+    def ctrl_c_after_epoch_1(self, history: list[dict]) -> None:
+        write_metrics(self, history)
+        if len(history) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(RunDir, "write_metrics", ctrl_c_after_epoch_1)
+    argv = ["train", "--epochs", "3", "--workdir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 130
+    err = capsys.readouterr().err
     assert "Traceback" not in err
     (message,) = [line for line in err.splitlines() if "error" in line]
-    assert "interrupted" in message and "Resume with: jaxconv train" in message
+    assert "interrupted" in message and f"Resume with: jaxconv {' '.join(argv)}" in message
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved and _epochs_in(tmp_path) == list(range(1, saved[-1] + 1))
+    assert saved and saved[-1] < 3 and _epochs_in(tmp_path) == list(range(1, saved[-1] + 1))
 
-    code, err = Run(tmp_path).finish()  # the same command resumes
-    assert code == 0, err
-    for a, b in zip(_leaves(tmp_path), _leaves(uninterrupted[0])):
+    monkeypatch.setattr(RunDir, "write_metrics", write_metrics)
+    cli.main(argv)  # the same command resumes
+    assert _epochs_in(tmp_path) == [1, 2, 3]
+    for a, b in zip(_leaves(tmp_path), _leaves(finished_run)):
         np.testing.assert_array_equal(a, b)
 
 
 def test_a_nan_loss_stops_training_naming_epoch_and_step_and_keeps_the_last_good_epoch(
     small_digits, tmp_path
 ):
-    n, batch, steps = 250, 32, 7  # 26 images are left out of each epoch
+    n, batch, steps = 250, 64, 3  # 58 images are left out of each epoch
     first, second = (list(input_pipeline.epoch_permutation(n, 0, epoch)) for epoch in (1, 2))
     # an image that epoch 1 leaves out and epoch 2 trains on
     index = next(i for i in first[steps * batch :] if second.index(i) < steps * batch)
@@ -182,37 +216,22 @@ def _test_split(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return dataset.test_images, dataset.test_labels
 
 
-def test_a_huge_learning_rate_diverges_with_one_line_and_exit_status_1(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jaxconv",
-            "train",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "500",
-            "--learning-rate",
-            "1e6",
-            "--workdir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    (line,) = [line for line in result.stderr.splitlines() if "error" in line]
+def test_a_huge_learning_rate_diverges_with_one_line_and_exit_status_1(
+    run_digits, cli_dataset, tmp_path, capfd
+):
+    cli_dataset(run_digits)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--epochs", "2", "--learning-rate", "1e6", "--workdir", str(tmp_path)])
+    assert exit_info.value.code == 1
+    err = capfd.readouterr().err  # what the libraries print too, not only Python's sys.stderr
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error" in line]
     assert "diverged" in line and "--learning-rate" in line
     assert not any((tmp_path / "checkpoints").glob("[0-9]*"))
 
 
-def test_epochs_below_the_latest_checkpoint_are_refused(small_digits, tmp_path):
-    config = TrainConfig(batch_size=32)
-    train_and_evaluate(small_digits, tmp_path, config, 2, progress=False)
-    before = (tmp_path / "metrics.jsonl").read_text()
-    with pytest.raises(ValueError, match="checkpointed at epoch 2, after --epochs 1"):
-        train_and_evaluate(small_digits, tmp_path, config, 1, progress=False)
-    assert (tmp_path / "metrics.jsonl").read_text() == before
+def test_epochs_below_the_latest_checkpoint_are_refused(run_digits, run_copy):
+    before = (run_copy / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="checkpointed at epoch 3, after --epochs 2"):
+        train_and_evaluate(run_digits, run_copy, TrainConfig(), 2, progress=False)
+    assert (run_copy / "metrics.jsonl").read_text() == before

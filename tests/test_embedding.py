@@ -3,60 +3,32 @@
 import gc
 import importlib.util
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from filelock import FileLock
 from PIL import Image
 
 from jaxconv import cli, embedding, input_pipeline, plots
-from jaxconv.input_pipeline import Dataset
 from jaxconv.models import Autoencoder
 from jaxconv.models import reconstruct
 from jaxconv.rundir import RunDir
-from jaxconv.train import TrainConfig, TrainState, load_run, train_and_evaluate
+from jaxconv.train import TrainConfig, TrainState, load_run
 
-CONFIG = TrainConfig(batch_size=64)
-TRAIN_IMAGES = 1024  # one epoch of 16 steps: a briefly trained model, in seconds
+CONFIG = TrainConfig()  # finished_run's settings
 SWEEP = Path(__file__).parent.parent / "experiments" / "embedding_sweep.py"
 
 
-@pytest.fixture(scope="session")
-def trained_run(mnist5k, tmp_path_factory) -> Path:
-    """A run of the default model trained for one short epoch; trained once per test session.
-
-    Under pytest-xdist every worker asks for it: the first trains, the others wait on the lock
-    and find the finished run in the directory all workers share.
-    """
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent
-    workdir = root / "embedding_run"
-    with FileLock(f"{workdir}.lock"):
-        if not RunDir(workdir).metrics():
-            subset = Dataset(
-                "mnist5k",
-                mnist5k.train_images[:TRAIN_IMAGES],
-                mnist5k.train_labels[:TRAIN_IMAGES],
-                mnist5k.test_images,
-                mnist5k.test_labels,
-            )
-            train_and_evaluate(subset, workdir, CONFIG, 1, progress=False)
-    return workdir
+@pytest.fixture(scope="module")
+def loaded_run(finished_run) -> tuple[TrainConfig, TrainState]:
+    return load_run(finished_run)
 
 
-@pytest.fixture(scope="session")
-def loaded_run(trained_run) -> tuple[TrainConfig, TrainState]:
-    return load_run(trained_run)
-
-
-@pytest.fixture
-def run_copy(trained_run, tmp_path) -> Path:
-    """A private copy of the trained run, for a command to write its files into."""
-    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+@pytest.fixture(autouse=True)
+def mnist5k_in_the_cli(cli_dataset, mnist5k) -> None:
+    """The commands read the whole of mnist5k, without parsing its CSV file each time."""
+    cli_dataset(mnist5k)
 
 
 def _command(*argv: str, capsys) -> str:
@@ -237,7 +209,7 @@ def test_interpolate_by_labels_and_by_indices(run_copy, capsys, mnist5k):
 
 def test_embed_measures_knn_far_above_chance(run_copy, capsys):
     """A random-init encoder already scores ~0.85 here (random projections keep pixel
-    distances), so this checks the measurement, not what one short epoch learned."""
+    distances), so this checks the measurement, not what three short epochs learned."""
     out = _command("embed", "--workdir", str(run_copy), capsys=capsys)
     figure, numbers = run_copy / "embedding.png", run_copy / "embedding.json"
     assert str(figure) in out and str(numbers) in out
@@ -280,7 +252,7 @@ def _unfinished(tmp_path: Path, request) -> Path:
 
 
 def _incompatible(tmp_path: Path, request) -> Path:
-    workdir = Path(shutil.copytree(request.getfixturevalue("trained_run"), tmp_path / "other"))
+    workdir = Path(shutil.copytree(request.getfixturevalue("finished_run"), tmp_path / "other"))
     settings = json.loads((workdir / "run.json").read_text())
     settings["model"]["embedding_dim"] = 8
     (workdir / "run.json").write_text(json.dumps(settings))

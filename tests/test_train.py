@@ -1,7 +1,6 @@
 """jaxconv.train: the step, torch parity of training, devices, checkpoints and resume."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 import torch
+from conftest import FINISHED_RUN_EPOCHS
 
 from jaxconv import interop
 from jaxconv.models import Autoencoder, AutoencoderConfig, AutoencoderTask
@@ -26,7 +26,7 @@ from jaxconv.train import (
     train_step,
 )
 
-CONFIG = TrainConfig(batch_size=32)
+CONFIG = TrainConfig()  # finished_run's settings
 
 
 def test_train_step_lowers_the_loss(small_digits):
@@ -72,58 +72,65 @@ def _params(state: TrainState) -> list[np.ndarray]:
     return [np.asarray(leaf) for leaf in jax.tree.leaves(state.params)]
 
 
-def test_a_stopped_and_restarted_run_ends_bitwise_equal(small_digits, tmp_path, capsys):
-    straight, _ = train_and_evaluate(small_digits, tmp_path / "a", CONFIG, 3, progress=False)
-    train_and_evaluate(small_digits, tmp_path / "b", CONFIG, 1, progress=False)
+def _loaded_params(workdir) -> list[np.ndarray]:
+    return _params(load_run(workdir)[1])
+
+
+def test_a_stopped_and_restarted_run_ends_bitwise_equal(
+    run_digits, finished_run, tmp_path, capsys
+):
+    """Trained for 1 epoch, then restarted for 3: as ``finished_run``, 3 epochs straight."""
+    train_and_evaluate(run_digits, tmp_path, CONFIG, 1, progress=False)
     capsys.readouterr()
-    resumed, history = train_and_evaluate(small_digits, tmp_path / "b", CONFIG, 3)
+    resumed, history = train_and_evaluate(run_digits, tmp_path, CONFIG, FINISHED_RUN_EPOCHS)
     assert "resumed from epoch 1" in capsys.readouterr().out  # it says so
     assert [m["epoch"] for m in history] == [1, 2, 3]
-    for a, b in zip(_params(straight), _params(resumed)):
+    for a, b in zip(_params(resumed), _loaded_params(finished_run)):
         np.testing.assert_array_equal(a, b)
 
 
-def test_metrics_are_one_json_line_per_epoch(small_digits, tmp_path):
-    train_and_evaluate(small_digits, tmp_path, CONFIG, 2, progress=False)
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in lines] == [1, 2]
+def test_metrics_are_one_json_line_per_epoch(finished_run):
+    lines = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
     for m in lines:
         assert m.keys() >= {"epoch", "train_mse", "test_mse", "images_per_s"}
         assert 0 < m["test_mse"] < 1 and m["images_per_s"] > 0
 
 
-def test_only_the_newest_checkpoints_are_kept(small_digits, tmp_path):
-    train_and_evaluate(small_digits, tmp_path, CONFIG, 4, keep=2, progress=False)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "4"]
+def test_only_the_newest_checkpoints_are_kept(run_digits, run_copy):
+    assert _checkpoint_names(run_copy) == ["1", "2", "3"]
+    train_and_evaluate(run_digits, run_copy, CONFIG, 4, keep=2, progress=False)
+    assert _checkpoint_names(run_copy) == ["3", "4"]
+
+
+def _checkpoint_names(workdir) -> list[str]:
+    return sorted(p.name for p in (workdir / "checkpoints").iterdir())
 
 
 def _epochs_in_metrics_file(workdir) -> list[int]:
     return [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").open()]
 
 
-def test_metrics_after_the_last_checkpoint_are_dropped_on_resume(small_digits, tmp_path):
-    train_and_evaluate(
-        small_digits, tmp_path, CONFIG, 3, checkpoint_every=2, keep=5, progress=False
-    )
-    (tmp_path / "checkpoints" / "3").rename(tmp_path / "lost")  # as if it crashed before saving
-    assert _epochs_in_metrics_file(tmp_path) == [1, 2, 3]
+def test_metrics_after_the_last_checkpoint_are_dropped_on_resume(run_digits, run_copy):
+    (run_copy / "checkpoints" / "3").rename(run_copy / "lost")  # as if it crashed before saving
+    assert _epochs_in_metrics_file(run_copy) == [1, 2, 3]
     # nothing left to train: the file is rewritten from the checkpoint all the same
-    _, history = train_and_evaluate(small_digits, tmp_path, CONFIG, 2, progress=False)
+    _, history = train_and_evaluate(run_digits, run_copy, CONFIG, 2, progress=False)
     assert [m["epoch"] for m in history] == [1, 2]
-    assert _epochs_in_metrics_file(tmp_path) == [1, 2]
-    _, history = train_and_evaluate(small_digits, tmp_path, CONFIG, 3, progress=False)
+    assert _epochs_in_metrics_file(run_copy) == [1, 2]
+    _, history = train_and_evaluate(run_digits, run_copy, CONFIG, 3, progress=False)
     assert [m["epoch"] for m in history] == [1, 2, 3]
-    assert _epochs_in_metrics_file(tmp_path) == [1, 2, 3]
+    assert _epochs_in_metrics_file(run_copy) == [1, 2, 3]
 
 
 def test_a_workdir_of_another_run_is_refused_naming_the_settings_that_differ(
-    small_digits, tmp_path
+    run_digits, tmp_path
 ):
     RunDir(tmp_path).claim(CONFIG)
     model = AutoencoderConfig(embedding_dim=8)
-    other = TrainConfig(batch_size=32, learning_rate=3e-4, model=model)
+    other = TrainConfig(batch_size=CONFIG.batch_size, learning_rate=3e-4, model=model)
     with pytest.raises(ValueError, match="another --workdir") as info:
-        train_and_evaluate(small_digits, tmp_path, other, 2, progress=False)
+        train_and_evaluate(run_digits, tmp_path, other, 2, progress=False)
     message = str(info.value)
     assert "learning_rate 0.001 (asked: 0.0003)" in message
     assert "model.embedding_dim 64 (asked: 8)" in message
@@ -160,53 +167,51 @@ def test_the_losses_are_fetched_once_each_whatever_the_progress_bar(
 MULTI_DEVICE_SCRIPT = """
 import json, sys
 import jax
-from jaxconv.input_pipeline import load_dataset, Dataset
+import numpy as np
+from jaxconv.input_pipeline import Dataset
 from jaxconv.train import TrainConfig, train_and_evaluate
-d = load_dataset()
-small = Dataset(
-    "mnist5k", d.train_images[:256], d.train_labels[:256], d.test_images[:64], d.test_labels[:64]
-)
-_, history = train_and_evaluate(small, sys.argv[1], TrainConfig(batch_size=32), 2, progress=False)
+with np.load(sys.argv[1]) as d:
+    digits = Dataset("mnist5k", *(d[k] for k in ("train_x", "train_y", "test_x", "test_y")))
+_, history = train_and_evaluate(digits, sys.argv[2], TrainConfig(), 2, progress=False)
 print(json.dumps({"devices": jax.local_device_count(), "history": history}))
 """
 
 
-def _run_on_cpu_devices(count: int, workdir) -> dict:
+def test_four_devices_give_the_losses_of_one(
+    finished_run, run_digits_file, same_numerics_env, tmp_path
+):
+    """``finished_run`` (this process: one device) against 2 epochs of the same run on 4."""
     env = {  # CPU devices whatever the default backend is
-        **os.environ,
+        **same_numerics_env,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
+        "XLA_FLAGS": f"{same_numerics_env['XLA_FLAGS']} --xla_force_host_platform_device_count=4",
     }
     out = subprocess.run(
-        [sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(workdir)],
+        [sys.executable, "-c", MULTI_DEVICE_SCRIPT, str(run_digits_file), str(tmp_path)],
         env=env,
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    return json.loads(out.splitlines()[-1])
-
-
-def test_four_devices_give_the_losses_of_one(tmp_path):
-    one, four = _run_on_cpu_devices(1, tmp_path / "one"), _run_on_cpu_devices(4, tmp_path / "four")
-    assert (one["devices"], four["devices"]) == (1, 4)
+    four = json.loads(out.splitlines()[-1])
+    assert jax.local_device_count() == 1 and four["devices"] == 4
+    one = RunDir(finished_run).metrics()[:2]
     for key in ("train_mse", "test_mse"):
         np.testing.assert_allclose(
-            [m[key] for m in four["history"]], [m[key] for m in one["history"]], rtol=1e-5
+            [m[key] for m in four["history"]], [m[key] for m in one], rtol=1e-5
         )
 
 
-def test_load_run_gives_the_trained_state(small_digits, tmp_path):
-    trained, _ = train_and_evaluate(small_digits, tmp_path, CONFIG, 1, progress=False)
-    config, state = load_run(tmp_path)
+def test_load_run_gives_the_trained_state(finished_run, finished_run_params):
+    config, state = load_run(finished_run)
     assert config == CONFIG
-    for a, b in zip(_params(trained), _params(state)):
+    for a, b in zip(finished_run_params, _params(state)):
         np.testing.assert_array_equal(a, b)
 
 
-def test_load_run_builds_the_optimizer_of_the_run(small_digits, tmp_path, monkeypatch):
+def test_load_run_builds_the_optimizer_of_the_run(finished_run, monkeypatch):
     """A task's optimizer may count its schedule in epochs: load_run's state continues
-    the run with the optimizer of its ``steps_per_epoch`` (256 images / 32 = 8)."""
+    the run with the optimizer of its ``steps_per_epoch`` (512 images / 64 = 8)."""
     made = {}
 
     def optimizer(self, learning_rate, steps_per_epoch):
@@ -214,21 +219,18 @@ def test_load_run_builds_the_optimizer_of_the_run(small_digits, tmp_path, monkey
         return made[steps_per_epoch]
 
     monkeypatch.setattr(AutoencoderTask, "optimizer", optimizer)
-    train_and_evaluate(small_digits, tmp_path, CONFIG, 1, progress=False)
-    _, state = load_run(tmp_path)
+    _, state = load_run(finished_run)
     assert state.tx is made[8]
 
 
-def test_nothing_left_to_train_compiles_no_train_step(small_digits, tmp_path, monkeypatch):
-    train_and_evaluate(small_digits, tmp_path, CONFIG, 1, progress=False)
-
+def test_nothing_left_to_train_compiles_no_train_step(run_digits, run_copy, monkeypatch):
     class NotToCompile:
         def lower(self, *args):
             raise AssertionError("the train step was compiled with nothing left to train")
 
     monkeypatch.setattr(train, "train_step", NotToCompile())
-    _, history = train_and_evaluate(small_digits, tmp_path, CONFIG, 1, progress=False)
-    assert [m["epoch"] for m in history] == [1]
+    _, history = train_and_evaluate(run_digits, run_copy, CONFIG, 3, progress=False)
+    assert [m["epoch"] for m in history] == [1, 2, 3]
 
 
 def test_load_run_refuses_a_missing_or_unfinished_run(tmp_path):
@@ -239,10 +241,9 @@ def test_load_run_refuses_a_missing_or_unfinished_run(tmp_path):
         load_run(tmp_path)
 
 
-def test_load_run_refuses_a_checkpoint_of_another_model(small_digits, tmp_path):
-    train_and_evaluate(small_digits, tmp_path, CONFIG, 1, progress=False)
-    settings = json.loads((tmp_path / "run.json").read_text())
+def test_load_run_refuses_a_checkpoint_of_another_model(run_copy):
+    settings = json.loads((run_copy / "run.json").read_text())
     settings["model"]["embedding_dim"] = 8
-    (tmp_path / "run.json").write_text(json.dumps(settings))
+    (run_copy / "run.json").write_text(json.dumps(settings))
     with pytest.raises(RunDirError, match="does not fit.*params/encoder/Conv_2/bias: saved"):
-        load_run(tmp_path)
+        load_run(run_copy)
