@@ -2,29 +2,42 @@
 its outputs, resume, and the predictor on images of other sizes."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 from jaxconv import cli, scenes, segmentation
-from jaxconv.input_pipeline import load_dataset
-from jaxconv.rundir import RunDirError
-from jaxconv.train import load_run
+from jaxconv.rundir import RunDir, RunDirError
+from jaxconv.train import TrainConfig, load_run
 
+EPOCHS = 4
+TEST_SCENES = 200
+# about the shortest run of the default U-Net that beats chance by the margin asserted below
 FLAGS = [
-    "segment", "--epochs", "4", "--image-size", "32", "32", "--num-scenes", "3000", "200",
-    "--batch-size", "32", "--learning-rate", "5e-3",
+    "segment", "--epochs", str(EPOCHS), "--image-size", "32", "32",
+    "--num-scenes", "1500", str(TEST_SCENES), "--learning-rate", "5e-3",
 ]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("segment") / "run"
-    cli.main([*FLAGS, "--workdir", str(workdir)])
+    """One ``jaxconv segment`` run for the whole pytest run: under pytest-xdist the first
+    worker to need it trains it while the others wait on a file lock (a module fixture
+    alone would train it once per worker)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's root, shared by its workers
+    workdir = shared / "segment-cli-run"
+    with FileLock(f"{workdir}.lock"):
+        if not (workdir / "segmentation.json").exists():  # written last
+            shutil.rmtree(workdir, ignore_errors=True)  # a worker that failed half-way
+            cli.main([*FLAGS, "--workdir", str(workdir)])
     return workdir
 
 
@@ -35,16 +48,16 @@ def _chance_miou(labels: np.ndarray, num_classes: int) -> float:
     return float(np.mean([q / (2 - q) for q in p if q > 0]))
 
 
-def test_a_short_run_beats_chance_by_a_wide_margin(run):
+def test_a_short_run_beats_chance_by_a_wide_margin(run, mnist5k):
     result = json.loads((run / "segmentation.json").read_text())
-    _, test = scenes.digit_scenes(load_dataset(), 1, 200, height=32, width=32, seed=0)
+    _, test = scenes.digit_scenes(mnist5k, 1, TEST_SCENES, height=32, width=32, seed=0)
     chance = _chance_miou(test.labels, scenes.NUM_CLASSES)
     assert result["miou"] > 2 * chance, (result["miou"], chance)
 
 
-def test_segment_writes_its_metrics_numbers_and_figure(run, capsys):
+def test_segment_writes_its_metrics_numbers_and_figure(run):
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in lines] == [1, 2, 3, 4]
+    assert [m["epoch"] for m in lines] == list(range(1, EPOCHS + 1))
     for m in lines:
         assert m.keys() >= {
             "epoch", "train_loss", "test_miou", "test_pixel_accuracy", "images_per_s", "seconds"
@@ -58,32 +71,46 @@ def test_segment_writes_its_metrics_numbers_and_figure(run, capsys):
 
 
 def test_a_resumed_segment_run_ends_bitwise_equal(run, tmp_path):
+    # the copy resumes from the checkpoint of epoch EPOCHS - 1, mid-schedule
     copy = Path(shutil.copytree(run, tmp_path / "run"))
-    for step in ("3", "4"):
-        shutil.rmtree(copy / "checkpoints" / step)
+    shutil.rmtree(copy / "checkpoints" / str(EPOCHS))
     cli.main([*FLAGS, "--workdir", str(copy)])
     _, resumed = load_run(copy, segmentation.SegmentationConfig)
     _, straight = load_run(run, segmentation.SegmentationConfig)
+    assert int(resumed.step) == int(straight.step)
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("height, width", [(32, 32), (17, 23), (33, 64)])
-def test_the_predictor_labels_every_pixel_of_any_size(run, height, width):
-    # test scenes drawn at 32x48, linearly resized (antialiased) to the size
-    _, test = scenes.digit_scenes(load_dataset(), 1, 3, height=32, width=48, seed=1)
-    images = scenes.resize(test.images, height, width)
-    labels = segmentation.load_predictor(run)(images)  # 3 images in a padded batch of 64
-    assert labels.shape == (3, height, width) and labels.dtype == np.int32
+@pytest.fixture(scope="module")
+def predictor(run):
+    return segmentation.load_predictor(run)
+
+
+@pytest.fixture(scope="module")
+def one_by_one(run):
+    """The run's logits of one image at a time (no batch, no padding), jit-compiled."""
     config, state = load_run(run, segmentation.SegmentationConfig)
-    model = segmentation.UNet(config.model)
-    for image, found in zip(np.clip(images, 0, 1), labels):  # one image each: no padding
-        logits = model.apply({"params": state.params}, image[None])
-        np.testing.assert_array_equal(found, np.argmax(logits[0], axis=-1))
+    apply = jax.jit(segmentation.UNet(config.model).apply)
+    return lambda image: apply({"params": state.params}, image[None])[0]
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (17, 23), (33, 64)])
+def test_the_predictor_labels_every_pixel_of_any_size(
+    predictor, one_by_one, mnist5k, height, width
+):
+    # test scenes drawn at 32x48, linearly resized (antialiased) to the size
+    _, test = scenes.digit_scenes(mnist5k, 1, 3, height=32, width=48, seed=1)
+    images = scenes.resize(test.images, height, width)
+    labels = predictor(images)  # 3 images in a padded batch of 64
+    assert labels.shape == (3, height, width) and labels.dtype == np.int32
+    for image, found in zip(np.clip(images, 0, 1), labels):
+        np.testing.assert_array_equal(found, np.argmax(one_by_one(image), axis=-1))
     assert np.mean(labels > 0) > 0.02  # digits found, not all background
 
 
 def test_the_predictor_of_an_autoencoder_run_is_refused(tmp_path):
-    cli.main(["train", "--epochs", "1", "--batch-size", "500", "--workdir", str(tmp_path)])
+    # the run.json that `jaxconv train` writes before its first step: the refusal reads it
+    RunDir(tmp_path).claim(TrainConfig())
     with pytest.raises(RunDirError, match="holds an autoencoder run, not a segmentation run"):
         segmentation.load_predictor(tmp_path)
