@@ -1,6 +1,7 @@
 """jaxconv.segmentation: any-size U-Net, loss, confusion and scores, predictor; the figure."""
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -17,10 +18,14 @@ TINY = SegmentationConfig(widths=(4, 8, 8), depth=0, norm_groups=2)
 
 @pytest.fixture(scope="module")
 def tiny_params():
-    return {
-        u: segmentation.init_params(dataclasses.replace(TINY, upsampling=u), 0)
-        for u in segmentation.UPSAMPLINGS
-    }
+    """TINY's parameters (transposed up-sampling), for the tests that compute with them."""
+    return segmentation.init_params(TINY, 0)
+
+
+@functools.cache
+def _param_shapes(config: SegmentationConfig) -> dict:
+    """The shapes of ``config``'s parameters, for the shape tests: no init compiled."""
+    return jax.eval_shape(lambda: segmentation.init_params(config, 0))
 
 
 # ---------------------------------------------------------------- config
@@ -51,24 +56,25 @@ def test_bad_config_raises_naming_the_field(kwargs, message):
 
 @pytest.mark.parametrize("upsampling", segmentation.UPSAMPLINGS)
 @pytest.mark.parametrize("height, width", [(17, 23), (33, 64), (16, 16), (65, 31)])
-def test_logits_have_exactly_the_input_size(tiny_params, upsampling, height, width):
+def test_logits_have_exactly_the_input_size(upsampling, height, width):
     config = dataclasses.replace(TINY, upsampling=upsampling)
     images = jax.ShapeDtypeStruct((2, height, width, 1), jnp.float32)
     logits = jax.eval_shape(
-        lambda x: UNet(config).apply({"params": tiny_params[upsampling]}, x), images
+        lambda p, x: UNet(config).apply({"params": p}, x), _param_shapes(config), images
     )
     assert logits.shape == (2, height, width, segmentation.scenes.NUM_CLASSES)
 
 
 @pytest.mark.parametrize("upsampling", segmentation.UPSAMPLINGS)
-def test_every_up_sampling_layer_gives_back_its_skip_size(tiny_params, upsampling):
+def test_every_up_sampling_layer_gives_back_its_skip_size(upsampling):
     config = dataclasses.replace(TINY, upsampling=upsampling)
     _, state = jax.eval_shape(
-        lambda x: UNet(config).apply(
-            {"params": tiny_params[upsampling]},
+        lambda p, x: UNet(config).apply(
+            {"params": p},
             x,
             capture_intermediates=lambda module, _: isinstance(module, segmentation.Up),
         ),
+        _param_shapes(config),
         jax.ShapeDtypeStruct((1, 17, 23, 1), jnp.float32),
     )
     ups = {name: out["__call__"][0].shape for name, out in state["intermediates"].items()}
@@ -135,7 +141,7 @@ def test_train_loss_is_the_weighted_pixel_loss_plus_the_bottom_loss(tiny_params)
         "image": rng.random((2, 16, 20, 1), np.float32),
         "label": rng.integers(0, 11, (2, 16, 20)).astype(np.int32),
     }
-    params = tiny_params["transposed"]
+    params = tiny_params
     logits, bottom = jax.jit(UNet(TINY).apply, static_argnums=2)(
         {"params": params}, batch["image"], True
     )
@@ -201,7 +207,7 @@ def test_a_class_only_predicted_counts_in_the_miou_with_iou_zero():
 
 @pytest.fixture(scope="module")
 def predict(tiny_params):
-    return segmentation.predict_fn(TINY, tiny_params["transposed"], batch_size=4)
+    return segmentation.predict_fn(TINY, tiny_params, batch_size=4)
 
 
 def test_predict_gives_int32_labels_of_the_input_size(predict):
@@ -211,17 +217,21 @@ def test_predict_gives_int32_labels_of_the_input_size(predict):
     assert 0 <= labels.min() and labels.max() < 11
 
 
+_tiny_apply = jax.jit(UNet(TINY).apply)  # one program per image size for every test
+
+
 def _direct_labels(params: dict, images: np.ndarray) -> np.ndarray:
     """The argmax of the model's logits, one image at a time (no batching, no padding)."""
-    apply = jax.jit(UNet(TINY).apply)
-    return np.concatenate([np.argmax(apply({"params": params}, x[None]), -1) for x in images])
+    return np.concatenate(
+        [np.argmax(_tiny_apply({"params": params}, x[None]), -1) for x in images]
+    )
 
 
 def test_predict_is_the_argmax_of_the_logits_also_in_a_padded_last_batch(predict, tiny_params):
     # 6 images in batches of 4: the second holds 2 images and 2 rows of padding
     images = np.random.default_rng(1).random((6, 17, 23, 1), np.float32)
-    expected = _direct_labels(tiny_params["transposed"], images)
-    padding = _direct_labels(tiny_params["transposed"], np.zeros_like(images[:2]))
+    expected = _direct_labels(tiny_params, images)
+    padding = _direct_labels(tiny_params, np.zeros_like(images[:2]))
     assert np.mean(expected[4:] != padding) > 0.1  # the padding's labels are not the images'
     assert len(np.unique(expected)) > 1
     np.testing.assert_array_equal(predict(images), expected)
@@ -246,7 +256,7 @@ def test_predict_refuses_values_beyond_rounding_outside_zero_one(predict, value)
 
 def test_predictors_share_one_program_per_image_size(tiny_params):
     # the parameters are an argument of the compiled program, not constants baked into it
-    params = tiny_params["transposed"]
+    params = tiny_params
     other = jax.tree.map(lambda p: p + 0.5, params)
     images = np.random.default_rng(3).random((2, 19, 21, 1), np.float32)
     compiles = []
