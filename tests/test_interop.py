@@ -18,6 +18,12 @@ from jaxconv import nnx as jnnx
 from jaxconv.torch_reference import channels_first, channels_last
 
 
+@nnx.jit
+def _call(model: nnx.Module, x: jax.Array) -> jax.Array:
+    """``model(x)`` compiled as one program (eagerly, each operation compiles)."""
+    return model(x)
+
+
 def test_conv_params_reverse_torchs_axes():
     weight = torch.randn(6, 2, 3, 5)  # (out, in // groups, kh, kw)
     params = interop.conv_params(weight, torch.randn(6), groups=2)
@@ -68,7 +74,7 @@ def test_a_state_dict_loads_and_gives_torchs_output():
     x = torch.randn(2, 4, 5, 5)
     x_jax = jnp.asarray(channels_last(x))
     params = interop.params_from_state_dict(torch_model.state_dict(), _Decoder(), x_jax)
-    got = channels_first(_Decoder().apply({"params": params}, x_jax))
+    got = channels_first(jax.jit(_Decoder().apply)({"params": params}, x_jax))
     np.testing.assert_allclose(got, torch_model(x).detach().numpy(), atol=1e-5)
 
 
@@ -252,7 +258,7 @@ def test_a_state_dict_loads_into_nnx_by_name_and_gives_torchs_output():
     torch_model, model = _TorchModel(), _abstract_nnx_model()
     interop.load_state_dict(model, torch_model.state_dict())
     x = torch.randn(2, 4, 5, 5)
-    got = channels_first(model(jnp.asarray(channels_last(x))))
+    got = channels_first(_call(model, jnp.asarray(channels_last(x))))
     np.testing.assert_allclose(got, torch_model(x).detach().numpy(), atol=1e-5)
 
 
@@ -362,20 +368,20 @@ FLAX_LAYERS = {
 @pytest.mark.parametrize("name", FLAX_LAYERS)
 def test_flax_layers_take_torchs_tensors_and_give_torchs_outputs(name):
     make, make_torch, shape, channels_first_input = FLAX_LAYERS[name]
-    torch_layer, layer = make_torch(), make()
+    torch_layer, layer = make_torch(), nnx.eval_shape(make)
     assert interop.load_state_dict(layer, torch_layer.state_dict()) == ([], [])
     x = torch.randn(*shape)
     if channels_first_input:
-        got = channels_first(layer(jnp.asarray(channels_last(x))))
+        got = channels_first(_call(layer, jnp.asarray(channels_last(x))))
     else:
-        got = layer(jnp.asarray(x.numpy()))
+        got = _call(layer, jnp.asarray(x.numpy()))
     np.testing.assert_allclose(got, torch_layer(x).detach().numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", FLAX_LAYERS)
 def test_flax_layers_export_bitwise_what_torch_loads_strictly(name):
     make, make_torch, _, _ = FLAX_LAYERS[name]
-    torch_layer, layer = make_torch(), make()
+    torch_layer, layer = make_torch(), nnx.eval_shape(make)
     interop.load_state_dict(layer, torch_layer.state_dict())
     back = make_torch()
     back.load_state_dict(interop.to_state_dict(layer, as_torch=True), strict=True)
@@ -386,10 +392,10 @@ def test_flax_layers_export_bitwise_what_torch_loads_strictly(name):
 
 def test_flax_embed_takes_torchs_embedding_table_as_it_is():
     torch_layer = torch.nn.Embedding(7, 3)
-    layer = nnx.Embed(7, 3, rngs=nnx.Rngs(0))
+    layer = nnx.eval_shape(lambda: nnx.Embed(7, 3, rngs=nnx.Rngs(0)))
     interop.load_state_dict(layer, torch_layer.state_dict())
     ids = torch.tensor([[0, 6, 2]])
-    np.testing.assert_array_equal(layer(ids.numpy()), torch_layer(ids).detach().numpy())
+    np.testing.assert_array_equal(_call(layer, ids.numpy()), torch_layer(ids).detach().numpy())
     back = torch.nn.Embedding(7, 3)
     back.load_state_dict(interop.to_state_dict(layer, as_torch=True))
     assert torch.equal(back.weight, torch_layer.weight)
@@ -570,12 +576,12 @@ def _stack():
 
 
 def test_jaxconv_layers_load_every_tensor_and_give_torchs_output():
-    torch_model, model = _torch_stack(), _stack()
+    torch_model, model = _torch_stack(), nnx.eval_shape(_stack)
     assert interop.load_state_dict(model, torch_model.state_dict()) == ([], [])
     assert model.layers[1].num_batches_tracked[...] == 5
     model.eval()
     x = torch.randn(2, 3, 5, 5)
-    got = model(jnp.asarray(channels_last(x)))
+    got = _call(model, jnp.asarray(channels_last(x)))
     np.testing.assert_allclose(got, torch_model(x).detach().numpy(), atol=1e-5)
 
 
