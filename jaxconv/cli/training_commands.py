@@ -88,7 +88,7 @@ def train_run(args: argparse.Namespace, make_model, train, test, workdir: Path):
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from jaxconv import distributed, plots
+    from jaxconv import distributed
     from jaxconv.models import AutoencoderConfig, reconstruct
 
     join_processes(args)
@@ -104,6 +104,7 @@ def run_train(args: argparse.Namespace) -> None:
     config, state, history = train_run(args, model, *splits, workdir)
     if not distributed.is_primary():
         return
+    from jaxconv import plots  # matplotlib: only once the run is trained
 
     originals = dataset.test_images[:10]
     figure = plots.reconstructions(
