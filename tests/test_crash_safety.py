@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,9 +20,9 @@ from jaxconv.input_pipeline import Dataset
 from jaxconv.rundir import RunDir
 from jaxconv.train import Diverged, TrainConfig, load_run, train_and_evaluate
 
-# The kills below are 3 to 5 and each moves the run on by an epoch at most (a loaded machine
-# can make a kill come late): the run stays far from its last checkpoint.
-EPOCHS = 10
+# The kills below are 3 to 5, each before the next checkpoint or, when a loaded machine makes
+# it come late, just after: the run stays away from its last checkpoint.
+EPOCHS = 8
 SAVE_TRIES = 3
 
 # `jaxconv train` (cli.main in a fresh interpreter) on the digits saved in argv[1]: 8 steps
@@ -84,10 +85,13 @@ def _leaves(workdir: Path) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(run_digits, tmp_path_factory) -> Path:
-    """The run that nothing stops, trained in this process: the subprocesses compute the same."""
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    train_and_evaluate(run_digits, workdir, TrainConfig(), EPOCHS, progress=False)
+def uninterrupted(finished_run, run_digits, tmp_path_factory) -> Path:
+    """The run that nothing stops, trained in this process (the subprocesses compute the
+    same): ``finished_run``'s first epochs continued, with one checkpoint at the end."""
+    workdir = Path(shutil.copytree(finished_run, tmp_path_factory.mktemp("run") / "run"))
+    train_and_evaluate(
+        run_digits, workdir, TrainConfig(), EPOCHS, checkpoint_every=EPOCHS, progress=False
+    )
     return workdir
 
 

@@ -26,9 +26,10 @@ def loaded_run(finished_run) -> tuple[TrainConfig, TrainState]:
 
 
 @pytest.fixture(autouse=True)
-def mnist5k_in_the_cli(cli_dataset, mnist5k) -> None:
-    """The commands read the whole of mnist5k, without parsing its CSV file each time."""
-    cli_dataset(mnist5k)
+def digits_in_the_cli(cli_dataset, run_digits) -> None:
+    """The commands read ``finished_run``'s data (all 500 test images, 512 train images)
+    without parsing the CSV file each time; a test that needs all of mnist5k says so."""
+    cli_dataset(run_digits)
 
 
 def _command(*argv: str, capsys) -> str:
@@ -207,9 +208,10 @@ def test_interpolate_by_labels_and_by_indices(run_copy, capsys, mnist5k):
     assert pair["indices"] == [7, 9]
 
 
-def test_embed_measures_knn_far_above_chance(run_copy, capsys):
+def test_embed_measures_knn_far_above_chance(run_copy, cli_dataset, mnist5k, capsys):
     """A random-init encoder already scores ~0.85 here (random projections keep pixel
     distances), so this checks the measurement, not what three short epochs learned."""
+    cli_dataset(mnist5k)
     out = _command("embed", "--workdir", str(run_copy), capsys=capsys)
     figure, numbers = run_copy / "embedding.png", run_copy / "embedding.json"
     assert str(figure) in out and str(numbers) in out
