@@ -1,32 +1,63 @@
 """Several processes (jax.distributed over loopback, CPU): the same run however the devices
-are split into processes, checkpoints that move between splits, and no hang on a failure."""
+are split into processes, checkpoints that move between splits, and no hang on a failure.
+
+Starting a process that imports JAX costs more than the training here, so the runs are
+shared: a run in this process and a ``jaxconv launch -n 2`` run (each made once per pytest
+run, by the first xdist worker to ask), and one pair of joined processes that plays several
+scenarios in turn (``joined``)."""
 
 import json
 import os
-import signal
+import shutil
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from conftest import XLA_FLAGS_AT_START
+from filelock import FileLock
 
 from jaxconv import distributed, input_pipeline, launch
-from jaxconv.train import CHECK_EVERY, load_run
+from jaxconv.input_pipeline import Dataset
+from jaxconv.train import CHECK_EVERY, TrainConfig, load_run, train_and_evaluate
 
-TRAIN = ["train", "--batch-size", "500"]
+# mnist5k's 4,500 training digits in 11 steps an epoch (100 left out, each epoch others):
+# the loss and Ctrl-C are looked at after steps 10 and 11. (With 500, 9 steps, only at the
+# epoch's end; with 300, one process and two drift apart by more than _assert_same_run allows.)
+BATCH = 400
+EPOCHS = 2
+TRAIN = ["train", "--batch-size", str(BATCH)]
 TIMEOUT_S = 240  # every launch below is bounded; nothing is left running
+# One xdist worker for the whole module under --dist loadgroup: the shared runs below are
+# then made in order, without a worker waiting on another's (under --dist load they still
+# are made once, behind a file lock).
+pytestmark = pytest.mark.xdist_group("distributed")
 
 
-def _jaxconv(*argv: str, devices: int = 1) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices)}
+def _environment(**variables: str) -> dict[str, str]:
+    """A child's environment: JAX on the CPU, joined to no cluster, computing bitwise what
+    this process computes (its XLA flags: without any, the commands set theirs, whose other
+    fusions move the last digits of the losses; its matmul precision), and ``variables``."""
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": XLA_FLAGS_AT_START,
+        "JAX_DEFAULT_MATMUL_PRECISION": "highest",
+    }
     for name in distributed.ENVIRONMENT:
         env.pop(name, None)
+    return {**env, **variables}
+
+
+def _launch(n: int, *argv: str) -> subprocess.CompletedProcess:
+    """``jaxconv launch -n N -- ARGV...``, which must succeed."""
     result = subprocess.run(
-        [sys.executable, "-m", "jaxconv", *argv],
-        env=env,
+        [sys.executable, "-m", "jaxconv", "launch", "-n", str(n), "--timeout", str(TIMEOUT_S)]
+        + ["--", *argv],
+        env=_environment(),
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S + 30,
@@ -35,16 +66,10 @@ def _jaxconv(*argv: str, devices: int = 1) -> subprocess.CompletedProcess:
     return result
 
 
-def _launch(n: int, *argv: str) -> subprocess.CompletedProcess:
-    return _jaxconv("launch", "-n", str(n), "--timeout", str(TIMEOUT_S), "--", *argv)
-
-
-def _train(workdir: Path, epochs: int, processes: int = 1, devices: int = 1) -> None:
-    argv = [*TRAIN, "--epochs", str(epochs), "--workdir", str(workdir)]
-    if processes > 1:
-        _launch(processes, *argv)
-    else:
-        _jaxconv(*argv, devices=devices)
+def _train_here(data: Dataset, workdir: Path, epochs: int, progress: bool = False) -> None:
+    """``jaxconv train`` with TRAIN on ``data``, in this process (one device), no figures."""
+    config = TrainConfig(batch_size=BATCH)
+    train_and_evaluate(data, workdir, config, epochs, progress=progress)
 
 
 def _losses(workdir: Path) -> np.ndarray:
@@ -63,80 +88,155 @@ def _assert_same_run(a: Path, b: Path) -> None:
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
 
 
+def _shared(
+    tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]
+) -> Path:
+    """The folder ``name`` that ``make(folder)`` filled once for the whole pytest run: the
+    first xdist worker to ask makes it, a worker asking meanwhile waits (a file lock)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' base folders are side by side in the run's
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(root / f"{name}.lock"):
+        if not done.exists():  # written last: a worker may have failed half-way
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
+def _at_epoch(workdir: Path, epoch: int, copy: Path) -> Path:
+    """A copy of the run ``workdir`` as it was at ``epoch``: its later checkpoints moved out
+    (what the checkpoint error tells a user to do to resume from an earlier one)."""
+    shutil.copytree(workdir, copy)
+    for checkpoint in (copy / "checkpoints").iterdir():
+        if checkpoint.name.isdigit() and int(checkpoint.name) > epoch:
+            shutil.rmtree(checkpoint)
+    return copy
+
+
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory) -> Path:
-    """2 epochs in 1 process with 1 device."""
-    workdir = tmp_path_factory.mktemp("one") / "run"
-    _train(workdir, 2)
-    return workdir
+def one_process(tmp_path_factory, mnist5k) -> Path:
+    """EPOCHS epochs in 1 process with 1 device (this one): the reference."""
+    folder = _shared(tmp_path_factory, "one", lambda d: _train_here(mnist5k, d / "run", EPOCHS))
+    return folder / "run"
 
 
-def test_two_processes_train_as_one_process_with_two_devices_and_with_one(one_process, tmp_path):
-    _train(tmp_path / "two_processes", 2, processes=2)
-    _train(tmp_path / "two_devices", 2, devices=2)
-    assert len(_losses(one_process)) == 2
-    _assert_same_run(tmp_path / "two_processes", one_process)
-    _assert_same_run(tmp_path / "two_devices", one_process)
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> tuple[Path, str]:
+    """EPOCHS epochs of ``jaxconv launch -n 2 -- train``: its workdir and its output."""
+
+    def run(folder: Path) -> None:
+        result = _launch(2, *TRAIN, "--epochs", str(EPOCHS), "--workdir", str(folder / "run"))
+        (folder / "stdout").write_text(result.stdout)
+
+    folder = _shared(tmp_path_factory, "two", run)
+    return folder / "run", (folder / "stdout").read_text()
 
 
-def test_only_process_zero_writes_the_runs_files_and_every_process_logs(tmp_path):
-    result = _launch(2, *TRAIN, "--epochs", "1", "--workdir", str(tmp_path))
+def test_two_processes_train_as_one_process(one_process, two_processes):
+    """(One process with several devices against one device: test_train's
+    test_four_devices_give_the_losses_of_one.)"""
+    assert len(_losses(one_process)) == EPOCHS
+    _assert_same_run(two_processes[0], one_process)
+
+
+def test_only_process_zero_writes_the_runs_files_and_every_process_logs(two_processes):
+    workdir, stdout = two_processes
     for index in (0, 1):
-        assert f"[{index}] [process {index}/2] epoch   1" in result.stdout
-    assert result.stdout.count("reconstructions:") == 1
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+        assert f"[{index}] [process {index}/2] epoch   1" in stdout
+    assert stdout.count("reconstructions:") == 1
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == EPOCHS
 
 
-@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)], ids=["2 then 1", "1 then 2"])
-def test_a_checkpoint_resumes_with_another_number_of_processes(first, then, one_process, tmp_path):
-    _train(tmp_path, 1, processes=first)
-    _train(tmp_path, 2, processes=then)
-    _assert_same_run(tmp_path, one_process)
+def test_a_checkpoint_of_two_processes_resumes_in_one(
+    one_process, two_processes, mnist5k, tmp_path, capsys
+):
+    workdir = _at_epoch(two_processes[0], 1, tmp_path / "run")
+    _train_here(mnist5k, workdir, EPOCHS, progress=True)
+    assert f"{workdir}: resumed from epoch 1" in capsys.readouterr().out
+    _assert_same_run(workdir, one_process)
 
 
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(child) for child in path.read_text().split()]
-
-
-def test_a_killed_process_fails_the_launch_and_stops_the_others(tmp_path):
-    command = [sys.executable, "-m", "jaxconv", "launch", "-n", "2", "--timeout", "200", "--"]
-    argv = [*TRAIN, "--epochs", "100", "--workdir", str(tmp_path)]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
-    launcher = subprocess.Popen(
-        [*command, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+def _nan_at(n: int) -> tuple[int, int]:
+    """``(image, step)``: of ``n`` images, one that epoch 1 leaves out and epoch 2 trains on
+    at a step between two checks (not a multiple of CHECK_EVERY), and that step."""
+    steps = n // BATCH
+    first, second = (list(input_pipeline.epoch_permutation(n, 0, epoch)) for epoch in (1, 2))
+    return next(
+        (i, second.index(i) // BATCH + 1)
+        for i in first[steps * BATCH :]
+        if (second.index(i) // BATCH + 1) % CHECK_EVERY and second.index(i) < steps * BATCH
     )
-    for line in launcher.stdout:  # wait until both train
-        if "compiled the train step" in line:
-            break
-    children = _children(launcher.pid)
-    assert len(children) == 2
-    os.kill(children[1], signal.SIGKILL)
-    start = time.monotonic()
-    _, err = launcher.communicate(timeout=60)
-    assert time.monotonic() - start < 30
-    assert launcher.returncode == 128 + signal.SIGKILL
-    assert "process 1 exited" in err
-    assert not any(Path(f"/proc/{child}").exists() for child in children)
 
 
-DIVERGE_SCRIPT = """
-import json, sys
-import numpy as np
-from jaxconv import distributed
-distributed.initialize(distributed.cluster())
-from jaxconv.input_pipeline import Dataset, load_dataset
-from jaxconv.train import Diverged, TrainConfig, train_and_evaluate
-workdir, n, batch, index = sys.argv[1], *map(int, sys.argv[2:])
-d = load_dataset()
-images = d.train_images[:n].copy()
-images[index, 14, 14, 0] = np.nan
-data = Dataset("mnist5k", images, d.train_labels[:n], d.test_images[:64], d.test_labels[:64])
-try:  # the progress bar of process 0 on, as in the CLI
-    train_and_evaluate(data, workdir, TrainConfig(batch_size=batch), 3)
-except Diverged as e:
-    print(json.dumps({"epoch": e.epoch, "step": e.step}))
+# ``python CHILD COMMAND ...`` runs ``jaxconv COMMAND ...``, where process 1 alone gets SIGINT
+# as it starts epoch 2: the moment is forced, not raced
+INTERRUPTED_CHILD = """
+import os, signal, sys
+from jaxconv import input_pipeline
+from jaxconv.cli import main
+
+permutation = input_pipeline.epoch_permutation
+
+def epoch_permutation(num_examples, seed, epoch):
+    if epoch == 2 and os.environ["JAX_PROCESS_ID"] == "1":
+        os.kill(os.getpid(), signal.SIGINT)
+    return permutation(num_examples, seed, epoch)
+
+input_pipeline.epoch_permutation = epoch_permutation
+main(sys.argv[1:])
 """
+
+# ``jaxconv launch -n 2 --timeout T -- COMMAND ...`` with CHILD as each process's program
+LAUNCHER = """
+import sys
+from jaxconv import launch
+launch.PROGRAM = (sys.executable, sys.argv[1])
+sys.exit(launch.launch(sys.argv[3:], 2, timeout=float(sys.argv[2])))
+"""
+INTERRUPTED = [*TRAIN, "--epochs", str(EPOCHS), "--checkpoint-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> tuple[Path, dict]:
+    """``jaxconv launch -n 2 -- INTERRUPTED`` where process 1 alone gets SIGINT as epoch 2
+    starts, when the last finished epoch (1) is not saved: its workdir, and its exit
+    ``status``, ``stdout`` and ``stderr``."""
+
+    def run(folder: Path) -> None:
+        child = folder / "child.py"
+        child.write_text(INTERRUPTED_CHILD)
+        result = subprocess.run(
+            [sys.executable, "-c", LAUNCHER, str(child), str(TIMEOUT_S), *INTERRUPTED]
+            + ["--workdir", str(folder / "run")],
+            env=_environment(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S + 30,
+        )
+        outcome = {"status": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+        (folder / "outcome.json").write_text(json.dumps(outcome))
+
+    folder = _shared(tmp_path_factory, "interrupted", run)
+    return folder / "run", json.loads((folder / "outcome.json").read_text())
+
+
+def test_ctrl_c_reaching_one_process_only_stops_both_at_the_same_step_after_saving(interrupted):
+    """Both stop at the first check of epoch 2 (mid-epoch) and save epoch 1 together (a
+    save is a collective); the launch exits 130 and says how to resume."""
+    workdir, outcome = interrupted
+    out = outcome["stdout"]
+    assert outcome["status"] == 130, out[-3000:] + outcome["stderr"][-3000:]
+    assert "[1] Ctrl-C: stopping" in out and "[0] Ctrl-C" not in out  # one process got it
+    for index in (0, 1):  # both stopped, after saving the same epoch
+        assert f"[{index}] jaxconv train: error: interrupted; epoch 1 is saved" in out
+    assert out.count("[0] [process 0/2] epoch ") == 1  # epoch 2 was not finished
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [1]
+    assert len(_losses(workdir)) == 1
+    assert "resume with: jaxconv launch -n 2 -- train --batch-size" in outcome["stderr"]
 
 
 def _processes(script: str, *argv: str, n: int = 2) -> list[str]:
@@ -144,16 +244,11 @@ def _processes(script: str, *argv: str, n: int = 2) -> list[str]:
     address = f"127.0.0.1:{launch.free_port()}"
     children = []
     for index in range(n):
-        env = {
-            **os.environ,
-            "JAX_PLATFORMS": "cpu",
-            "JAX_NUM_CPU_DEVICES": "1",
-            **dict(zip(distributed.ENVIRONMENT, (address, str(n), str(index)))),
-        }
+        cluster = dict(zip(distributed.ENVIRONMENT, (address, str(n), str(index))))
         children.append(
             subprocess.Popen(
                 [sys.executable, "-c", script, *argv],
-                env=env,
+                env=_environment(JAX_NUM_CPU_DEVICES="1", **cluster),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -170,65 +265,43 @@ def _processes(script: str, *argv: str, n: int = 2) -> list[str]:
     return [out for out, _ in results]
 
 
-def test_a_nan_between_two_checks_stops_every_process_at_the_same_step(tmp_path):
-    n, batch = 600, 16  # 37 steps an epoch; epoch 1 leaves 8 images out
-    steps = n // batch
-    first, second = (list(input_pipeline.epoch_permutation(n, 0, epoch)) for epoch in (1, 2))
-    # an image that epoch 1 leaves out and epoch 2 trains on at a step between two checks
-    index, step = next(
-        (i, second.index(i) // batch + 1)
-        for i in first[steps * batch :]
-        if (second.index(i) // batch + 1) % CHECK_EVERY and second.index(i) < steps * batch
-    )
-    outputs = _processes(DIVERGE_SCRIPT, str(tmp_path), str(n), str(batch), str(index))
-    stops = [json.loads(out.splitlines()[-1]) for out in outputs]
-    assert stops == [{"epoch": 2, "step": step}] * 2
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
-    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").open()] == [1]
-
-
-def test_ctrl_c_reaching_one_process_only_stops_both_after_saving_and_resumes_bitwise(tmp_path):
-    """The race forced: process 1 alone gets SIGINT, mid-epoch (45 steps an epoch), when
-    its last finished epoch is not saved yet: the save that Ctrl-C asks for is a collective."""
-    train = ["train", "--batch-size", "100", "--epochs", "3", "--checkpoint-every", "3"]
-    reference, workdir = tmp_path / "reference", tmp_path / "interrupted"
-    _launch(2, *train, "--workdir", str(reference))
-    command = [sys.executable, "-m", "jaxconv", "launch", "-n", "2", "--timeout", str(TIMEOUT_S)]
-    launcher = subprocess.Popen(
-        [*command, "--", *train, "--workdir", str(workdir)],
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines = []
-    for line in launcher.stdout:  # process 1 has finished epoch 1 and starts epoch 2
-        lines.append(line)
-        if line.startswith("[1] [process 1/2] epoch   1 "):
-            break
-    os.kill(_children(launcher.pid)[1], signal.SIGINT)
-    out, err = launcher.communicate(timeout=TIMEOUT_S)
-    out = "".join(lines) + out
-    assert launcher.returncode == 130, out[-3000:] + err[-3000:]
-    finished = out.count("[0] [process 0/2] epoch ")
-    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved == [finished] and finished < 3  # the last finished epoch, mid-run
-    assert len(_losses(workdir)) == finished
-
-    _launch(2, *train, "--workdir", str(workdir))  # the same command resumes
-    for a, b in zip(_params(workdir), _params(reference)):
-        np.testing.assert_array_equal(a, b)
-
-
-TFDS_SCRIPT = """
-import sys, time
+# Scenarios of two joined processes, one after the other (starting the processes costs
+# more than any of them); each process prints "REPORT {name: value}" lines.
+SCENARIOS = """
+import json, sys, time
 from pathlib import Path
-import tensorflow_datasets as tfds
+import numpy as np
 from jaxconv import distributed, input_pipeline
 distributed.initialize(distributed.cluster())
 import jax
-log, data_dir = Path(sys.argv[1]), sys.argv[2]
+from jaxconv.input_pipeline import Dataset, load_dataset
+from jaxconv.train import Diverged, TrainConfig, train_and_evaluate
+folder, batch, epochs, nan_image = Path(sys.argv[1]), *map(int, sys.argv[2:])
 me = jax.process_index()
+config = TrainConfig(batch_size=batch)
+
+def report(name, value):
+    print("REPORT", json.dumps({name: value}), flush=True)
+
+# A NaN in the image nan_image, which epoch 1 (saved in folder/diverged) left out and
+# epoch 2 trains on between two checks
+d = load_dataset()
+images = d.train_images.copy()
+images[nan_image, 14, 14, 0] = np.nan
+data = Dataset(d.name, images, d.train_labels, d.test_images, d.test_labels)
+try:  # the progress bar of process 0 on, as in the CLI
+    train_and_evaluate(data, folder / "diverged", config, epochs)
+except Diverged as e:
+    report("diverged", {"epoch": e.epoch, "step": e.step})
+
+# The checkpoint of one process (epoch 1) resumed by two
+train_and_evaluate(d, folder / "one_process", config, epochs)
+# The run stopped by Ctrl-C resumed, as its command does
+train_and_evaluate(d, folder / "interrupted", config, epochs, checkpoint_every=2)
+
+# A TFDS dataset prepared into one data dir (last: TFDS stays mocked)
+import tensorflow_datasets as tfds
+log, data_dir = folder / "events", folder / "data"
 
 def note(event):
     with log.open("a") as f:
@@ -248,21 +321,68 @@ with tfds.testing.mock_data(num_examples=4):
     builder.is_prepared = lambda self: (log.parent / self.name).exists()
     read = builder.as_data_source
     builder.as_data_source = lambda self, **kwargs: note("read") or read(self, **kwargs)
-    print(input_pipeline.load_dataset("mnist", data_dir=data_dir).train_images.shape)
+    shape = input_pipeline.load_dataset("mnist", data_dir=data_dir).train_images.shape
+    report("prepared", list(shape))
     input_pipeline._network_available = lambda: False  # process 0 cannot prepare this one
     try:
         input_pipeline.load_dataset("fashion_mnist", data_dir=data_dir)
     except input_pipeline.DatasetUnavailableError as e:
-        print(e)
+        report("unavailable", str(e))
 """
 
 
-def test_process_zero_prepares_a_tfds_dataset_while_the_others_wait(tmp_path):
-    log = tmp_path / "events"
-    outputs = _processes(TFDS_SCRIPT, str(log), str(tmp_path / "data"))
-    shapes, failures = zip(*(out.splitlines() for out in outputs))
-    assert shapes == ("(4, 28, 28, 1)",) * 2
-    events = [line.split() for line in log.read_text().splitlines()]
+def _reports(output: str) -> dict:
+    """A process's ``REPORT {name: value}`` lines, as one dict."""
+    reports = [json.loads(line[7:]) for line in output.splitlines() if line.startswith("REPORT ")]
+    return {name: value for report in reports for name, value in report.items()}
+
+
+@pytest.fixture(scope="module")
+def joined(tmp_path_factory, mnist5k, one_process, interrupted) -> tuple[Path, list, list]:
+    """SCENARIOS played once: their folder, each process's output and its reports. They
+    resume copies of ``one_process`` at epoch 1 (two) and of the ``interrupted`` run."""
+
+    def run(folder: Path) -> None:
+        for name in ("diverged", "one_process"):
+            _at_epoch(one_process, 1, folder / name)
+        shutil.copytree(interrupted[0], folder / "interrupted")
+        nan_image, _ = _nan_at(len(mnist5k.train_images))
+        argv = [str(folder), str(BATCH), str(EPOCHS), str(nan_image)]
+        (folder / "outputs.json").write_text(json.dumps(_processes(SCENARIOS, *argv)))
+
+    folder = _shared(tmp_path_factory, "joined", run)
+    outputs = json.loads((folder / "outputs.json").read_text())
+    return folder, outputs, [_reports(out) for out in outputs]
+
+
+def test_a_checkpoint_of_one_process_resumes_in_two(one_process, joined):
+    folder, outputs, _ = joined
+    assert f"[process 0/2] {folder / 'one_process'}: resumed from epoch 1" in outputs[0]
+    _assert_same_run(folder / "one_process", one_process)
+
+
+def test_a_run_stopped_by_ctrl_c_resumes_bitwise(two_processes, joined):
+    """The resume of ``interrupted`` ends where the uninterrupted launch does, bit for bit."""
+    folder, outputs, _ = joined
+    assert f"[process 0/2] {folder / 'interrupted'}: resumed from epoch 1" in outputs[0]
+    assert len(_losses(folder / "interrupted")) == EPOCHS
+    for a, b in zip(_params(folder / "interrupted"), _params(two_processes[0])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_nan_between_two_checks_stops_every_process_at_the_same_step(joined, mnist5k):
+    folder, _, reports = joined
+    workdir = folder / "diverged"
+    _, step = _nan_at(len(mnist5k.train_images))
+    assert [report["diverged"] for report in reports] == [{"epoch": 2, "step": step}] * 2
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1"]
+    assert [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").open()] == [1]
+
+
+def test_process_zero_prepares_a_tfds_dataset_while_the_others_wait(joined):
+    folder, _, reports = joined
+    assert [report["prepared"] for report in reports] == [[4, 28, 28, 1]] * 2
+    events = [line.split() for line in (folder / "events").read_text().splitlines()]
     assert [(who, what) for _, who, what in events if what.startswith("prepare")] == [
         ("0", "prepare"),
         ("0", "prepared"),
@@ -271,6 +391,7 @@ def test_process_zero_prepares_a_tfds_dataset_while_the_others_wait(tmp_path):
     reads = [float(t) for t, who, what in events if (who, what) == ("1", "read")]
     assert reads and min(reads) > done
     # when process 0 cannot prepare it, the others say so rather than wait or race
+    failures = [report["unavailable"] for report in reports]
     assert "no network" in failures[0]
     assert "process 0 failed: DatasetUnavailableError" in failures[1]
     assert "no network" in failures[1]

@@ -14,7 +14,9 @@ from jaxconv import launch
 
 # A training process as the launcher sees it: "ready" once started; on SIGINT it "saves"
 # for a second and exits 130. Modes: "stuck" ignores SIGINT; "follow" also stops, as its
-# peers agree to, when another child was interrupted (it writes the file FLAG then).
+# peers agree to, when another child was interrupted (it writes the file FLAG then);
+# "joined" ignores SIGTERM, as a process of several does (jax.distributed's preemption
+# service catches it).
 CHILD = """
 import os, signal, sys, time
 mode, flag = sys.argv[2], sys.argv[3]
@@ -27,6 +29,8 @@ def save_and_exit(*_):
     sys.exit(130)
 
 signal.signal(signal.SIGINT, signal.SIG_IGN if mode == "stuck" else save_and_exit)
+if mode == "joined":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 print("ready", flush=True)
 for _ in range(600):
     time.sleep(0.1)
@@ -101,6 +105,18 @@ def test_a_child_interrupted_alone_gives_its_peers_time_to_save(tmp_path):
     assert code == 130
     assert "[0] saved" in out and "[1] saved" in out
     assert "the others were stopped" not in err
+
+
+def test_a_killed_process_fails_the_launch_and_stops_the_others(tmp_path):
+    """The others ignore SIGTERM, as joined JAX processes do: they are killed after GRACE_S."""
+    run = Launcher(tmp_path, "joined")
+    start = time.monotonic()
+    os.kill(run.children[1], signal.SIGKILL)
+    code, _, err = run.finish()
+    assert time.monotonic() - start < launch.GRACE_S + 5
+    assert code == 128 + signal.SIGKILL
+    assert "process 1 exited with status 137; the others were stopped" in err
+    assert not any(Path(f"/proc/{child}").exists() for child in run.children)
 
 
 def test_a_child_that_ignores_ctrl_c_is_stopped_after_the_grace_period(tmp_path):
