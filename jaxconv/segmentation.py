@@ -42,7 +42,7 @@ from jaxconv.nn import Conv, ConvTranspose
 
 KERNEL, STRIDE, PADDING = 3, 2, 1  # every down and up-sampling layer
 
-# The training recipe (README, "Pixel-wise prediction"): see train_loss and optimizer; its
+# The training recipe (docs/segmentation.md): see train_loss and optimizer; its
 # schedule's peak rate and WARMUP are in jaxconv.configs.
 FOREGROUND_WEIGHT = 5.0  # loss weight of a non-background pixel (background: 1)
 BOTTOM_LOSS_WEIGHT = 1.0
