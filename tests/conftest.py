@@ -34,7 +34,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config._jaxconv_cache = tempfile.mkdtemp(prefix="jaxconv-tests-xla-cache-")
         os.environ["JAX_COMPILATION_CACHE_DIR"] = config._jaxconv_cache
         os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
+        # A size limit turns on the cache's file lock around every read and write: without
+        # it a process can read an entry another is still writing (a warning on stderr).
+        os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(8 << 30)
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update(
+        "jax_compilation_cache_max_size", int(os.environ.get("JAX_COMPILATION_CACHE_MAX_SIZE", -1))
+    )
     jax.config.update(
         "jax_persistent_cache_min_compile_time_secs",
         float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")),
