@@ -15,8 +15,7 @@ from jaxconv.input_pipeline import EMBEDDED_DATASET, Dataset, load_dataset
 
 # Parity with PyTorch's float32 needs float32 products: on GPUs XLA's default is TF32.
 jax.config.update("jax_default_matmul_precision", "highest")
-# What this process's XLA started with: an in-process ``jaxconv`` command sets XLA_FLAGS
-# later (for the processes it would start), which this process's XLA never reads.
+# The XLA flags of every process of the run (pytest_configure keeps them, empty if unset).
 XLA_FLAGS_AT_START = os.environ.get("XLA_FLAGS", "")
 # One torch thread per test process (pytest-xdist runs one per core): more OpenMP threads
 # than cores stall on each other; a 5-pixel conv1d took 24 ms with 2 threads on the busy
@@ -30,6 +29,12 @@ def pytest_configure(config: pytest.Config) -> None:
     autoencoder's and segmenter's programs, compiled again by each of some 40 processes,
     are compiled once. The first process to compile a program writes it; results are the
     same executable's."""
+    # Every process of the run, this one and the ``jaxconv`` subprocesses of the tests, runs
+    # XLA with the same flags (set, even empty, XLA_FLAGS is left alone by the commands,
+    # which otherwise turn YNN fusion off in theirs only: tests/test_cli.py tests that), so
+    # that a compiled program in the shared cache is what its key says. XLA reads the
+    # variable when its backend starts, at the first computation, after this.
+    os.environ.setdefault("XLA_FLAGS", "")
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller (workers inherit it)
         config._jaxconv_cache = tempfile.mkdtemp(prefix="jaxconv-tests-xla-cache-")
         os.environ["JAX_COMPILATION_CACHE_DIR"] = config._jaxconv_cache
