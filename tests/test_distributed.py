@@ -31,10 +31,6 @@ BATCH = 400
 EPOCHS = 2
 TRAIN = ["train", "--batch-size", str(BATCH)]
 TIMEOUT_S = 240  # every launch below is bounded; nothing is left running
-# One xdist worker for the whole module under --dist loadgroup: the shared runs below are
-# then made in order, without a worker waiting on another's (under --dist load they still
-# are made once, behind a file lock).
-pytestmark = pytest.mark.xdist_group("distributed")
 
 
 def _environment(**variables: str) -> dict[str, str]:

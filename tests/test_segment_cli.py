@@ -16,9 +16,6 @@ from jaxconv import cli, scenes, segmentation
 from jaxconv.rundir import RunDir, RunDirError
 from jaxconv.train import TrainConfig, load_run
 
-# every test of this file on one xdist worker (`--dist loadgroup`): the others would wait
-# for the shared run below
-pytestmark = pytest.mark.xdist_group("segment")
 EPOCHS = 4
 TEST_SCENES = 200
 # about the shortest run of the default U-Net that beats chance by the margin asserted below
