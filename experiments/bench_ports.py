@@ -383,7 +383,6 @@ def run(args: argparse.Namespace) -> list[dict]:
     warnings (threads not equal, load, A/A ratios outside their limits)."""
     import jax
     import torch
-
     from bench import report
 
     start = time.perf_counter()

@@ -103,6 +103,24 @@ def run_digits(mnist5k) -> Dataset:
     )
 
 
+def made_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]
+) -> Path:
+    """The folder ``name`` that ``make(folder)`` filled once for the whole pytest run: the
+    first xdist worker to ask makes it, a worker asking meanwhile waits (a file lock)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' base folders are side by side in the run's
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(root / f"{name}.lock"):
+        if not done.exists():  # written last: a worker may have failed half-way
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
+
+
 FINISHED_RUN_EPOCHS = 3
 
 
@@ -110,30 +128,23 @@ FINISHED_RUN_EPOCHS = 3
 def finished_run(run_digits, tmp_path_factory) -> Path:
     """A finished run of the default autoencoder settings (``TrainConfig()``) on
     ``run_digits``: ``FINISHED_RUN_EPOCHS`` epochs, checkpoints 1 to 3, run.json and
-    metrics.jsonl. Trained once per test session: under pytest-xdist the first worker to ask
-    trains it while the others wait on the lock. Tests read it; to write, copy it
-    (``run_copy``)."""
+    metrics.jsonl, trained once per test session (``made_once``). Tests read it; to write,
+    copy it (``run_copy``)."""
     from jaxconv.train import TrainConfig, train_and_evaluate
 
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # the directory all workers of this run share
-        root = root.parent
-    workdir, params = root / "finished_run", root / "finished_run_params.npz"
-    with FileLock(f"{workdir}.lock"):
-        if not params.exists():  # written last: the run is finished
-            shutil.rmtree(workdir, ignore_errors=True)  # a worker that failed half-way
-            state, _ = train_and_evaluate(
-                run_digits, workdir, TrainConfig(), FINISHED_RUN_EPOCHS, progress=False
-            )
-            leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(state.params)]
-            np.savez(params, *leaves)
-    return workdir
+    def train(folder: Path) -> None:
+        state, _ = train_and_evaluate(
+            run_digits, folder / "run", TrainConfig(), FINISHED_RUN_EPOCHS, progress=False
+        )
+        np.savez(folder / "params.npz", *(np.asarray(p) for p in jax.tree.leaves(state.params)))
+
+    return made_once(tmp_path_factory, "finished_run", train) / "run"
 
 
 @pytest.fixture(scope="session")
 def finished_run_params(finished_run) -> list[np.ndarray]:
     """The parameters that training ``finished_run`` returned (``jax.tree.leaves`` order)."""
-    with np.load(finished_run.parent / "finished_run_params.npz") as saved:
+    with np.load(finished_run.parent / "params.npz") as saved:
         return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 

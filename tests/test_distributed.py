@@ -11,14 +11,12 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from conftest import XLA_FLAGS_AT_START
-from filelock import FileLock
+from conftest import XLA_FLAGS_AT_START, made_once
 
 from jaxconv import distributed, input_pipeline, launch
 from jaxconv.input_pipeline import Dataset
@@ -84,24 +82,6 @@ def _assert_same_run(a: Path, b: Path) -> None:
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
 
 
-def _shared(
-    tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], None]
-) -> Path:
-    """The folder ``name`` that ``make(folder)`` filled once for the whole pytest run: the
-    first xdist worker to ask makes it, a worker asking meanwhile waits (a file lock)."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the workers' base folders are side by side in the run's
-    folder, done = root / name, root / f"{name}.done"
-    with FileLock(root / f"{name}.lock"):
-        if not done.exists():  # written last: a worker may have failed half-way
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            make(folder)
-            done.touch()
-    return folder
-
-
 def _at_epoch(workdir: Path, epoch: int, copy: Path) -> Path:
     """A copy of the run ``workdir`` as it was at ``epoch``: its later checkpoints moved out
     (what the checkpoint error tells a user to do to resume from an earlier one)."""
@@ -115,7 +95,7 @@ def _at_epoch(workdir: Path, epoch: int, copy: Path) -> Path:
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, mnist5k) -> Path:
     """EPOCHS epochs in 1 process with 1 device (this one): the reference."""
-    folder = _shared(tmp_path_factory, "one", lambda d: _train_here(mnist5k, d / "run", EPOCHS))
+    folder = made_once(tmp_path_factory, "one", lambda d: _train_here(mnist5k, d / "run", EPOCHS))
     return folder / "run"
 
 
@@ -127,7 +107,7 @@ def two_processes(tmp_path_factory) -> tuple[Path, str]:
         result = _launch(2, *TRAIN, "--epochs", str(EPOCHS), "--workdir", str(folder / "run"))
         (folder / "stdout").write_text(result.stdout)
 
-    folder = _shared(tmp_path_factory, "two", run)
+    folder = made_once(tmp_path_factory, "two", run)
     return folder / "run", (folder / "stdout").read_text()
 
 
@@ -215,7 +195,7 @@ def interrupted(tmp_path_factory) -> tuple[Path, dict]:
         outcome = {"status": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
         (folder / "outcome.json").write_text(json.dumps(outcome))
 
-    folder = _shared(tmp_path_factory, "interrupted", run)
+    folder = made_once(tmp_path_factory, "interrupted", run)
     return folder / "run", json.loads((folder / "outcome.json").read_text())
 
 
@@ -346,7 +326,7 @@ def joined(tmp_path_factory, mnist5k, one_process, interrupted) -> tuple[Path, l
         argv = [str(folder), str(BATCH), str(EPOCHS), str(nan_image)]
         (folder / "outputs.json").write_text(json.dumps(_processes(SCENARIOS, *argv)))
 
-    folder = _shared(tmp_path_factory, "joined", run)
+    folder = made_once(tmp_path_factory, "joined", run)
     outputs = json.loads((folder / "outputs.json").read_text())
     return folder, outputs, [_reports(out) for out in outputs]
 

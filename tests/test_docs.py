@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from test_readme import python_blocks
 
 DOCS = Path(__file__).parent.parent / "docs"

@@ -11,8 +11,7 @@ import pytest
 from PIL import Image
 
 from jaxconv import cli, embedding, input_pipeline, plots
-from jaxconv.models import Autoencoder
-from jaxconv.models import reconstruct
+from jaxconv.models import Autoencoder, reconstruct
 from jaxconv.rundir import RunDir
 from jaxconv.train import TrainConfig, TrainState, load_run
 

@@ -2,14 +2,13 @@
 its outputs, resume, and the predictor on images of other sizes."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from filelock import FileLock
+from conftest import made_once
 from PIL import Image
 
 from jaxconv import cli, scenes, segmentation
@@ -27,18 +26,12 @@ FLAGS = [
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """One ``jaxconv segment`` run for the whole pytest run: under pytest-xdist the first
-    worker to need it trains it while the others wait on a file lock (a module fixture
-    alone would train it once per worker)."""
-    shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared = shared.parent  # the run's root, shared by its workers
-    workdir = shared / "segment-cli-run"
-    with FileLock(f"{workdir}.lock"):
-        if not (workdir / "segmentation.json").exists():  # written last
-            shutil.rmtree(workdir, ignore_errors=True)  # a worker that failed half-way
-            cli.main([*FLAGS, "--workdir", str(workdir)])
-    return workdir
+    """One ``jaxconv segment`` run for the whole pytest run (``made_once``; a module
+    fixture alone would train it once per xdist worker)."""
+    def train(folder: Path) -> None:
+        cli.main([*FLAGS, "--workdir", str(folder / "run")])
+
+    return made_once(tmp_path_factory, "segment-cli-run", train) / "run"
 
 
 def _chance_miou(labels: np.ndarray, num_classes: int) -> float:

@@ -12,11 +12,10 @@ import pytest
 import torch
 from conftest import FINISHED_RUN_EPOCHS
 
-from jaxconv import interop
+from jaxconv import interop, train
 from jaxconv.models import Autoencoder, AutoencoderConfig, AutoencoderTask
-from jaxconv.torch_models import torch_autoencoder
-from jaxconv import train
 from jaxconv.rundir import RunDir, RunDirError
+from jaxconv.torch_models import torch_autoencoder
 from jaxconv.train import (
     TrainConfig,
     TrainState,
