@@ -54,9 +54,17 @@ class Run:
             env={**env, "PYTHONUNBUFFERED": "1"},
         )
         self.compiled = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.err: list[str] = []
+        # Each pipe is read to its end by its own thread (stderr too, so that a full pipe
+        # never blocks the run); finish() joins them before the pipes are closed.
+        self.readers = [
+            threading.Thread(target=self._read_out, daemon=True),
+            threading.Thread(target=lambda: self.err.extend(self.process.stderr), daemon=True),
+        ]
+        for reader in self.readers:
+            reader.start()
 
-    def _read(self) -> None:
+    def _read_out(self) -> None:
         for line in self.process.stdout:
             if "compiled the train step" in line:
                 self.compiled.set()
@@ -68,8 +76,12 @@ class Run:
         return time.monotonic()
 
     def finish(self) -> tuple[int, str]:
-        _, err = self.process.communicate(timeout=300)
-        return self.process.returncode, err
+        self.process.wait(timeout=300)
+        for reader in self.readers:
+            reader.join()
+        self.process.stdout.close()
+        self.process.stderr.close()
+        return self.process.returncode, "".join(self.err)
 
 
 def _epochs_in(workdir: Path) -> list[int]:
