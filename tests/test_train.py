@@ -171,7 +171,7 @@ from jaxconv.input_pipeline import Dataset
 from jaxconv.train import TrainConfig, train_and_evaluate
 with np.load(sys.argv[1]) as d:
     digits = Dataset("mnist5k", *(d[k] for k in ("train_x", "train_y", "test_x", "test_y")))
-_, history = train_and_evaluate(digits, sys.argv[2], TrainConfig(), 2, progress=False)
+_, history = train_and_evaluate(digits, sys.argv[2], TrainConfig(), 1, progress=False)
 print(json.dumps({"devices": jax.local_device_count(), "history": history}))
 """
 
@@ -179,7 +179,8 @@ print(json.dumps({"devices": jax.local_device_count(), "history": history}))
 def test_four_devices_give_the_losses_of_one(
     finished_run, run_digits_file, same_numerics_env, tmp_path
 ):
-    """``finished_run`` (this process: one device) against 2 epochs of the same run on 4."""
+    """``finished_run`` (this process: one device) against the first epoch of the same run
+    on 4 (8 steps of 16 images a device)."""
     env = {  # CPU devices whatever the default backend is
         **same_numerics_env,
         "JAX_PLATFORMS": "cpu",
@@ -194,7 +195,7 @@ def test_four_devices_give_the_losses_of_one(
     ).stdout
     four = json.loads(out.splitlines()[-1])
     assert jax.local_device_count() == 1 and four["devices"] == 4
-    one = RunDir(finished_run).metrics()[:2]
+    one = RunDir(finished_run).metrics()[:1]
     for key in ("train_mse", "test_mse"):
         np.testing.assert_allclose(
             [m[key] for m in four["history"]], [m[key] for m in one], rtol=1e-5
