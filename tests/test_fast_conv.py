@@ -12,14 +12,12 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from layer_parity import QUICK_COMPILE
 
 from jaxconv import fast_conv, ops
 from jaxconv import nn as jnn
 
 KEY = jax.random.key(0)
-# The numbers, not the speed, are tested: XLA's HLO passes run as in production, only
-# LLVM's code generation is left unoptimised (about half of a small program's compile).
-QUICK = {"xla_backend_optimization_level": 0}
 
 TRANSPOSED = dict(
     features=4, kernel_size=(3, 2), stride=(2, 3), padding=(1, 0), output_padding=(1, 2),
@@ -61,7 +59,7 @@ def _fast_agrees(compute, layers, *args, rtol=1e-5):
     Returns the results by implementation."""
     results = jax.jit(
         lambda *a: {impl: compute(layer, *a) for impl, layer in layers.items()},
-        compiler_options=QUICK,
+        compiler_options=QUICK_COMPILE,
     )(*args)
     for got, expected in zip(
         jax.tree.leaves(results["fast"]), jax.tree.leaves(results["reference"])
@@ -223,7 +221,7 @@ def test_grouped_and_depthwise_layers_agree_with_the_reference(cls, shape, kwarg
     def both(params, x):
         return {impl: _forward_and_vjp(layer, params, x) for impl, layer in layers.items()}
 
-    results = jax.jit(both, compiler_options=QUICK)(_params(layers["reference"], x), x)
+    results = jax.jit(both, compiler_options=QUICK_COMPILE)(_params(layers["reference"], x), x)
     for got, expected in zip(*(jax.tree.leaves(results[impl]) for impl in ("fast", "reference"))):
         _close(got, expected)
 
@@ -285,7 +283,8 @@ def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
     kernel = jax.ShapeDtypeStruct(kernel_shape, x.dtype)
     y = _normal(jax.eval_shape(xla_conv, kernel).shape, seed=1)
 
-    @functools.partial(jax.jit, compiler_options=QUICK)  # XLA's and both of ours: one compile
+    # XLA's and both of ours: one compile
+    @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
     def gradients(x, y):
         expected = jax.linear_transpose(xla_conv, kernel)(y)[0]
         ours = [grad(x, y, kernel_shape, geometry) for grad in (
@@ -345,7 +344,7 @@ def test_a_bfloat16_input_computes_in_the_reference_dtype(cls, kwargs):
     params = _params(layers["reference"], x)
     outputs = jax.jit(
         lambda p, x: {impl: layer.apply({"params": p}, x) for impl, layer in layers.items()},
-        compiler_options=QUICK,
+        compiler_options=QUICK_COMPILE,
     )(params, x)
     assert outputs["fast"].dtype == outputs["reference"].dtype == jnp.float32
     _close(outputs["fast"], outputs["reference"])
@@ -358,7 +357,7 @@ def test_bfloat16_throughout_stays_bfloat16(cls, kwargs):
     params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), _params(layers["reference"], x))
     results = jax.jit(
         lambda p, x: {impl: _forward_and_vjp(layer, p, x) for impl, layer in layers.items()},
-        compiler_options=QUICK,
+        compiler_options=QUICK_COMPILE,
     )(params, x)
     for got, expected in zip(*(jax.tree.leaves(results[impl]) for impl in ("fast", "reference"))):
         assert got.dtype == expected.dtype == jnp.bfloat16

@@ -21,6 +21,7 @@ import pytest
 import torch
 from conftest import parity_count
 from flax import nnx
+from layer_parity import QUICK_COMPILE
 
 from jaxconv import interop
 from jaxconv import nn as jnn
@@ -179,9 +180,8 @@ def check_against_torch(configs: dict[int, dict], transposed: bool) -> None:
         params = to_params(layer.weight, layer.bias, cfg["groups"])
         args[seed] = (_to_jax(channels_last(x)), params, _to_jax(channels_last(r)))
 
-    # One compile for every config, implementation and layer; XLA's HLO passes run as
-    # in production, only LLVM's code generation is left unoptimised (half the time).
-    @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+    # One compile for every config, implementation and layer (QUICK_COMPILE's options)
+    @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
     def forward_and_vjp(args):
         results = {}
         for seed, (x, params, cotangent) in args.items():

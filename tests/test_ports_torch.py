@@ -20,6 +20,7 @@ import optax
 import pytest
 import torch
 from flax import nnx
+from layer_parity import QUICK_COMPILE
 from monai.networks.nets import BasicUNet as TorchBasicUNet
 from monai.networks.nets import UNet as TorchUNet
 from torch import nn
@@ -183,11 +184,6 @@ def _relative(ours, theirs, floor: float = 0.0) -> float:
     return float(np.max(np.abs(np.asarray(ours, np.float64) - theirs)) / scale)
 
 
-# The numbers, not the speed, are tested: XLA compiles without LLVM's optimisations,
-# which takes about a third of the time (the same HLO, so the same arithmetic).
-QUICK_COMPILE = {"xla_backend_optimization_level": 0}
-
-
 @functools.partial(jax.jit, static_argnums=0, compiler_options=QUICK_COMPILE)
 def _forward_pure(graphdef, state, x):
     return nnx.merge(graphdef, state)(x)
@@ -232,6 +228,20 @@ def _ours(array) -> np.ndarray:
     return channels_first(array) if np.ndim(array) > 1 else np.asarray(array)
 
 
+def _jax(t: torch.Tensor) -> jax.Array:
+    """A torch batch channels-last (a 1-D one as it is), as float32: ``jnp.asarray``
+    without a dtype would compile a copy program per shape."""
+    return jnp.asarray(channels_last(t) if t.ndim > 1 else t.numpy(), jnp.float32)
+
+
+def _torch_sgd_step(model: nn.Module) -> None:
+    """``torch.optim.SGD(lr=LEARNING_RATE).step()``, written out: ``torch.optim`` imports
+    ``torch._dynamo``, seconds once per process."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(p.grad, alpha=-LEARNING_RATE)
+
+
 def _differences(network: Network) -> dict[str, float]:
     """The largest relative differences from torch of one network's outputs, gradients
     and running statistics, by what was compared."""
@@ -246,21 +256,17 @@ def _differences(network: Network) -> dict[str, float]:
 
     torch_model.eval(), model.eval()
     theirs = torch_model(batches[0]).detach()
-    found["eval output"] = _relative(
-        _ours(_forward(model, jnp.asarray(channels_last(batches[0])))), theirs
-    )
+    found["eval output"] = _relative(_ours(_forward(model, _jax(batches[0]))), theirs)
 
     torch_model.train(), model.train()
     target = torch.rand(theirs.shape, generator=generator)
-    target_ours = jnp.asarray(channels_last(target) if target.ndim > 1 else target.numpy())
-    torch_optimizer = torch.optim.SGD(torch_model.parameters(), lr=LEARNING_RATE)
     for step, x in enumerate(batches[1:]):
-        torch_optimizer.zero_grad()
+        torch_model.zero_grad()
         out = torch_model(x)
         torch.mean((out - target) ** 2).backward()
         torch_grads = {key: p.grad.clone() for key, p in torch_model.named_parameters()}
-        torch_optimizer.step()
-        ours, grads = _train_step(model, jnp.asarray(channels_last(x)), target_ours)
+        _torch_sgd_step(torch_model)
+        ours, grads = _train_step(model, _jax(x), _jax(target))
         if step == 0:
             found["training output"] = _relative(_ours(ours), out.detach())
             grads = _torch_layout(model, grads)
@@ -279,8 +285,7 @@ def _differences(network: Network) -> dict[str, float]:
 
     torch_model.eval(), model.eval()
     found[f"eval output after {STEPS} steps"] = _relative(
-        _ours(_forward(model, jnp.asarray(channels_last(batches[0])))),
-        torch_model(batches[0]).detach(),
+        _ours(_forward(model, _jax(batches[0]))), torch_model(batches[0]).detach()
     )
     return found
 
