@@ -13,7 +13,7 @@ import pytest
 from jaxconv import launch
 
 # A training process as the launcher sees it: "ready" once started; on SIGINT it "saves"
-# for a second and exits 130. Modes: "stuck" ignores SIGINT; "follow" also stops, as its
+# (for SAVE_S) and exits 130. Modes: "stuck" ignores SIGINT; "follow" also stops, as its
 # peers agree to, when another child was interrupted (it writes the file FLAG then);
 # "joined" ignores SIGTERM, as a process of several does (jax.distributed's preemption
 # service catches it).
@@ -24,7 +24,7 @@ mode, flag = sys.argv[2], sys.argv[3]
 def save_and_exit(*_):
     open(flag, "w").close()
     print("stopping", flush=True)
-    time.sleep(1.0)
+    time.sleep(float(sys.argv[4]))
     print("saved", flush=True)
     sys.exit(130)
 
@@ -39,13 +39,18 @@ for _ in range(600):
 sys.exit(0)
 """
 
+# ``launch.launch(["train", MODE, FLAG, SAVE_S], 2)`` with CHILD as each process's program
+# and GRACE_S (SIGTERM to SIGKILL) shortened
 LAUNCHER = """
 import sys
 from jaxconv import launch
 launch.PROGRAM = (sys.executable, sys.argv[1])
 launch.INTERRUPT_GRACE_S = float(sys.argv[2])
-sys.exit(launch.launch(["train", *sys.argv[3:]], 2, timeout=60))
+launch.GRACE_S = float(sys.argv[3])
+sys.exit(launch.launch(["train", *sys.argv[4:]], 2, timeout=60))
 """
+SAVE_S = 0.2  # long enough that a launcher not waiting for the children would cut it off
+GRACE_S = 0.5
 
 
 class Launcher:
@@ -56,7 +61,8 @@ class Launcher:
         child.write_text(CHILD)
         self.flag = tmp_path / "interrupted"
         self.process = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, str(child), str(grace_s), mode, str(self.flag)],
+            [sys.executable, "-c", LAUNCHER, str(child), str(grace_s), str(GRACE_S)]
+            + [mode, str(self.flag), str(SAVE_S)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -68,7 +74,8 @@ class Launcher:
             if sum("ready" in seen for seen in self.lines) == 2:
                 break
         self.children = [
-            int(pid) for pid in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+            int(pid)
+            for pid in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
             .read_text()
             .split()
         ]
@@ -108,25 +115,26 @@ def test_a_child_interrupted_alone_gives_its_peers_time_to_save(tmp_path):
 
 
 def test_a_killed_process_fails_the_launch_and_stops_the_others(tmp_path):
-    """The others ignore SIGTERM, as joined JAX processes do: they are killed after GRACE_S."""
+    """The others ignore SIGTERM, as joined JAX processes do: they are killed after GRACE_S
+    (launch.GRACE_S, shortened here)."""
     run = Launcher(tmp_path, "joined")
     start = time.monotonic()
     os.kill(run.children[1], signal.SIGKILL)
     code, _, err = run.finish()
-    assert time.monotonic() - start < launch.GRACE_S + 5
+    assert time.monotonic() - start < GRACE_S + 5
     assert code == 128 + signal.SIGKILL
     assert "process 1 exited with status 137; the others were stopped" in err
     assert not any(Path(f"/proc/{child}").exists() for child in run.children)
 
 
 def test_a_child_that_ignores_ctrl_c_is_stopped_after_the_grace_period(tmp_path):
-    run = Launcher(tmp_path, "stuck", grace_s=1.0)
+    run = Launcher(tmp_path, "stuck", grace_s=0.5)
     start = time.monotonic()
     run.process.send_signal(signal.SIGINT)
     code, _, err = run.finish()
-    assert time.monotonic() - start < 1.0 + launch.GRACE_S + 5
+    assert time.monotonic() - start < 0.5 + GRACE_S + 5
     assert code == 130
-    assert "did not stop within 1 s" in err
+    assert "did not stop within 0.5 s" in err
     assert not any(Path(f"/proc/{child}").exists() for child in run.children)
 
 
