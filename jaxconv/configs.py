@@ -44,6 +44,7 @@ WARMUP = 0.05  # fraction of the steps
 UPSAMPLINGS = ("transposed", "resize")
 UPSAMPLING = "transposed"
 IMAGE_SIZE = (64, 64)  # scene height and width
+WIDTHS = (16, 32, 64, 128)  # U-Net features per level, full size first; each level halves
 MIN_SIZE = 16  # smallest image height and width that the U-Net takes
 NUM_SCENES = (10_000, 1_000)  # train and test scenes generated
 

@@ -72,7 +72,7 @@ class SegmentationConfig:
     task_name: ClassVar[str] = "segmentation"
     command: ClassVar[str] = "segment"  # the jaxconv command that trains it
 
-    widths: tuple[int, ...] = (16, 32, 64, 128)
+    widths: tuple[int, ...] = configs.WIDTHS
     depth: int = 1
     upsampling: str = configs.UPSAMPLING
     num_classes: int = scenes.NUM_CLASSES

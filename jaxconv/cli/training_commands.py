@@ -171,6 +171,16 @@ def add_segment_parser(subparsers) -> None:
         f"{' '.join(map(str, configs.NUM_SCENES))})",
     )
     p.add_argument(
+        "--widths",
+        nargs="+",
+        type=bounded_int(1, 4096),
+        default=configs.WIDTHS,
+        metavar="W",
+        help="U-Net features per level, two or more, full size first, each next level at "
+        "half the size: fewer or narrower levels train and compile faster, for a quick "
+        f"run (default: {' '.join(map(str, configs.WIDTHS))})",
+    )
+    p.add_argument(
         "--upsampling",
         choices=configs.UPSAMPLINGS,
         default=configs.UPSAMPLING,
@@ -188,6 +198,8 @@ def run_segment(args: argparse.Namespace) -> None:
 
     from jaxconv import distributed, plots, scenes, segmentation
 
+    if len(args.widths) < 2:
+        args.parser.error(f"argument --widths: needs two or more levels, got one ({args.widths[0]})")
     join_processes(args)
     workdir = args.workdir or Path(configs.SEGMENTATION.workdir.format(upsampling=args.upsampling))
     size = tuple(args.image_size)
@@ -203,6 +215,7 @@ def run_segment(args: argparse.Namespace) -> None:
 
     def model() -> segmentation.SegmentationConfig:
         return segmentation.SegmentationConfig(
+            widths=tuple(args.widths),
             upsampling=args.upsampling,
             num_classes=data.num_classes,
             image_channels=data.train_images.shape[-1],
