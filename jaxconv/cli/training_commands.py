@@ -158,8 +158,7 @@ def add_segment_parser(subparsers) -> None:
         type=bounded_int(configs.MIN_SIZE, 1024),
         default=configs.IMAGE_SIZE,
         metavar=("H", "W"),
-        help="scene size to train and test at (default: "
-        f"{' '.join(map(str, configs.IMAGE_SIZE))})",
+        help=f"scene size to train and test at (default: {' '.join(map(str, configs.IMAGE_SIZE))})",
     )
     p.add_argument(
         "--num-scenes",
@@ -199,7 +198,9 @@ def run_segment(args: argparse.Namespace) -> None:
     from jaxconv import distributed, plots, scenes, segmentation
 
     if len(args.widths) < 2:
-        args.parser.error(f"argument --widths: needs two or more levels, got one ({args.widths[0]})")
+        args.parser.error(
+            f"argument --widths: needs two or more levels, got one ({args.widths[0]})"
+        )
     join_processes(args)
     workdir = args.workdir or Path(configs.SEGMENTATION.workdir.format(upsampling=args.upsampling))
     size = tuple(args.image_size)
