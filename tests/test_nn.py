@@ -1,10 +1,13 @@
 """jaxconv.nn: parameters, PyTorch's initialisation, and input validation."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from layer_parity import QUICK_COMPILE
 
 from jaxconv import nn as jnn
 from jaxconv import ops
@@ -14,7 +17,7 @@ torch.manual_seed(0)  # the torch layers below are drawn at collection
 
 
 def _params(layer, x):
-    return jax.jit(layer.init)(KEY, x)["params"]
+    return jax.jit(layer.init, compiler_options=QUICK_COMPILE)(KEY, x)["params"]
 
 
 def _shapes(layer, x):
@@ -69,8 +72,15 @@ def test_default_init_has_torchs_distribution(ours, theirs, in_channels):
 def test_default_init_draws_what_a_direct_uniform_draw_gives():
     """The flat draw (fast to compile) gives the numbers of ``uniform(key, shape)``."""
     shape = (7, 7, 32, 64)
-    got = jnn.torch_uniform(0.25)(KEY, shape)
-    np.testing.assert_array_equal(got, jax.random.uniform(KEY, shape, jnp.float32, -0.25, 0.25))
+
+    @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)  # one compile for both
+    def draws(key):
+        return jnn.torch_uniform(0.25)(key, shape), jax.random.uniform(
+            key, shape, jnp.float32, -0.25, 0.25
+        )
+
+    got, direct = draws(KEY)
+    np.testing.assert_array_equal(got, direct)
 
 
 @pytest.mark.parametrize(
@@ -110,6 +120,7 @@ def test_a_bfloat16_bias_gradient_is_summed_in_float32(op, impl):
         y = fn(x, kernel, bias, padding=1, impl=impl)
         return jnp.sum(y.astype(jnp.float32) * r)
 
-    grad = jax.jit(jax.grad(loss))(jnp.zeros(4, jnp.bfloat16)).astype(jnp.float32)
+    grad = jax.jit(jax.grad(loss), compiler_options=QUICK_COMPILE)(jnp.zeros(4, jnp.bfloat16))
+    grad = grad.astype(jnp.float32)
     expected = jnp.sum(r.astype(jnp.bfloat16).astype(jnp.float32), axis=(0, 1, 2))
     np.testing.assert_allclose(grad, expected, rtol=2**-7)

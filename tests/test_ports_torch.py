@@ -228,6 +228,17 @@ def _ours(array) -> np.ndarray:
     return channels_first(array) if np.ndim(array) > 1 else np.asarray(array)
 
 
+@functools.cache
+def _abstract_split(name: str) -> tuple[nnx.GraphDef, nnx.State]:
+    return nnx.split(nnx.eval_shape(lambda: NETWORKS[name].port(nnx.Rngs(0))))
+
+
+def _abstract_port(name: str) -> nnx.Module:
+    """A new abstract port of ``NETWORKS[name]`` (``nnx.eval_shape``: no initialisation
+    computed), its graph traced once per process."""
+    return nnx.merge(*_abstract_split(name), copy=True)
+
+
 def _jax(t: torch.Tensor) -> jax.Array:
     """A torch batch channels-last (a 1-D one as it is), as float32: ``jnp.asarray``
     without a dtype would compile a copy program per shape."""
@@ -242,13 +253,14 @@ def _torch_sgd_step(model: nn.Module) -> None:
             p.add_(p.grad, alpha=-LEARNING_RATE)
 
 
-def _differences(network: Network) -> dict[str, float]:
+def _differences(name: str) -> dict[str, float]:
     """The largest relative differences from torch of one network's outputs, gradients
     and running statistics, by what was compared."""
+    network = NETWORKS[name]
     torch.manual_seed(0)
     torch_model = network.torch_model()
     _perturb(torch_model)
-    model = nnx.eval_shape(lambda: network.port(nnx.Rngs(0)))
+    model = _abstract_port(name)
     interop.load_state_dict(model, torch_model.state_dict())
     generator = torch.Generator().manual_seed(2)
     batches = [torch.randn(network.input_shape, generator=generator) for _ in range(STEPS + 1)]
@@ -300,7 +312,7 @@ def _tolerance(what: str) -> float:
 def test_a_ported_network_computes_what_torch_computes(name):
     """Outputs (evaluation and training), gradients and running statistics after three
     SGD steps, each within its tolerance of torch's."""
-    found = _differences(NETWORKS[name])
+    found = _differences(name)
     assert len(found) > 3
     beyond = {what: d for what, d in found.items() if not d <= _tolerance(what)}
     assert not beyond, f"beyond tolerance: {beyond}"
@@ -312,11 +324,11 @@ def test_a_ported_networks_weights_go_to_torch_and_back_bitwise(name):
     torch.manual_seed(0)
     torch_model = network.torch_model()
     _perturb(torch_model)
-    model = nnx.eval_shape(lambda: network.port(nnx.Rngs(0)))
+    model = _abstract_port(name)
     interop.load_state_dict(model, torch_model.state_dict())
     back = network.torch_model()
     back.load_state_dict(interop.to_state_dict(model, as_torch=True), strict=True)
-    again = nnx.eval_shape(lambda: network.port(nnx.Rngs(1)))
+    again = _abstract_port(name)
     interop.load_state_dict(again, back.state_dict())
     for key, value in torch_model.state_dict().items():
         assert torch.equal(back.state_dict()[key], value), key
