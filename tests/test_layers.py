@@ -58,14 +58,19 @@ def test_batch_norm_follows_torch_through_training_steps_under_jit_then_eval(mom
     step = nnx.jit(lambda m, x: m(x))
     for _ in range(3):
         x = torch.randn(4, 3, 5, 6) * 3 + 1
-        _close(channels_first(step(bn, jnp.asarray(channels_last(x)))), torch_bn(x).detach())
+        _close(
+            channels_first(step(bn, jnp.asarray(channels_last(x), jnp.float32))),
+            torch_bn(x).detach(),
+        )
     for name in ("running_mean", "running_var"):
         _close(getattr(bn, name)[...], getattr(torch_bn, name))
     assert int(bn.num_batches_tracked[...]) == 3
     torch_bn.eval()
     bn.eval()
     x = torch.randn(2, 3, 5, 6)
-    _close(channels_first(step(bn, jnp.asarray(channels_last(x)))), torch_bn(x).detach())
+    _close(
+        channels_first(step(bn, jnp.asarray(channels_last(x), jnp.float32))), torch_bn(x).detach()
+    )
     assert int(bn.num_batches_tracked[...]) == 3  # evaluation leaves the statistics alone
 
 
@@ -88,7 +93,7 @@ def test_batch_norm_without_running_statistics_uses_the_batch_in_eval_too():
     bn = jnnx.BatchNorm(3, track_running_stats=False)
     bn.eval()
     x = torch.randn(5, 3) * 2
-    _close(_call(bn, jnp.asarray(x.numpy())), torch_bn(x).detach())
+    _close(_call(bn, jnp.asarray(x.numpy(), jnp.float32)), torch_bn(x).detach())
 
 
 def test_instance_norm_has_torchs_defaults_no_affine_and_no_statistics():
@@ -96,7 +101,7 @@ def test_instance_norm_has_torchs_defaults_no_affine_and_no_statistics():
     assert inorm.scale is None and inorm.running_mean is None
     assert not _state_names(inorm, nnx.Param)
     x = torch.randn(2, 4, 7)
-    got = channels_first(_call(inorm, jnp.asarray(channels_last(x))))
+    got = channels_first(_call(inorm, jnp.asarray(channels_last(x), jnp.float32)))
     _close(got, torch.nn.InstanceNorm1d(4)(x))
 
 
@@ -105,7 +110,7 @@ def test_instance_norm_warns_as_torch_for_unused_num_features():
     with pytest.warns(UserWarning):
         torch.nn.InstanceNorm2d(3)(x)
     with pytest.warns(UserWarning, match="num_features"):
-        jnnx.InstanceNorm(3)(jnp.asarray(channels_last(x)))
+        jnnx.InstanceNorm(3)(jnp.asarray(channels_last(x), jnp.float32))
 
 
 def test_group_norm_groups_consecutive_channels_as_torch():
@@ -114,9 +119,13 @@ def test_group_norm_groups_consecutive_channels_as_torch():
         torch_gn.weight.normal_()
         torch_gn.bias.normal_()
     gn = jnnx.GroupNorm(2, 6)
-    gn.scale[...], gn.bias[...] = (jnp.asarray(p.detach().numpy()) for p in torch_gn.parameters())
+    gn.scale[...], gn.bias[...] = (
+        jnp.asarray(p.detach().numpy(), jnp.float32) for p in torch_gn.parameters()
+    )
     x = torch.randn(2, 6, 4, 3) * torch.arange(1.0, 7.0).reshape(1, 6, 1, 1)
-    _close(channels_first(_call(gn, jnp.asarray(channels_last(x)))), torch_gn(x).detach())
+    _close(
+        channels_first(_call(gn, jnp.asarray(channels_last(x), jnp.float32))), torch_gn(x).detach()
+    )
 
 
 def test_layer_norm_normalises_the_last_axes_of_the_same_array():
@@ -124,7 +133,7 @@ def test_layer_norm_normalises_the_last_axes_of_the_same_array():
     ln = jnnx.LayerNorm((4, 5), bias=False)
     assert ln.bias is None and ln.scale[...].shape == (4, 5)
     x = torch.randn(3, 4, 5)
-    _close(_call(ln, jnp.asarray(x.numpy())), torch_ln(x).detach())
+    _close(_call(ln, jnp.asarray(x.numpy(), jnp.float32)), torch_ln(x).detach())
 
 
 # Linear, PReLU, Flatten
@@ -136,10 +145,10 @@ def test_linear_kernel_is_torchs_weight_transposed_with_torchs_init_bound():
     for param in (layer.kernel[...], layer.bias[...]):
         assert 0.8 / 8 < float(jnp.abs(param).max()) <= 1 / 8  # U(-1/sqrt(64), 1/sqrt(64))
     torch_layer = torch.nn.Linear(64, 10)
-    layer.kernel[...] = jnp.asarray(torch_layer.weight.detach().numpy().T)
-    layer.bias[...] = jnp.asarray(torch_layer.bias.detach().numpy())
+    layer.kernel[...] = jnp.asarray(torch_layer.weight.detach().numpy().T, jnp.float32)
+    layer.bias[...] = jnp.asarray(torch_layer.bias.detach().numpy(), jnp.float32)
     x = torch.randn(2, 3, 64)
-    _close(_call(layer, jnp.asarray(x.numpy())), torch_layer(x).detach())
+    _close(_call(layer, jnp.asarray(x.numpy(), jnp.float32)), torch_layer(x).detach())
     assert jnnx.Linear(3, 2, bias=False, rngs=nnx.Rngs(0)).bias is None
 
 
@@ -151,17 +160,20 @@ def test_prelu_slopes_run_along_the_channels_last_axis():
     assert np.allclose(prelu.weight[...], 0.25)
     prelu.weight[...] = jnp.asarray([0.1, -0.5, 2.0])
     x = torch.randn(2, 3, 4, 4)
-    _close(channels_first(_call(prelu, jnp.asarray(channels_last(x)))), torch_prelu(x).detach())
+    _close(
+        channels_first(_call(prelu, jnp.asarray(channels_last(x), jnp.float32))),
+        torch_prelu(x).detach(),
+    )
 
 
 def test_flatten_then_linear_takes_torchs_weight_as_it_is():
     torch_head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 5, 2))
     linear = jnnx.Linear(60, 2, rngs=nnx.Rngs(0))
-    linear.kernel[...] = jnp.asarray(torch_head[1].weight.detach().numpy().T)
-    linear.bias[...] = jnp.asarray(torch_head[1].bias.detach().numpy())
+    linear.kernel[...] = jnp.asarray(torch_head[1].weight.detach().numpy().T, jnp.float32)
+    linear.bias[...] = jnp.asarray(torch_head[1].bias.detach().numpy(), jnp.float32)
     head = nnx.Sequential(jnnx.Flatten(), linear)
     x = torch.randn(2, 3, 4, 5)
-    _close(_call(head, jnp.asarray(channels_last(x))), torch_head(x).detach())
+    _close(_call(head, jnp.asarray(channels_last(x), jnp.float32)), torch_head(x).detach())
 
 
 @pytest.mark.parametrize("start_dim", [0, 1, 2, 3, -1, -4])
@@ -170,7 +182,9 @@ def test_flatten_is_torchs_on_the_channels_first_array(start_dim):
     expected = torch.flatten(x, start_dim).numpy()
     if start_dim % 4 >= 2:  # the channel axis survives: channels-last out
         expected = np.moveaxis(expected, 1, -1)
-    np.testing.assert_array_equal(ops.flatten(jnp.asarray(channels_last(x)), start_dim), expected)
+    np.testing.assert_array_equal(
+        ops.flatten(jnp.asarray(channels_last(x), jnp.float32), start_dim), expected
+    )
 
 
 def test_the_layers_train_under_nnx_jit_and_grad():
@@ -196,7 +210,7 @@ def test_the_layers_train_under_nnx_jit_and_grad():
 
 
 def _torch_nchw(layer, x):
-    return channels_first(_call(layer, jnp.asarray(channels_last(x))))
+    return channels_first(_call(layer, jnp.asarray(channels_last(x), jnp.float32)))
 
 
 def test_max_pool_pads_with_minus_infinity_as_torch():
@@ -278,7 +292,9 @@ def test_norms_of_values_with_a_large_offset_are_exact_to_float32(kind):
     }[kind]
     x = torch.randn(8, 4, 6, 6, generator=torch.Generator().manual_seed(0)) * 0.01 + 10
     exact = torch_layer.double()(x.double()).detach().numpy()
-    _close(channels_first(_call(layer, jnp.asarray(channels_last(x)))), exact, tol=1e-6)
+    _close(
+        channels_first(_call(layer, jnp.asarray(channels_last(x), jnp.float32))), exact, tol=1e-6
+    )
 
 
 def test_a_bfloat16_upsamples_gradient_is_summed_in_float32_and_rounded_once():
