@@ -43,8 +43,11 @@ off on both sides throughout (the timings too): ``torch.backends.cuda.matmul.all
 
 Without a GPU (``jax.default_backend() == "cpu"``) every part runs on the CPU, torch
 CPU the reference (parity with at least 2 torch threads: see ``torch_cpu_threads``);
-``--quick`` runs every part at tiny sizes, mostly compile time (about a minute on a
-quiet 2-core CPU, ``jaxconv segment``'s compiles half of it).
+``--quick`` runs every part at tiny sizes, mostly imports and compiles; where JAX runs
+on the CPU alone (``cpu_only``), this process and each command compile with XLA's
+cheapest settings for their work (``QUICK_CPU_XLA_FLAGS``, added to the XLA flags they
+would run with; the JSON's ``meta.xla_flags``): the U-Net's train step compiled in 13 s
+CPU time with XLA's defaults, about 2 s with these.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -83,6 +87,7 @@ from bench import cases, machine, report, suite, timing  # noqa: E402
 
 import jaxconv  # noqa: E402
 from jaxconv import interop, ops, train  # noqa: E402
+from jaxconv.cli import XLA_FLAGS_DEFAULT  # noqa: E402
 from jaxconv.torch_reference import (  # noqa: E402
     PARITY_IMPLS,
     PARITY_RTOL,
@@ -103,9 +108,19 @@ BUDGET_S = {"parity": 120, "suite": 140, "train_step": 50, "cli": 130}
 QUICK_BUDGET_S = {"parity": 90, "suite": 90, "train_step": 90, "cli": 240}
 QUICK_TOTAL_S = 480
 TRAIN_CAP_S, QUICK_TRAIN_CAP_S = 100, 120  # jaxconv train's share of the cli budget
-QUICK_CLI_FLAGS = {  # one epoch of a small run each
+QUICK_CLI_FLAGS = {  # one epoch of a small run each (segment: 2 steps, the smallest scenes)
     "train": ["--epochs", "1", "--batch-size", "256"],
-    "segment": ["--epochs", "1", "--num-scenes", "64", "16", "--image-size", "32", "32"],
+    "segment": ["--epochs", "1", "--num-scenes", "32", "8", "--image-size", "20", "20"],
+}
+# --quick on the CPU: XLA's cheapest compiles for each process's work (this check's and
+# each command's). LLVM at level 0 and XLA:CPU's older fusion emitters compile the U-Net's
+# train step in about 2 s of CPU time instead of 13; jaxconv train runs its epoch of 4,500
+# images 5 times slower at level 0 than at 1, which costs it more than the compiles save.
+_NO_FUSION_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+QUICK_CPU_XLA_FLAGS = {
+    "check": f"--xla_backend_optimization_level=0 {_NO_FUSION_EMITTERS}",
+    "train": f"--xla_backend_optimization_level=1 {_NO_FUSION_EMITTERS}",
+    "segment": f"--xla_backend_optimization_level=0 {_NO_FUSION_EMITTERS}",
 }
 PARITY_CONFIGS = {"transposed": 200, "conv": 100}
 QUICK_PARITY_CONFIGS = {"transposed": 1, "conv": 1}
@@ -200,6 +215,8 @@ class Context:
     batch_scale: int
     log: Log
     report: Report
+    command_xla_flags: dict[str, str] = dataclasses.field(default_factory=dict)
+    """XLA_FLAGS per command where they are not the environment's (--quick on the CPU)."""
 
 
 # ----------------------------------------------------------------------------------
@@ -431,9 +448,7 @@ def suite_layers(quick: bool, batch_scale: int) -> list[suite.Layer]:
     if quick:
         # one of each kind: an EXTRA layer (3-D, bfloat16) and a suite layer (2-D, float32)
         tiny = [dataclasses.replace(EXTRA[0], input=QUICK_EXTRA_INPUT)]
-        return tiny + [
-            layer.with_batch(1) for layer in suite.SUITE if layer.name in QUICK_SUITE
-        ]
+        return tiny + [layer.with_batch(1) for layer in suite.SUITE if layer.name in QUICK_SUITE]
     layers = [layer.with_batch(layer.input[0] * batch_scale) for layer in EXTRA + suite.SUITE]
     # depthwise last: torch's CPU backward of a depthwise layer takes seconds
     return sorted(layers, key=lambda layer: layer.groups >= DEPTHWISE_GROUPS)
@@ -624,7 +639,7 @@ def run_command(args: list[str], runs_dir: Path, cap_s: float, env: dict) -> dic
 def cli_part(ctx: Context, part: dict, budget: Budget) -> None:
     ctx.runs_dir.mkdir(parents=True, exist_ok=True)
     pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": pythonpath}
+    base_env = {**os.environ, "PYTHONPATH": pythonpath}
     train_cap = QUICK_TRAIN_CAP_S if ctx.quick else TRAIN_CAP_S
     figures = {
         "train": {
@@ -639,6 +654,9 @@ def cli_part(ctx: Context, part: dict, budget: Budget) -> None:
         else:
             cap = min(train_cap, budget.left()) if command == "train" else budget.left()
             flags = QUICK_CLI_FLAGS[command] if ctx.quick else []
+            env = dict(base_env)
+            if command in ctx.command_xla_flags:
+                env["XLA_FLAGS"] = ctx.command_xla_flags[command]
             part[command] = run_command([command, *flags], ctx.runs_dir, cap, env)
         part[command]["cpu_figures"] = figures[command]
         ctx.log(f"jaxconv {command}: {part[command]['status']}")
@@ -671,6 +689,31 @@ def run_part(
     return part["seconds"]
 
 
+def cpu_only() -> bool:
+    """Whether JAX will compute on the CPU alone, known before its backends start (when XLA
+    reads ``XLA_FLAGS``): ``JAX_PLATFORMS`` names only ``cpu``, or no accelerator is
+    installed (no JAX plugin, no ``libtpu``)."""
+    platforms = jax.config.jax_platforms
+    if platforms:
+        return {name.strip() for name in platforms.split(",")} == {"cpu"}
+    return not (
+        importlib.metadata.entry_points(group="jax_plugins")
+        or importlib.util.find_spec("jax_plugins")
+        or importlib.util.find_spec("libtpu")
+    )
+
+
+def quick_cpu_xla_flags() -> dict[str, str]:
+    """``XLA_FLAGS`` of each process of a --quick run on the CPU: the flags it would run with
+    (the environment's; a command's default where it is unset) and ``QUICK_CPU_XLA_FLAGS``."""
+    env = os.environ.get("XLA_FLAGS")
+    base = {
+        "check": env or "",
+        **dict.fromkeys(QUICK_CLI_FLAGS, XLA_FLAGS_DEFAULT if env is None else env),
+    }
+    return {name: f"{flags} {QUICK_CPU_XLA_FLAGS[name]}".strip() for name, flags in base.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the JSON and the log")
@@ -684,6 +727,9 @@ def main() -> None:
     args = parser.parse_args()
     total = Budget(QUICK_TOTAL_S if args.quick else TOTAL_S)
     args.out.mkdir(parents=True, exist_ok=True)
+    xla_flags = quick_cpu_xla_flags() if args.quick and cpu_only() else {}
+    if xla_flags:  # before JAX starts its backend, at the first computation below
+        os.environ["XLA_FLAGS"] = xla_flags["check"]
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -712,12 +758,11 @@ def main() -> None:
             "jax_default_matmul_precision": "highest",
         },
         "missing_packages": [
-            name
-            for name in ("tensorflow_datasets",)
-            if not importlib.util.find_spec(name)
+            name for name in ("tensorflow_datasets",) if not importlib.util.find_spec(name)
         ],
         "budgets_s": budgets,
         "total_budget_s": total.seconds,
+        "xla_flags": xla_flags or "the environment's (and each command's default)",
     }
     ctx = Context(
         quick=args.quick,
@@ -726,6 +771,7 @@ def main() -> None:
         batch_scale=args.batch_scale,
         log=Log(args.out / "gpu_check.log"),
         report=Report(args.out / "gpu_check.json", meta),
+        command_xla_flags={name: flags for name, flags in xla_flags.items() if name != "check"},
     )
     ctx.log(f"jax {jax.__version__} on {meta['jax_devices']}, torch on {meta['torch_device']}")
     parts = {

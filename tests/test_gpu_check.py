@@ -1,5 +1,6 @@
 """experiments/gpu_check.py --quick on the CPU: every part runs, each part's status and
-each command's are asserted, parity passes.
+each command's are asserted, parity passes, and every process compiled with the quick
+run's XLA flags.
 
 One run, one test: under pytest-xdist a shared fixture would run once per worker.
 """
@@ -25,6 +26,10 @@ def test_quick_check_runs_every_part_and_passes_parity_on_the_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
 
     report = json.loads((tmp_path / "gpu_check.json").read_text())
+    # the check and each command with XLA's cheapest compiles for its work (JAX_PLATFORMS=cpu)
+    xla_flags = report["meta"]["xla_flags"]
+    assert xla_flags.keys() == {"check", "train", "segment"}, xla_flags
+    assert all("--xla_backend_optimization_level=" in flags for flags in xla_flags.values())
     parts = report["parts"]
     assert {name: part["status"] for name, part in parts.items()} == dict.fromkeys(PARTS, "done")
     parity = parts["parity"]
