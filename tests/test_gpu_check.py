@@ -1,16 +1,21 @@
 """experiments/gpu_check.py --quick on the CPU: every part runs, each part's status and
 each command's are asserted, parity passes, and every process compiled with the quick
-run's XLA flags.
+run's XLA flags, added to each process's own.
 
 One run, one test: under pytest-xdist a shared fixture would run once per worker.
 """
 
+import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from jaxconv.cli import XLA_FLAGS_DEFAULT
 
 ROOT = Path(__file__).resolve().parent.parent
 HANG_S = 600  # a guard against a hang, not a speed claim: the parts keep their own budgets
@@ -53,3 +58,34 @@ def test_quick_check_runs_every_part_and_passes_parity_on_the_cpu(tmp_path):
     assert 0 <= cli["segment"]["last_metrics"]["test_miou"] <= 1, cli["segment"]
     log = (tmp_path / "gpu_check.log").read_text()
     assert all(f"{name}: done" in log for name in PARTS)
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "experiments/gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["gpu_check"]
+
+
+def test_quick_cpu_flags_keep_each_command_s_default_where_xla_flags_is_unset(
+    gpu_check, monkeypatch
+):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    quick = gpu_check.QUICK_CPU_XLA_FLAGS
+    assert gpu_check.quick_cpu_xla_flags() == {
+        "check": quick["check"],
+        "train": f"{XLA_FLAGS_DEFAULT} {quick['train']}",
+        "segment": f"{XLA_FLAGS_DEFAULT} {quick['segment']}",
+    }
+
+
+def test_quick_cpu_flags_follow_the_environment_s_xla_flags(gpu_check, monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+    flags = gpu_check.quick_cpu_xla_flags()
+    assert flags == {
+        name: f"--xla_cpu_enable_fast_math=false {gpu_check.QUICK_CPU_XLA_FLAGS[name]}"
+        for name in ("check", "train", "segment")
+    }
