@@ -1,16 +1,19 @@
 """Several processes (jax.distributed over loopback, CPU): the same run however the devices
 are split into processes, checkpoints that move between splits, and no hang on a failure.
 
-Starting a process that imports JAX costs more than the training here, so the runs are
-shared: a run in this process and a ``jaxconv launch -n 2`` run (each made once per pytest
-run, by the first xdist worker to ask), and one pair of joined processes that plays several
-scenarios in turn (``joined``)."""
+Starting a process that imports JAX, and compiling the train step in it (process 1 cannot
+use the persistent compilation cache), costs more than the training here. So one ``jaxconv
+launch -n 2`` plays every scenario of two processes in turn (``SCENARIOS``), on a few
+hundred digits, after a reference run in this process; both are made once per pytest run,
+by the first xdist worker to ask (``runs``)."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -18,23 +21,40 @@ import numpy as np
 import pytest
 from conftest import XLA_FLAGS_AT_START, made_once
 
-from jaxconv import distributed, input_pipeline, launch
+from jaxconv import distributed, input_pipeline
 from jaxconv.input_pipeline import Dataset
 from jaxconv.train import CHECK_EVERY, TrainConfig, load_run, train_and_evaluate
 
-# mnist5k's 4,500 training digits in 11 steps an epoch (100 left out, each epoch others):
-# the loss and Ctrl-C are looked at after steps 10 and 11. (With 500, 9 steps, only at the
-# epoch's end; with 300, one process and two drift apart by more than _assert_same_run allows.)
-BATCH = 400
-EPOCHS = 2
-TRAIN = ["train", "--batch-size", str(BATCH)]
-TIMEOUT_S = 240  # every launch below is bounded; nothing is left running
+# 11 steps an epoch, so that the loss and Ctrl-C are looked at mid-epoch (after step
+# CHECK_EVERY = 10) and at its end, and 16 images that each epoch leaves out (others each
+# time). One process and two stay within _assert_same_run's tolerance by a factor of ~10.
+BATCH = 64
+TRAIN_IMAGES = 11 * BATCH + 16
+TEST_IMAGES = 2 * BATCH
+EPOCHS = 3
+TRAIN = ["train", "--batch-size", str(BATCH), "--epochs", str(EPOCHS)]
+# The launch's command, on a copy of the one-process run at epoch 1: epoch 2 is finished
+# but not saved when process 1 gets SIGINT as the last epoch starts
+INTERRUPTED = [*TRAIN, "--checkpoint-every", str(EPOCHS)]
+TIMEOUT_S = 240  # the launch is bounded; nothing is left running
 
 
-def _environment(**variables: str) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def digits(mnist5k) -> Dataset:
+    """The digits every run here trains on (the commands too: ``SCENARIOS``)."""
+    return Dataset(
+        mnist5k.name,
+        mnist5k.train_images[:TRAIN_IMAGES],
+        mnist5k.train_labels[:TRAIN_IMAGES],
+        mnist5k.test_images[:TEST_IMAGES],
+        mnist5k.test_labels[:TEST_IMAGES],
+    )
+
+
+def _environment() -> dict[str, str]:
     """A child's environment: JAX on the CPU, joined to no cluster, computing bitwise what
     this process computes (its XLA flags: without any, the commands set theirs, whose other
-    fusions move the last digits of the losses; its matmul precision), and ``variables``."""
+    fusions move the last digits of the losses; its matmul precision)."""
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
@@ -43,27 +63,12 @@ def _environment(**variables: str) -> dict[str, str]:
     }
     for name in distributed.ENVIRONMENT:
         env.pop(name, None)
-    return {**env, **variables}
-
-
-def _launch(n: int, *argv: str) -> subprocess.CompletedProcess:
-    """``jaxconv launch -n N -- ARGV...``, which must succeed."""
-    result = subprocess.run(
-        [sys.executable, "-m", "jaxconv", "launch", "-n", str(n), "--timeout", str(TIMEOUT_S)]
-        + ["--", *argv],
-        env=_environment(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S + 30,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+    return env
 
 
 def _train_here(data: Dataset, workdir: Path, epochs: int, progress: bool = False) -> None:
-    """``jaxconv train`` with TRAIN on ``data``, in this process (one device), no figures."""
-    config = TrainConfig(batch_size=BATCH)
-    train_and_evaluate(data, workdir, config, epochs, progress=progress)
+    """``jaxconv train`` with TRAIN's batch size on ``data``, in this process (one device)."""
+    train_and_evaluate(data, workdir, TrainConfig(batch_size=BATCH), epochs, progress=progress)
 
 
 def _losses(workdir: Path) -> np.ndarray:
@@ -92,191 +97,122 @@ def _at_epoch(workdir: Path, epoch: int, copy: Path) -> Path:
     return copy
 
 
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory, mnist5k) -> Path:
-    """EPOCHS epochs in 1 process with 1 device (this one): the reference."""
-    folder = made_once(tmp_path_factory, "one", lambda d: _train_here(mnist5k, d / "run", EPOCHS))
-    return folder / "run"
-
-
-@pytest.fixture(scope="module")
-def two_processes(tmp_path_factory) -> tuple[Path, str]:
-    """EPOCHS epochs of ``jaxconv launch -n 2 -- train``: its workdir and its output."""
-
-    def run(folder: Path) -> None:
-        result = _launch(2, *TRAIN, "--epochs", str(EPOCHS), "--workdir", str(folder / "run"))
-        (folder / "stdout").write_text(result.stdout)
-
-    folder = made_once(tmp_path_factory, "two", run)
-    return folder / "run", (folder / "stdout").read_text()
-
-
-def test_two_processes_train_as_one_process(one_process, two_processes):
-    """(One process with several devices against one device: test_train's
-    test_four_devices_give_the_losses_of_one.)"""
-    assert len(_losses(one_process)) == EPOCHS
-    _assert_same_run(two_processes[0], one_process)
-
-
-def test_only_process_zero_writes_the_runs_files_and_every_process_logs(two_processes):
-    workdir, stdout = two_processes
-    for index in (0, 1):
-        assert f"[{index}] [process {index}/2] epoch   1" in stdout
-    assert stdout.count("reconstructions:") == 1
-    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == EPOCHS
-
-
-def test_a_checkpoint_of_two_processes_resumes_in_one(
-    one_process, two_processes, mnist5k, tmp_path, capsys
-):
-    workdir = _at_epoch(two_processes[0], 1, tmp_path / "run")
-    _train_here(mnist5k, workdir, EPOCHS, progress=True)
-    assert f"{workdir}: resumed from epoch 1" in capsys.readouterr().out
-    _assert_same_run(workdir, one_process)
-
-
 def _nan_at(n: int) -> tuple[int, int]:
     """``(image, step)``: of ``n`` images, one that epoch 1 leaves out and epoch 2 trains on
     at a step between two checks (not a multiple of CHECK_EVERY), and that step."""
     steps = n // BATCH
     first, second = (list(input_pipeline.epoch_permutation(n, 0, epoch)) for epoch in (1, 2))
     return next(
-        (i, second.index(i) // BATCH + 1)
+        (int(i), second.index(i) // BATCH + 1)
         for i in first[steps * BATCH :]
         if (second.index(i) // BATCH + 1) % CHECK_EVERY and second.index(i) < steps * BATCH
     )
 
 
-# ``python CHILD COMMAND ...`` runs ``jaxconv COMMAND ...``, where process 1 alone gets SIGINT
-# as it starts epoch 2: the moment is forced, not raced
-INTERRUPTED_CHILD = """
-import os, signal, sys
-from jaxconv import input_pipeline
-from jaxconv.cli import main
-
-permutation = input_pipeline.epoch_permutation
-
-def epoch_permutation(num_examples, seed, epoch):
-    if epoch == 2 and os.environ["JAX_PROCESS_ID"] == "1":
-        os.kill(os.getpid(), signal.SIGINT)
-    return permutation(num_examples, seed, epoch)
-
-input_pipeline.epoch_permutation = epoch_permutation
-main(sys.argv[1:])
-"""
-
-# ``jaxconv launch -n 2 --timeout T -- COMMAND ...`` with CHILD as each process's program
-LAUNCHER = """
-import sys
-from jaxconv import launch
-launch.PROGRAM = (sys.executable, sys.argv[1])
-sys.exit(launch.launch(sys.argv[3:], 2, timeout=float(sys.argv[2])))
-"""
-INTERRUPTED = [*TRAIN, "--epochs", str(EPOCHS), "--checkpoint-every", "2"]
-
-
-@pytest.fixture(scope="module")
-def interrupted(tmp_path_factory) -> tuple[Path, dict]:
-    """``jaxconv launch -n 2 -- INTERRUPTED`` where process 1 alone gets SIGINT as epoch 2
-    starts, when the last finished epoch (1) is not saved: its workdir, and its exit
-    ``status``, ``stdout`` and ``stderr``."""
-
-    def run(folder: Path) -> None:
-        child = folder / "child.py"
-        child.write_text(INTERRUPTED_CHILD)
-        result = subprocess.run(
-            [sys.executable, "-c", LAUNCHER, str(child), str(TIMEOUT_S), *INTERRUPTED]
-            + ["--workdir", str(folder / "run")],
-            env=_environment(),
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S + 30,
-        )
-        outcome = {"status": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
-        (folder / "outcome.json").write_text(json.dumps(outcome))
-
-    folder = made_once(tmp_path_factory, "interrupted", run)
-    return folder / "run", json.loads((folder / "outcome.json").read_text())
-
-
-def test_ctrl_c_reaching_one_process_only_stops_both_at_the_same_step_after_saving(interrupted):
-    """Both stop at the first check of epoch 2 (mid-epoch) and save epoch 1 together (a
-    save is a collective); the launch exits 130 and says how to resume."""
-    workdir, outcome = interrupted
-    out = outcome["stdout"]
-    assert outcome["status"] == 130, out[-3000:] + outcome["stderr"][-3000:]
-    assert "[1] Ctrl-C: stopping" in out and "[0] Ctrl-C" not in out  # one process got it
-    for index in (0, 1):  # both stopped, after saving the same epoch
-        assert f"[{index}] jaxconv train: error: interrupted; epoch 1 is saved" in out
-    assert out.count("[0] [process 0/2] epoch ") == 1  # epoch 2 was not finished
-    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved == [1]
-    assert len(_losses(workdir)) == 1
-    assert "resume with: jaxconv launch -n 2 -- train --batch-size" in outcome["stderr"]
-
-
-def _processes(script: str, *argv: str, n: int = 2) -> list[str]:
-    """The stdout of each of ``n`` processes running ``script``, joined over loopback."""
-    address = f"127.0.0.1:{launch.free_port()}"
-    children = []
-    for index in range(n):
-        cluster = dict(zip(distributed.ENVIRONMENT, (address, str(n), str(index))))
-        children.append(
-            subprocess.Popen(
-                [sys.executable, "-c", script, *argv],
-                env=_environment(JAX_NUM_CPU_DEVICES="1", **cluster),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    try:
-        results = [child.communicate(timeout=TIMEOUT_S) for child in children]
-    finally:
-        for child in children:
-            child.kill()
-            child.wait()
-    for child, (_, err) in zip(children, results):
-        assert child.returncode == 0, err[-3000:]
-    return [out for out, _ in results]
-
-
-# Scenarios of two joined processes, one after the other (starting the processes costs
-# more than any of them); each process prints "REPORT {name: value}" lines.
+# Each process of the launch runs ``python SCENARIOS FOLDER COMMAND...``: the scenarios
+# below in turn, starting each with a line "SCENARIO name" and printing "REPORT {name:
+# value}" lines, then exits with COMMAND's status. Around the real commands (``cli.main``)
+# and training loop, a little glue:
+# - the commands train on FOLDER/digits.npz and join the processes once;
+# - a command's error exit (``distributed.exit_now``: ``os._exit``) is recorded, and the
+#   scenarios go on;
+# - one task per model config and one optimizer per task, so that each process compiles
+#   the train and test steps once, not once per run: a fresh task (its bound ``apply``)
+#   and optax chain are new static fields of the train state, so a new program to trace
+#   and compile, and process 1 cannot read the persistent compilation cache (only process
+#   0 writes it, and the key holds the process's devices). The programs are the same.
 SCENARIOS = """
-import json, sys, time
+import functools, json, os, shutil, signal, sys, time
 from pathlib import Path
 import numpy as np
-from jaxconv import distributed, input_pipeline
-distributed.initialize(distributed.cluster())
 import jax
-from jaxconv.input_pipeline import Dataset, load_dataset
+from jaxconv import distributed, input_pipeline, models, train
+from jaxconv.cli import main
+from jaxconv.input_pipeline import Dataset
 from jaxconv.train import Diverged, TrainConfig, train_and_evaluate
-folder, batch, epochs, nan_image = Path(sys.argv[1]), *map(int, sys.argv[2:])
-me = jax.process_index()
-config = TrainConfig(batch_size=batch)
+
+folder, command = Path(sys.argv[1]), sys.argv[2:]
+settings = json.loads((folder / "settings.json").read_text())
+batch, epochs, train_command = settings["batch"], settings["epochs"], settings["train"]
+with np.load(folder / "digits.npz") as saved:
+    digits = Dataset("mnist5k", *(saved[key] for key in ("train_x", "train_y", "test_x", "test_y")))
+load_dataset = input_pipeline.load_dataset
+input_pipeline.load_dataset = lambda name=digits.name, **kwargs: (
+    digits if name == digits.name else load_dataset(name, **kwargs)
+)
+initialize = distributed.initialize
+distributed.initialize = lambda processes: jax.distributed.is_initialized() or initialize(processes)
+
+
+class Exited(BaseException):
+    pass
+
+
+def leave(status):
+    raise Exited(status)
+
+
+distributed.exit_now = leave
+tasks = functools.lru_cache(lambda model: model.task())
+train.TrainConfig.task = property(lambda config: tasks(config.model))
+models.AutoencoderTask.optimizer = functools.lru_cache(models.AutoencoderTask.optimizer)
+
+
+def jaxconv(*argv):
+    try:
+        main([str(arg) for arg in argv])
+    except Exited as e:
+        return e.args[0]
+    return 0
+
 
 def report(name, value):
     print("REPORT", json.dumps({name: value}), flush=True)
 
-# A NaN in the image nan_image, which epoch 1 (saved in folder/diverged) left out and
-# epoch 2 trains on between two checks
-d = load_dataset()
-images = d.train_images.copy()
-images[nan_image, 14, 14, 0] = np.nan
-data = Dataset(d.name, images, d.train_labels, d.test_images, d.test_labels)
+
+def scenario(name):
+    print("SCENARIO", name, flush=True)
+
+
+scenario("two")  # jaxconv train, uninterrupted
+report("two", jaxconv(*train_command, "--workdir", folder / "two"))
+
+config = TrainConfig(batch_size=batch)
+scenario("one_process")  # the checkpoint of one process (epoch 1) resumed by two
+train_and_evaluate(digits, folder / "one_process", config, epochs)
+
+scenario("diverged")  # a NaN in an image that epoch 1 (saved) left out, between two checks
+images = digits.train_images.copy()
+images[settings["nan_image"], 14, 14, 0] = np.nan
+data = Dataset(digits.name, images, digits.train_labels, digits.test_images, digits.test_labels)
 try:  # the progress bar of process 0 on, as in the CLI
     train_and_evaluate(data, folder / "diverged", config, epochs)
 except Diverged as e:
     report("diverged", {"epoch": e.epoch, "step": e.step})
 
-# The checkpoint of one process (epoch 1) resumed by two
-train_and_evaluate(d, folder / "one_process", config, epochs)
-# The run stopped by Ctrl-C resumed, as its command does
-train_and_evaluate(d, folder / "interrupted", config, epochs, checkpoint_every=2)
+scenario("interrupted")  # COMMAND, where process 1 alone gets SIGINT as the last epoch starts
+permutation = input_pipeline.epoch_permutation
 
-# A TFDS dataset prepared into one data dir (last: TFDS stays mocked)
+
+def epoch_permutation(num_examples, seed, epoch):
+    if epoch == epochs and os.environ["JAX_PROCESS_ID"] == "1":
+        input_pipeline.epoch_permutation = permutation  # once
+        os.kill(os.getpid(), signal.SIGINT)
+    return permutation(num_examples, seed, epoch)
+
+
+input_pipeline.epoch_permutation = epoch_permutation
+status = jaxconv(*command)
+report("interrupted", status)
+workdir = Path(command[command.index("--workdir") + 1])
+distributed.primary_first(lambda: shutil.copytree(workdir, folder / "resumed"))
+
+scenario("resumed")  # the stopped run resumed as its command does (in a copy)
+report("resumed", jaxconv(*command, "--workdir", folder / "resumed"))
+
+scenario("tfds")  # a TFDS dataset prepared into one data dir (last: TFDS stays mocked)
 import tensorflow_datasets as tfds
+me = jax.process_index()
 log, data_dir = folder / "events", folder / "data"
 
 def note(event):
@@ -297,68 +233,187 @@ with tfds.testing.mock_data(num_examples=4):
     builder.is_prepared = lambda self: (log.parent / self.name).exists()
     read = builder.as_data_source
     builder.as_data_source = lambda self, **kwargs: note("read") or read(self, **kwargs)
-    shape = input_pipeline.load_dataset("mnist", data_dir=data_dir).train_images.shape
+    shape = load_dataset("mnist", data_dir=data_dir).train_images.shape
     report("prepared", list(shape))
     input_pipeline._network_available = lambda: False  # process 0 cannot prepare this one
     try:
-        input_pipeline.load_dataset("fashion_mnist", data_dir=data_dir)
+        load_dataset("fashion_mnist", data_dir=data_dir)
     except input_pipeline.DatasetUnavailableError as e:
         report("unavailable", str(e))
+sys.exit(status)  # through jax.distributed's shutdown, which waits for every process
+"""
+
+# ``jaxconv launch -n 2 --timeout T -- COMMAND...`` with ``python SCENARIOS FOLDER`` as each
+# process's program instead of ``python -m jaxconv``
+LAUNCHER = """
+import sys
+from jaxconv import launch
+from jaxconv.cli import main
+launch.PROGRAM = (sys.executable, *sys.argv[1:3])
+main(["launch", "-n", "2", "--timeout", sys.argv[3], "--", *sys.argv[4:]])
 """
 
 
-def _reports(output: str) -> dict:
-    """A process's ``REPORT {name: value}`` lines, as one dict."""
-    reports = [json.loads(line[7:]) for line in output.splitlines() if line.startswith("REPORT ")]
-    return {name: value for report in reports for name, value in report.items()}
+@dataclass(frozen=True)
+class Runs:
+    """The runs made once: ``one`` (EPOCHS epochs in this process, one device: the
+    reference), and the launch's folder, exit status, stderr and each process's output
+    lines (without their ``[i]`` prefix) by scenario."""
+
+    one: Path
+    folder: Path
+    status: int
+    stderr: str
+    lines: dict[tuple[int, str], list[str]]
+
+    def out(self, scenario: str, index: int | None = None) -> str:
+        """The output of process ``index`` (default: both, prefixed) in ``scenario``."""
+        if index is not None:
+            return "\n".join(self.lines.get((index, scenario), []))
+        return "\n".join(
+            f"[{i}] {line}" for i in (0, 1) for line in self.lines.get((i, scenario), [])
+        )
+
+    def reports(self, name: str) -> list:
+        """The value each process reported as ``name`` (None where it did not)."""
+        values = []
+        for i in (0, 1):
+            lines = [line for (j, _), v in self.lines.items() if j == i for line in v]
+            reports = [json.loads(line[7:]) for line in lines if line.startswith("REPORT ")]
+            values.append(next((r[name] for r in reports if name in r), None))
+        return values
+
+
+def _by_scenario(stdout: str) -> dict[tuple[int, str], list[str]]:
+    """The launch's output lines ``[i] text``: each ``text`` by process ``i`` and scenario."""
+    lines: dict[tuple[int, str], list[str]] = {}
+    current = {0: "start", 1: "start"}
+    for line in stdout.splitlines():
+        match = re.match(r"\[([01])\] (.*)", line)
+        if match:
+            index, text = int(match[1]), match[2]
+            if text.startswith("SCENARIO "):
+                current[index] = text.split()[1]
+            lines.setdefault((index, current[index]), []).append(text)
+    return lines
 
 
 @pytest.fixture(scope="module")
-def joined(tmp_path_factory, mnist5k, one_process, interrupted) -> tuple[Path, list, list]:
-    """SCENARIOS played once: their folder, each process's output and its reports. They
-    resume copies of ``one_process`` at epoch 1 (two) and of the ``interrupted`` run."""
+def runs(tmp_path_factory, digits) -> Runs:
+    def make(folder: Path) -> None:
+        _train_here(digits, folder / "one", EPOCHS)
+        for name in ("one_process", "diverged", "interrupted"):
+            _at_epoch(folder / "one", 1, folder / name)
+        np.savez(
+            folder / "digits.npz",
+            train_x=digits.train_images,
+            train_y=digits.train_labels,
+            test_x=digits.test_images,
+            test_y=digits.test_labels,
+        )
+        nan_image, _ = _nan_at(TRAIN_IMAGES)
+        settings = {"batch": BATCH, "epochs": EPOCHS, "train": TRAIN, "nan_image": nan_image}
+        (folder / "settings.json").write_text(json.dumps(settings))
+        (folder / "scenarios.py").write_text(SCENARIOS)
+        result = subprocess.run(
+            [sys.executable, "-c", LAUNCHER, str(folder / "scenarios.py"), str(folder)]
+            + [str(TIMEOUT_S), *INTERRUPTED, "--workdir", str(folder / "interrupted")],
+            env=_environment(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S + 30,
+        )
+        outcome = {"status": result.returncode, "stdout": result.stdout, "stderr": result.stderr}
+        (folder / "outcome.json").write_text(json.dumps(outcome))
 
-    def run(folder: Path) -> None:
-        for name in ("diverged", "one_process"):
-            _at_epoch(one_process, 1, folder / name)
-        shutil.copytree(interrupted[0], folder / "interrupted")
-        nan_image, _ = _nan_at(len(mnist5k.train_images))
-        argv = [str(folder), str(BATCH), str(EPOCHS), str(nan_image)]
-        (folder / "outputs.json").write_text(json.dumps(_processes(SCENARIOS, *argv)))
-
-    folder = made_once(tmp_path_factory, "joined", run)
-    outputs = json.loads((folder / "outputs.json").read_text())
-    return folder, outputs, [_reports(out) for out in outputs]
+    folder = made_once(tmp_path_factory, "distributed", make)
+    outcome = json.loads((folder / "outcome.json").read_text())
+    return Runs(
+        folder / "one",
+        folder,
+        outcome["status"],
+        outcome["stderr"],
+        _by_scenario(outcome["stdout"]),
+    )
 
 
-def test_a_checkpoint_of_one_process_resumes_in_two(one_process, joined):
-    folder, outputs, _ = joined
-    assert f"[process 0/2] {folder / 'one_process'}: resumed from epoch 1" in outputs[0]
-    _assert_same_run(folder / "one_process", one_process)
+def test_the_launch_played_every_scenario_in_both_processes(runs):
+    names = ["two", "one_process", "diverged", "interrupted", "resumed", "tfds"]
+    for index in (0, 1):
+        played = [name for (i, name) in runs.lines if i == index and name != "start"]
+        assert played == names, runs.out(played[-1] if played else "start")[-3000:]
 
 
-def test_a_run_stopped_by_ctrl_c_resumes_bitwise(two_processes, joined):
-    """The resume of ``interrupted`` ends where the uninterrupted launch does, bit for bit."""
-    folder, outputs, _ = joined
-    assert f"[process 0/2] {folder / 'interrupted'}: resumed from epoch 1" in outputs[0]
-    assert len(_losses(folder / "interrupted")) == EPOCHS
-    for a, b in zip(_params(folder / "interrupted"), _params(two_processes[0])):
+def test_two_processes_train_as_one_process(runs):
+    """(One process with several devices against one device: test_train's
+    test_four_devices_give_the_losses_of_one.)"""
+    assert runs.reports("two") == [0, 0]  # the command's exit status in each process
+    assert len(_losses(runs.one)) == EPOCHS
+    _assert_same_run(runs.folder / "two", runs.one)
+
+
+def test_only_process_zero_writes_the_runs_files_and_every_process_logs(runs):
+    out = runs.out("two")
+    for index in (0, 1):
+        assert f"[{index}] [process {index}/2] epoch   1" in out
+    assert out.count("reconstructions:") == 1
+    assert len((runs.folder / "two" / "metrics.jsonl").read_text().splitlines()) == EPOCHS
+
+
+def test_a_checkpoint_of_two_processes_resumes_in_one(runs, digits, tmp_path, capsys):
+    workdir = _at_epoch(runs.folder / "two", 1, tmp_path / "run")
+    _train_here(digits, workdir, EPOCHS, progress=True)
+    assert f"{workdir}: resumed from epoch 1" in capsys.readouterr().out
+    _assert_same_run(workdir, runs.one)
+
+
+def test_a_checkpoint_of_one_process_resumes_in_two(runs):
+    workdir = runs.folder / "one_process"
+    assert f"[process 0/2] {workdir}: resumed from epoch 1" in runs.out("one_process", 0)
+    _assert_same_run(workdir, runs.one)
+
+
+def test_ctrl_c_reaching_one_process_only_stops_both_at_the_same_step_after_saving(runs):
+    """In a run resumed from epoch 1 whose epoch 2 is finished but not saved, both stop at
+    the first check of epoch 3 (mid-epoch) and save epoch 2 together (a save is a
+    collective); the launch exits 130 and says how to resume."""
+    out = runs.out("interrupted")
+    assert runs.status == 130, out[-3000:] + runs.stderr[-3000:]
+    assert "[1] Ctrl-C: stopping" in out and "Ctrl-C" not in runs.out("interrupted", 0)
+    for index in (0, 1):  # both stopped, after saving the same epoch
+        assert f"[{index}] jaxconv train: error: interrupted; epoch 2 is saved" in out
+    assert runs.reports("interrupted") == [130, 130]
+    assert out.count("[0] [process 0/2] epoch ") == 1  # epoch 3 was not finished
+    # the run as the interruption left it (a copy of it was resumed)
+    workdir = runs.folder / "interrupted"
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [1, 2]
+    assert len(_losses(workdir)) == 2
+    assert "resume with: jaxconv launch -n 2 -- train --batch-size" in runs.stderr
+
+
+def test_a_run_stopped_by_ctrl_c_resumes_bitwise(runs):
+    """The resume of the interrupted run ends where the uninterrupted one (``one_process``,
+    from the same checkpoint) does, bit for bit."""
+    workdir = runs.folder / "resumed"
+    assert runs.reports("resumed") == [0, 0]
+    assert f"[process 0/2] {workdir}: resumed from epoch 2" in runs.out("resumed", 0)
+    np.testing.assert_array_equal(_losses(workdir), _losses(runs.folder / "one_process"))
+    for a, b in zip(_params(workdir), _params(runs.folder / "one_process")):
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_nan_between_two_checks_stops_every_process_at_the_same_step(joined, mnist5k):
-    folder, _, reports = joined
-    workdir = folder / "diverged"
-    _, step = _nan_at(len(mnist5k.train_images))
-    assert [report["diverged"] for report in reports] == [{"epoch": 2, "step": step}] * 2
+def test_a_nan_between_two_checks_stops_every_process_at_the_same_step(runs):
+    workdir = runs.folder / "diverged"
+    _, step = _nan_at(TRAIN_IMAGES)
+    assert runs.reports("diverged") == [{"epoch": 2, "step": step}] * 2
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1"]
     assert [json.loads(line)["epoch"] for line in (workdir / "metrics.jsonl").open()] == [1]
 
 
-def test_process_zero_prepares_a_tfds_dataset_while_the_others_wait(joined):
-    folder, _, reports = joined
-    assert [report["prepared"] for report in reports] == [[4, 28, 28, 1]] * 2
-    events = [line.split() for line in (folder / "events").read_text().splitlines()]
+def test_process_zero_prepares_a_tfds_dataset_while_the_others_wait(runs):
+    assert runs.reports("prepared") == [[4, 28, 28, 1]] * 2
+    events = [line.split() for line in (runs.folder / "events").read_text().splitlines()]
     assert [(who, what) for _, who, what in events if what.startswith("prepare")] == [
         ("0", "prepare"),
         ("0", "prepared"),
@@ -367,7 +422,7 @@ def test_process_zero_prepares_a_tfds_dataset_while_the_others_wait(joined):
     reads = [float(t) for t, who, what in events if (who, what) == ("1", "read")]
     assert reads and min(reads) > done
     # when process 0 cannot prepare it, the others say so rather than wait or race
-    failures = [report["unavailable"] for report in reports]
+    failures = runs.reports("unavailable")
     assert "no network" in failures[0]
     assert "process 0 failed: DatasetUnavailableError" in failures[1]
     assert "no network" in failures[1]
