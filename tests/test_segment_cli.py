@@ -11,16 +11,20 @@ import pytest
 from conftest import made_once
 from PIL import Image
 
-from jaxconv import cli, scenes, segmentation
+from jaxconv import cli, configs, scenes, segmentation
 from jaxconv.rundir import RunDir, RunDirError
 from jaxconv.train import TrainConfig, load_run
 
 EPOCHS = 4
 TEST_SCENES = 200
-# about the shortest run of the default U-Net that beats chance by the margin asserted below
+WIDTHS = (16, 32, 64)
+# A quick run that beats chance by the margin asserted below (mIoU 0.171, the bar 0.142):
+# three levels instead of the default four compile faster, and batches of 8 learn more
+# from the same 6,000 crops than the default 16 (0.148 with 16, no faster per crop).
 FLAGS = [
     "segment", "--epochs", str(EPOCHS), "--image-size", "32", "32",
     "--num-scenes", "1500", str(TEST_SCENES), "--learning-rate", "5e-3",
+    "--batch-size", "8", "--widths", *map(str, WIDTHS),
 ]  # fmt: skip
 
 
@@ -28,6 +32,7 @@ FLAGS = [
 def run(tmp_path_factory) -> Path:
     """One ``jaxconv segment`` run for the whole pytest run (``made_once``; a module
     fixture alone would train it once per xdist worker)."""
+
     def train(folder: Path) -> None:
         cli.main([*FLAGS, "--workdir", str(folder / "run")])
 
@@ -100,6 +105,37 @@ def test_the_predictor_labels_every_pixel_of_any_size(
     for image, found in zip(np.clip(images, 0, 1), labels):
         np.testing.assert_array_equal(found, np.argmax(one_by_one(image), axis=-1))
     assert np.mean(labels > 0) > 0.02  # digits found, not all background
+
+
+def test_widths_sets_the_levels_of_the_u_net(run):
+    config, state = load_run(run, segmentation.SegmentationConfig)
+    assert config.model.widths == WIDTHS
+    # the full-size level's features and the bottom level's, which its head reads
+    assert state.params["ConvBlock_0"]["Conv_0"]["kernel"].shape[-1] == WIDTHS[0]
+    assert state.params["bottom_head"]["kernel"].shape[-2] == WIDTHS[-1]
+
+
+def test_widths_defaults_to_the_library_default():
+    assert tuple(cli.build_parser().parse_args(["segment"]).widths) == configs.WIDTHS
+    assert segmentation.SegmentationConfig().widths == configs.WIDTHS
+
+
+@pytest.mark.parametrize(
+    "widths, message",
+    [
+        (["8"], "needs two or more levels"),
+        (["8", "0"], "between 1 and 4096"),
+        (["8", "x"], "integer"),
+    ],
+    ids=["one level", "zero", "word"],
+)
+def test_a_bad_widths_is_one_usage_line_naming_it(tmp_path, capsys, widths, message):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["segment", "--widths", *widths, "--workdir", str(tmp_path / "run")])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--widths" in error and message in error, error
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_predictor_of_an_autoencoder_run_is_refused(tmp_path):
