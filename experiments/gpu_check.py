@@ -103,7 +103,7 @@ from jaxconv.torch_reference import (  # noqa: E402
 
 TOTAL_S = 470  # the whole run, start-up included: under 8 minutes
 BUDGET_S = {"parity": 120, "suite": 140, "train_step": 50, "cli": 130}
-# --quick: tiny work (about a minute on a quiet 2-core CPU, 3 minutes on a busy one);
+# --quick: tiny work (on a 2-core CPU about 27 s of CPU time: 10 here, 8 and 9 in the commands);
 # its budgets only guard against a hang, so that every part finishes ("done")
 QUICK_BUDGET_S = {"parity": 90, "suite": 90, "train_step": 90, "cli": 240}
 QUICK_TOTAL_S = 480
