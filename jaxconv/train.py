@@ -19,11 +19,12 @@ module's, written once:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -175,12 +176,24 @@ def create_train_state(
     if params is None:
         params = task.init_params(config.seed)
     params = jax.tree.map(jnp.asarray, params)
-    return TrainState.create(
-        apply_fn=task.apply,
-        params=params,
-        tx=task.optimizer(config.learning_rate, steps_per_epoch),
-        task=task,
-    )
+    tx = _optimizer(task, config.learning_rate, steps_per_epoch)
+    state = TrainState.create(apply_fn=_apply_fn(task), params=params, tx=tx, task=task)
+    # a restored step is a strong int32; a weak one would compile the steps a second time
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+# The train state's static fields, made once per process for equal settings: the jitted
+# steps key on them, so that every state of these settings shares their programs.
+@functools.lru_cache(maxsize=32)
+def _apply_fn(task: Task) -> Callable:
+    return task.apply
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(
+    task: Task, learning_rate: float, steps_per_epoch: int
+) -> optax.GradientTransformation:
+    return task.optimizer(learning_rate, steps_per_epoch)
 
 
 @jax.jit
@@ -506,4 +519,5 @@ def load_run(
             ) from e
     # the optimizer of the run: a schedule counted in epochs needs its steps per epoch
     steps_per_epoch = int(state.step) // epoch
-    return config, state.replace(tx=config.task.optimizer(config.learning_rate, steps_per_epoch))
+    tx = _optimizer(config.task, config.learning_rate, steps_per_epoch)
+    return config, state.replace(tx=tx)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import FINISHED_RUN_EPOCHS
 
-from jaxconv import interop, train
+from jaxconv import distributed, interop, train
 from jaxconv.models import Autoencoder, AutoencoderConfig, AutoencoderTask
 from jaxconv.rundir import RunDir, RunDirError
 from jaxconv.torch_models import torch_autoencoder
@@ -219,8 +219,10 @@ def test_load_run_builds_the_optimizer_of_the_run(finished_run, monkeypatch):
         return made[steps_per_epoch]
 
     monkeypatch.setattr(AutoencoderTask, "optimizer", optimizer)
+    train._optimizer.cache_clear()  # made once per settings in a process: make it again
     _, state = load_run(finished_run)
     assert state.tx is made[8]
+    train._optimizer.cache_clear()  # not this test's optimizer for the next ones
 
 
 def test_nothing_left_to_train_compiles_no_train_step(run_digits, run_copy, monkeypatch):
@@ -247,3 +249,24 @@ def test_load_run_refuses_a_checkpoint_of_another_model(run_copy):
     (run_copy / "run.json").write_text(json.dumps(settings))
     with pytest.raises(RunDirError, match="does not fit.*params/encoder/Conv_2/bias: saved"):
         load_run(run_copy)
+
+
+def _train_step_compiles(state: TrainState, batch: dict) -> int:
+    """How many programs ``train_step`` holds after a step of ``state``, placed as ``fit``
+    places the state and the batch."""
+    batch_sharding, replicated = distributed.shardings()
+    train_step(jax.device_put(state, replicated), distributed.global_batch(batch, batch_sharding))
+    return train_step._cache_size()
+
+
+def test_train_states_of_equal_settings_share_the_compiled_train_step(run_digits):
+    batch = {"image": run_digits.train_images[:64]}
+    compiled = _train_step_compiles(create_train_state(CONFIG), batch)
+    assert _train_step_compiles(create_train_state(CONFIG), batch) == compiled
+
+
+def test_a_restored_state_shares_the_compiled_train_step_of_a_fresh_one(finished_run, run_digits):
+    batch = {"image": run_digits.train_images[:64]}
+    compiled = _train_step_compiles(create_train_state(CONFIG, steps_per_epoch=8), batch)
+    _, restored = load_run(finished_run)
+    assert _train_step_compiles(restored, batch) == compiled
