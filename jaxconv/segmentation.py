@@ -285,8 +285,10 @@ def learning_rate_schedule(
 ) -> optax.Schedule:
     """The rate of :func:`optimizer` at each step."""
     steps = steps_per_epoch * epochs
+    # at least one warm-up step, and one step left to decay over (a one-step run: none)
+    warmup = min(max(1, round(WARMUP * steps)), steps - 1)
     return optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, max(1, round(WARMUP * steps)), steps, learning_rate / 100
+        0.0, learning_rate, warmup, steps, learning_rate / 100
     )
 
 

@@ -171,6 +171,12 @@ def test_learning_rate_warms_up_then_decays_to_one_percent():
     assert rates[1:] == pytest.approx([0.5, 1.0, 0.01])
 
 
+def test_a_run_of_one_step_takes_it_at_the_peak_rate():
+    """No step is left to warm up over: the one step is the decay's first, at the peak."""
+    schedule = segmentation.learning_rate_schedule(1.0, steps_per_epoch=1, epochs=1)
+    assert float(jax.jit(schedule)(np.int32(0))) == 1.0
+
+
 def test_confusion_matrix_counts_true_rows_against_predicted_columns():
     labels = np.array([[[0, 1], [2, 2]]], np.int32)
     logits = np.eye(3, dtype=np.float32)[np.array([[[0, 2], [2, 1]]])]  # one-hot predictions
