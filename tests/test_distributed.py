@@ -115,18 +115,17 @@ def _nan_at(n: int) -> tuple[int, int]:
 # and training loop, a little glue:
 # - the commands train on FOLDER/digits.npz and join the processes once;
 # - a command's error exit (``distributed.exit_now``: ``os._exit``) is recorded, and the
-#   scenarios go on;
-# - one task per model config and one optimizer per task, so that each process compiles
-#   the train and test steps once, not once per run: a fresh task (its bound ``apply``)
-#   and optax chain are new static fields of the train state, so a new program to trace
-#   and compile, and process 1 cannot read the persistent compilation cache (only process
-#   0 writes it, and the key holds the process's devices). The programs are the same.
+#   scenarios go on.
+# Each process compiles the train and test steps once for all its runs (jaxconv.train
+# keeps the train state's static fields per settings): process 1 cannot read the
+# persistent compilation cache (only process 0 writes it, and the key holds the process's
+# devices).
 SCENARIOS = """
-import functools, json, os, shutil, signal, sys, time
+import json, os, shutil, signal, sys, time
 from pathlib import Path
 import numpy as np
 import jax
-from jaxconv import distributed, input_pipeline, models, train
+from jaxconv import distributed, input_pipeline
 from jaxconv.cli import main
 from jaxconv.input_pipeline import Dataset
 from jaxconv.train import Diverged, TrainConfig, train_and_evaluate
@@ -153,9 +152,6 @@ def leave(status):
 
 
 distributed.exit_now = leave
-tasks = functools.lru_cache(lambda model: model.task())
-train.TrainConfig.task = property(lambda config: tasks(config.model))
-models.AutoencoderTask.optimizer = functools.lru_cache(models.AutoencoderTask.optimizer)
 
 
 def jaxconv(*argv):
