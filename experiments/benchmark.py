@@ -143,8 +143,8 @@ def main() -> None:
     # JAX starts here, on the pinned CPUs
     import jax
     import torch
-
     from bench import cases, report, suite
+
     from jaxconv import models
 
     torch.set_num_threads(args.threads)

@@ -530,7 +530,7 @@ def load_state_dict(
         problems += [f"shape mismatch: {m}" for m in mismatched]
         raise ValueError("state_dict does not fit the model: " + "; ".join(problems))
     for key, value in values.items():
-        slots[key][1].set_value(jnp.asarray(value))
+        slots[key][1].set_value(jnp.asarray(value, value.dtype))  # dtype: no copy program
     return IncompatibleKeys(missing, unexpected)
 
 

@@ -175,17 +175,17 @@ def _torch_run(cfg: dict, seed: int):
             y = module(x)
             r = cotangent(y.shape, seed + len(steps), cfg["dtype"]).to(y.dtype)
             (y * r).sum().backward()
-            steps.append((x.detach(), r, y.detach(), x.grad.numpy(), _grads(module), _stats(module)))
+            step = (x.detach(), r, y.detach(), x.grad.numpy(), _grads(module), _stats(module))
+            steps.append(step)
         return initial, steps
 
     return torch_result(run)
 
 
 def _load(layer: nnx.Module, initial: dict) -> None:
-    names = {"weight": "scale", "bias": "bias", "running_mean": "running_mean",
-             "running_var": "running_var", "num_batches_tracked": "num_batches_tracked"}  # fmt: skip
+    names = {"weight": "scale", "bias": "bias"}  # the rest keep torch's names
     for key, value in initial.items():
-        variable = getattr(layer, names[key])
+        variable = getattr(layer, names.get(key, key))
         variable[...] = jax.numpy.asarray(value.numpy(), variable[...].dtype)
 
 

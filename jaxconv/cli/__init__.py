@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from jaxconv.cli import analysis_commands, training_commands
 from jaxconv.cli.args import Parser
 
-
 # jaxlib 0.10.2 turns on XLA:CPU's YNN fusion, which computes a batched matrix product
 # followed by a sum wrongly past 32768 rows (jax issue 39103) and can crash on rank-7 sums
 # (jax issues 39257, 40412). jaxconv's own computations were checked to be unaffected, against
