@@ -3,7 +3,9 @@
 A contender is a round function (``n`` calls of one computation, then one sync) and
 its ``n``, chosen so that a round lasts at least ``min_round_s`` (``MIN_ROUND_S``:
 scheduling noise of a few ms per call averages out over ~100 ms). Every round runs
-every contender once, starting from a different one each round; a figure is the
+every contender once, in an order of its own (seeded shuffles: in a plain rotation
+each contender always followed the same one, and the A/A pair's first name, timed
+right after its twin, came out 4-10 % faster in forward on 2026-12-01); a figure is the
 median over the rounds (with min and max), and a ratio between two contenders is the
 median of their per-round ratios. The A/A pair is one contender timed under a second
 name in the same rounds: its ratio measures the run's own noise, and a run whose A/A
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -49,15 +52,16 @@ def cuda_sync(_: object) -> None:
 def paired_rounds(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
     """Seconds per call of each function, one list entry per round.
 
-    Every round calls every function once, starting from a different one each round.
-    A function whose warm-up call took over ``SLOW_S`` s runs in the first
-    ``SLOW_ROUNDS`` rounds only.
+    Every round calls every function once, in an order shuffled afresh (seeded), so
+    that no function always runs after the same one. A function whose warm-up call
+    took over ``SLOW_S`` s runs in the first ``SLOW_ROUNDS`` rounds only.
     """
     names = list(fns)
     slow = {name for name in names if timed(fns[name]) > SLOW_S}
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+    shuffles = random.Random(0)
+    for _ in range(rounds):
+        for name in shuffles.sample(names, len(names)):
             if name in slow and len(times[name]) >= SLOW_ROUNDS:
                 continue
             times[name].append(timed(fns[name]))
