@@ -6,7 +6,7 @@
 
 Everything is measured in one run, side by side (``experiments/bench/timing.py``):
 each round runs every contender for at least ``--min-round-s`` (repeated calls, one
-sync), every contender once per round in a rotating order (paired, interleaved
+sync), every contender once per round in a shuffled order (paired, interleaved
 rounds); a figure is the median over ``--rounds`` rounds with its min-max, and a ratio
 is the median of the per-round ratios. jaxconv's contender in every group is also
 timed under a second name (an A/A pair): the report prints each A/A ratio, and a run
