@@ -148,18 +148,23 @@ def finished_run_params(finished_run) -> list[np.ndarray]:
         return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
-@pytest.fixture(scope="session")
-def run_digits_file(run_digits, tmp_path_factory) -> Path:
-    """``run_digits`` as arrays ``train_x``, ``train_y``, ``test_x``, ``test_y`` in an .npz
-    file, for subprocesses (faster than parsing the embedded CSV file)."""
-    path = tmp_path_factory.mktemp("run_digits") / "digits.npz"
+def save_digits(digits: Dataset, path: Path) -> None:
+    """``digits`` as arrays ``train_x``, ``train_y``, ``test_x``, ``test_y`` in the .npz
+    file ``path``, for subprocesses (faster than parsing the embedded CSV file)."""
     np.savez(
         path,
-        train_x=run_digits.train_images,
-        train_y=run_digits.train_labels,
-        test_x=run_digits.test_images,
-        test_y=run_digits.test_labels,
+        train_x=digits.train_images,
+        train_y=digits.train_labels,
+        test_x=digits.test_images,
+        test_y=digits.test_labels,
     )
+
+
+@pytest.fixture(scope="session")
+def run_digits_file(run_digits, tmp_path_factory) -> Path:
+    """``run_digits`` saved by :func:`save_digits`."""
+    path = tmp_path_factory.mktemp("run_digits") / "digits.npz"
+    save_digits(run_digits, path)
     return path
 
 

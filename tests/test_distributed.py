@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import XLA_FLAGS_AT_START, made_once
+from conftest import XLA_FLAGS_AT_START, made_once, save_digits
 
 from jaxconv import distributed, input_pipeline
 from jaxconv.input_pipeline import Dataset
@@ -300,13 +300,7 @@ def runs(tmp_path_factory, digits) -> Runs:
         _train_here(digits, folder / "one", EPOCHS)
         for name in ("one_process", "diverged", "interrupted"):
             _at_epoch(folder / "one", 1, folder / name)
-        np.savez(
-            folder / "digits.npz",
-            train_x=digits.train_images,
-            train_y=digits.train_labels,
-            test_x=digits.test_images,
-            test_y=digits.test_labels,
-        )
+        save_digits(digits, folder / "digits.npz")
         nan_image, _ = _nan_at(TRAIN_IMAGES)
         settings = {"batch": BATCH, "epochs": EPOCHS, "train": TRAIN, "nan_image": nan_image}
         (folder / "settings.json").write_text(json.dumps(settings))
