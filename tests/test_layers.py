@@ -101,7 +101,7 @@ def test_instance_norm_has_torchs_defaults_no_affine_and_no_statistics():
     assert inorm.scale is None and inorm.running_mean is None
     assert not _state_names(inorm, nnx.Param)
     x = torch.randn(2, 4, 7)
-    got = channels_first(_call(inorm, jnp.asarray(channels_last(x), jnp.float32)))
+    got = _torch_nchw(inorm, x)
     _close(got, torch.nn.InstanceNorm1d(4)(x))
 
 
@@ -123,9 +123,7 @@ def test_group_norm_groups_consecutive_channels_as_torch():
         jnp.asarray(p.detach().numpy(), jnp.float32) for p in torch_gn.parameters()
     )
     x = torch.randn(2, 6, 4, 3) * torch.arange(1.0, 7.0).reshape(1, 6, 1, 1)
-    _close(
-        channels_first(_call(gn, jnp.asarray(channels_last(x), jnp.float32))), torch_gn(x).detach()
-    )
+    _close(_torch_nchw(gn, x), torch_gn(x).detach())
 
 
 def test_layer_norm_normalises_the_last_axes_of_the_same_array():
@@ -161,7 +159,7 @@ def test_prelu_slopes_run_along_the_channels_last_axis():
     prelu.weight[...] = jnp.asarray([0.1, -0.5, 2.0])
     x = torch.randn(2, 3, 4, 4)
     _close(
-        channels_first(_call(prelu, jnp.asarray(channels_last(x), jnp.float32))),
+        _torch_nchw(prelu, x),
         torch_prelu(x).detach(),
     )
 
@@ -292,9 +290,7 @@ def test_norms_of_values_with_a_large_offset_are_exact_to_float32(kind):
     }[kind]
     x = torch.randn(8, 4, 6, 6, generator=torch.Generator().manual_seed(0)) * 0.01 + 10
     exact = torch_layer.double()(x.double()).detach().numpy()
-    _close(
-        channels_first(_call(layer, jnp.asarray(channels_last(x), jnp.float32))), exact, tol=1e-6
-    )
+    _close(_torch_nchw(layer, x), exact, tol=1e-6)
 
 
 def test_a_bfloat16_upsamples_gradient_is_summed_in_float32_and_rounded_once():
