@@ -83,6 +83,7 @@ Pads = tuple[tuple[int, int], ...]
 IM2COL_MAX_DEPTH = 16
 IM2COL_MAX_BYTES = 1 << 30  # the largest im2col of one image; past it, XLA's conv
 CHUNK_BYTES = 4 << 20  # the im2col of one batch chunk (see _by_chunks)
+OVERLAP_ADD_MAX_BYTES = 16 << 20  # T's products (float32) for the overlap-add at most
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
@@ -274,13 +275,62 @@ def _slice(x: jax.Array, starts, extents, steps) -> jax.Array:
 
 
 def _transposed(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
-    """``T(y, K)``: one matmul for a 1x1 input, else the phase decomposition."""
-    if geometry.groups > 1 and kernel.shape[-1] > geometry.groups:
-        one = functools.partial(_transposed, geometry=geometry._replace(groups=1))
-        return _group_by_group(one, geometry.groups, y, kernel)
+    """``T(y, K)``: one matmul for a 1x1 input; else the overlap-add where its products
+    fit ``OVERLAP_ADD_MAX_BYTES`` (not depthwise); else the phase decomposition."""
+    depthwise = geometry.groups > 1 and kernel.shape[-1] == geometry.groups
     if all(n == 1 for n in y.shape[1:-1]):
         return _from_one_pixel(y, kernel, geometry)
+    products = y.size // y.shape[-1] * math.prod(kernel.shape[:-2]) * kernel.shape[-2]
+    if not depthwise and products * geometry.groups * 4 <= OVERLAP_ADD_MAX_BYTES:
+        return _by_overlap_add(y, kernel, geometry)
+    if geometry.groups > 1 and not depthwise:
+        one = functools.partial(_transposed, geometry=geometry._replace(groups=1))
+        return _group_by_group(one, geometry.groups, y, kernel)
     return _by_phases(y, kernel, geometry)
+
+
+def _by_overlap_add(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
+    """``T`` as one matmul and an overlap-add, in the phase domain of :func:`_by_phases`.
+
+    The matmul makes every useful product ``Z[i, j] = K[j] y[i]`` (input pixel ``i``,
+    tap ``j``; groups batched) and reads ``K`` where it is. With ``j*d = a_j*s + b_j``,
+    phase ``b_j`` of row ``q`` sums ``Z[q - a_j, j]`` over its taps (shifted pads, in
+    float32 at least); then :func:`_to_space`.
+    """
+    groups, kernel_size, spatial = geometry.groups, kernel.shape[:-2], y.shape[1:-1]
+    pixels, taps, channels = math.prod(y.shape[:-1]), math.prod(kernel_size), kernel.shape[-2]
+    wide = jnp.promote_types(y.dtype, jnp.float32)
+    if groups == 1:  # one plain matmul (an einsum adds copies)
+        z = lax.dot_general(
+            y.reshape(pixels, y.shape[-1]),
+            kernel.reshape(taps * channels, kernel.shape[-1]),
+            (((1,), (1,)), ((), ())),
+            preferred_element_type=wide,
+        )
+    else:
+        z = jnp.einsum(
+            "pgc,tagc->ptga",
+            y.reshape(pixels, groups, y.shape[-1] // groups),
+            kernel.reshape(taps, channels, groups, kernel.shape[-1] // groups),
+            preferred_element_type=wide,
+        )
+    z = z.reshape(y.shape[0], *spatial, *kernel_size, groups * channels)
+    plan = _phase_plan(spatial, kernel_size, geometry)
+    q_lo = [lo // s for (lo, _), s in zip(geometry.pads, geometry.strides)]
+    phases = {}
+    for j in itertools.product(*map(range, kernel_size)):
+        shifts = [divmod(t * d, s) for t, d, s in zip(j, geometry.dilation, geometry.strides)]
+        pads = [
+            (a - lo, lo + rows - n - a)
+            for (a, _), lo, rows, n in zip(shifts, q_lo, plan.rows, spatial)
+        ]
+        shifted = _pad(z[(slice(None), *(slice(None),) * len(spatial), *j)], pads)
+        phase = tuple(b for _, b in shifts)
+        phases[phase] = phases[phase] + shifted if phase in phases else shifted
+    empty = jnp.zeros((y.shape[0], *plan.rows, z.shape[-1]), wide)
+    every = [phases.get(r, empty) for r in itertools.product(*map(range, geometry.strides))]
+    stacked = jnp.concatenate(every, axis=-1).astype(y.dtype)
+    return _to_space(stacked, plan, geometry._replace(groups=1))
 
 
 def _from_one_pixel(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:

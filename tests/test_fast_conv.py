@@ -296,6 +296,56 @@ def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
         _close(got, expected)
 
 
+@pytest.mark.parametrize(
+    "y_shape, kernel_shape, geometry",
+    [
+        ((2, 4, 4, 5), (3, 3, 3, 5), fast_conv.Geometry((2, 2), ((1, 1), (1, 0)), (1, 1))),
+        ((2, 4, 4, 6), (4, 4, 4, 6), fast_conv.Geometry((2, 2), ((1, 1), (1, 1)), (1, 1))),
+        ((2, 4, 3, 3), (3, 2, 2, 3), fast_conv.Geometry((3, 1), ((2, -1), (0, 2)), (2, 3))),
+        ((3, 4, 4), (5, 2, 4), fast_conv.Geometry((4,), ((3, 1),), (2,))),
+        ((1, 3, 2, 2, 3), (2, 3, 2, 2, 3), fast_conv.Geometry((2, 1, 3), ((0, 1),) * 3, (1, 2, 1))),
+        # 2 groups of 3 input channels, 2 output channels each; stride 3 over a 2-tap
+        # kernel: one phase gets no tap
+        ((2, 3, 4, 6), (2, 3, 2, 6), fast_conv.Geometry((3, 2), ((0, 0), (1, 1)), (1, 1), 2)),
+    ],
+)
+def test_both_transposed_conv_lowerings_agree_with_xla(
+    y_shape, kernel_shape, geometry, monkeypatch
+):
+    """T(y, K), the adjoint of C in its input, by overlap-add and, with the overlap-add
+    off (``OVERLAP_ADD_MAX_BYTES`` 0), by phases (group by group), against the transpose
+    of XLA's conv of the padded input."""
+    monkeypatch.setattr(fast_conv, "OVERLAP_ADD_MAX_BYTES", 0)
+    y = _normal(y_shape)
+    kernel = _normal(kernel_shape, seed=1)
+    dimensions = fast_conv._dimension_numbers(len(y_shape) - 2)
+    spatial = [
+        (n - 1) * s + d * (k - 1) + 1 - lo - hi
+        for n, k, s, (lo, hi), d in zip(
+            y_shape[1:-1], kernel_shape, geometry.strides, geometry.pads, geometry.dilation
+        )
+    ]
+    x = jax.ShapeDtypeStruct((y_shape[0], *spatial, kernel_shape[-2] * geometry.groups), y.dtype)
+
+    def xla_conv(x):
+        return jax.lax.conv_general_dilated(
+            fast_conv._pad(x, geometry.pads), kernel, geometry.strides, "VALID",
+            rhs_dilation=geometry.dilation, dimension_numbers=dimensions,
+            feature_group_count=geometry.groups,
+        )  # fmt: skip
+
+    @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
+    def transposed(y, kernel):
+        expected = jax.linear_transpose(xla_conv, x)(y)[0]
+        ours = [lowering(y, kernel, geometry) for lowering in (
+            fast_conv._by_overlap_add, fast_conv._transposed)]  # fmt: skip
+        return expected, ours
+
+    expected, ours = transposed(y, kernel)
+    for got in ours:
+        _close(got, expected)
+
+
 @BOTH_LAYERS
 def test_without_im2col_xla_convs_agree(cls, kwargs, monkeypatch):
     """Past ``IM2COL_MAX_BYTES`` (here 0) every conv and kernel gradient is XLA's."""
