@@ -635,8 +635,16 @@ def _by_chunks(fn: Callable, arrays: tuple, columns_per_image: int, summed: bool
     chunk = chunk if 2 * chunk > target else target
     count = batch // chunk
     heads = [a[: count * chunk].reshape(count, chunk, *a.shape[1:]) for a in arrays]
-    out = lax.map(lambda chunks: fn(*chunks), heads)
-    out = out.sum(0) if summed else out.reshape(count * chunk, *out.shape[2:])
+    if summed:  # added up in the loop: a sum of the stacked results ran as a slow reduce
+        total = jax.eval_shape(fn, *(h[0] for h in heads))
+        out, _ = lax.scan(
+            lambda total, chunks: (total + fn(*chunks), None),
+            jnp.zeros(total.shape, total.dtype),
+            heads,
+        )
+    else:
+        out = lax.map(lambda chunks: fn(*chunks), heads)
+        out = out.reshape(count * chunk, *out.shape[2:])
     if count * chunk == batch:
         return out
     rest = fn(*(a[count * chunk :] for a in arrays))
