@@ -92,6 +92,7 @@ from jax import lax
 Pads = tuple[tuple[int, int], ...]
 IM2COL_MAX_DEPTH = 16
 IM2COL_MAX_POSITIONS = 256  # outputs in the batch (batch x rows) at most for im2col
+PER_TAP_MAX_TAPS = 9  # a conv of one input channel (no groups) tap by tap up to this
 IM2COL_MAX_BYTES = 1 << 30  # the largest im2col of one image; past it, XLA's conv
 CHUNK_BYTES = 4 << 20  # the im2col of one batch chunk (see _by_chunks)
 OVERLAP_ADD_MAX_BYTES = 16 << 20  # T's products (float32) for the overlap-add at most
@@ -163,15 +164,18 @@ def _strided(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
 
 def _padded_conv(x, pads, kernel, strides, dilation, groups) -> jax.Array:
     """A 'VALID' conv of ``x`` padded by ``pads`` (``lax.pad``): XLA's, or im2col and a
-    matmul where XLA:CPU's conv is slower; with groups (of one input channel), tap by
-    tap."""
+    matmul where XLA:CPU's conv is slower; tap by tap with groups of one input channel,
+    and for one input channel and at most ``PER_TAP_MAX_TAPS`` taps (the lecture
+    encoder's first conv at batch 1024: 18 -> 2 ms; with 25-81 taps, 2-3x slower than
+    im2col)."""
     kernel_size, depth = kernel.shape[:-2], math.prod(kernel.shape[:-1])
     rows = [
         (n + lo + hi - d * (k - 1) - 1) // s + 1
         for n, (lo, hi), k, s, d in zip(x.shape[1:-1], pads, kernel_size, strides, dilation)
     ]
     x = _pad(x, pads)
-    if groups > 1 and kernel.shape[-2] == 1:
+    one_channel = kernel.shape[-2] == 1  # per group
+    if one_channel and (groups > 1 or math.prod(kernel_size) <= PER_TAP_MAX_TAPS):
         return _per_tap_conv(x, kernel, strides, dilation, rows)
     positions = x.shape[0] * math.prod(rows)
     wanted = (

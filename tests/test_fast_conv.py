@@ -296,6 +296,13 @@ def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
         _close(got, expected)
 
 
+@pytest.mark.parametrize("kernel_size", [3, 5])  # 9 taps: tap by tap; 25: im2col
+def test_a_conv_of_one_input_channel_agrees_with_the_reference(kernel_size):
+    x = _normal((3, 11, 9, 1))
+    layers = _layers(jnn.Conv, features=5, kernel_size=kernel_size, stride=2, padding=1)
+    _fast_agrees(_forward_and_vjp, layers, _params(layers["reference"], x), x)
+
+
 @pytest.mark.parametrize(
     "y_shape, kernel_shape, geometry",
     [
