@@ -362,6 +362,22 @@ def test_without_im2col_xla_convs_agree(cls, kwargs, monkeypatch):
     _fast_agrees(_forward_and_vjp, layers, _params(layers["reference"], x), x)
 
 
+@BOTH_LAYERS
+def test_kernel_gradients_by_row_blocks_agree(cls, kwargs, monkeypatch):
+    """Images whose im2col is over ``CHUNK_BYTES`` (here 3 KiB) go by blocks of rows:
+    8 channels, blocks of 3 rows whose windows overlap by one, a rest padded."""
+    monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 3 << 10)
+    blocked = []
+    row_blocks = fast_conv._row_blocks
+    monkeypatch.setattr(
+        fast_conv, "_row_blocks", lambda *a: blocked.append(a[1].shape) or row_blocks(*a)
+    )
+    x = _normal((2, 16, 6, 8))
+    layers = _layers(cls, **dict(kwargs, groups=1, features=8))
+    _fast_agrees(_forward_and_vjp, layers, _params(layers["reference"], x), x)
+    assert blocked
+
+
 @pytest.mark.parametrize("summed", [False, True])
 def test_batch_chunks_give_the_whole_batch_result(summed, monkeypatch):
     """Chunks of 2 (a divisor would be 1: too small) and a rest of 1, from a batch of 5."""
