@@ -55,9 +55,10 @@ loop nest. Here instead:
   a few GB/s into freshly allocated buffers, and an unchunked im2col (e.g. 29 MB
   for a kernel gradient at batch 256) made that gradient 4x slower (measured). A
   kernel gradient whose one image's im2col is larger goes by blocks of rows taken
-  as more images (:func:`_row_blocks_wanted`). Chunks are rematerialised (``jax.checkpoint``): reverse mode recomputes a
-  chunk's im2col rather than keeping all of them. No one image's im2col is larger
-  than ``IM2COL_MAX_BYTES``: past it, XLA's own conv.
+  as more images (:func:`_row_blocks_wanted`). Chunks are rematerialised
+  (``jax.checkpoint``): reverse mode recomputes a chunk's im2col rather than keeping
+  all of them. No one image's im2col is larger than ``IM2COL_MAX_BYTES``: past it,
+  XLA's own conv.
 - Derivatives (``jax.custom_jvp``): the tangent of each op in its input is the
   other op's transpose, and in its kernel the transpose of ``R``. Reverse mode
   transposes them back: the input gradient of ``T`` is the strided conv ``C``,
@@ -514,26 +515,33 @@ def _row_block(x: jax.Array, y: jax.Array, kernel_size) -> int:
 
 
 def _row_blocks_wanted(x: jax.Array, y: jax.Array, kernel_size, geometry: Geometry) -> bool:
-    """Whether ``R`` goes by :func:`_row_blocks`: one image's im2col is over
+    """Whether ``R`` goes by :func:`_row_blocks`: one image's im2col is over twice
     ``CHUNK_BYTES``, ``x`` has at least ``ROW_BLOCK_MIN_CHANNELS`` channels, and blocks of
-    ``x`` overlap by at most a quarter. (Measured on the suite's kernel gradients: ENet
-    30 -> 17 ms, 3-D U-Net 26 -> 16, V-Net 29 -> 19; slower with one channel,
-    jax#31662 13 -> 49, and with blocks of 2 rows overlapping by half, FCN-8s 18 -> 27.)"""
+    ``x`` overlap by at most a quarter (the overlap is copied twice).
+
+    Measured on the suite's kernel gradients (ms): ENet 30 -> 14, 3-D U-Net 26 -> 15,
+    V-Net 29 -> 18; slower with one channel (jax#31662, 13 -> 49) and in 2 blocks
+    (CycleGAN, an im2col of 1.2 ``CHUNK_BYTES``: 5-6 -> 7).
+    """
     block = _row_block(x, y, kernel_size)
     s, d, k = geometry.strides[0], geometry.dilation[0], kernel_size[0]
     overlap = d * (k - 1) + 1 - s
-    return block < y.shape[1] and x.shape[-1] >= ROW_BLOCK_MIN_CHANNELS and 4 * overlap <= block * s
+    return (
+        y.shape[1] > 2 * block
+        and x.shape[-1] >= ROW_BLOCK_MIN_CHANNELS
+        and 4 * overlap <= block * s
+    )
 
 
 def _row_blocks(x: jax.Array, y: jax.Array, kernel_size, geometry: Geometry):
     """``x`` and ``y`` cut along their first spatial axis into blocks of ``y`` rows, as
     more images: ``R(x, y)`` is the sum of the blocks' (the blocks of ``x`` overlap by
     the kernel's reach; ``y`` is padded with zero rows to whole blocks). A block's
-    im2col is within ``CHUNK_BYTES``. Returns the blocks, their geometry and the
-    numbers of a block's im2col."""
+    im2col is within ``CHUNK_BYTES``, and the blocks are as few as that allows.
+    Returns the blocks, their geometry and the numbers of a block's im2col."""
     rows, s, d, k = y.shape[1], geometry.strides[0], geometry.dilation[0], kernel_size[0]
-    block = _row_block(x, y, kernel_size)
-    count = -(-rows // block)
+    count = -(-rows // _row_block(x, y, kernel_size))
+    block = -(-rows // count)  # as even as can be: the padding is less than a row per block
     span = (block - 1) * s + d * (k - 1) + 1
     lo, hi = geometry.pads[0]
     padded = _pad(x, [(lo, (count - 1) * block * s + span - x.shape[1] - lo)])
