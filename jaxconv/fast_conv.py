@@ -515,19 +515,20 @@ def _row_block(x: jax.Array, y: jax.Array, kernel_size) -> int:
 
 
 def _row_blocks_wanted(x: jax.Array, y: jax.Array, kernel_size, geometry: Geometry) -> bool:
-    """Whether ``R`` goes by :func:`_row_blocks`: one image's im2col is over twice
+    """Whether ``R`` goes by :func:`_row_blocks`: 2-D, one image's im2col is over twice
     ``CHUNK_BYTES``, ``x`` has at least ``ROW_BLOCK_MIN_CHANNELS`` channels, and blocks of
     ``x`` overlap by at most a quarter (the overlap is copied twice).
 
-    Measured on the suite's kernel gradients (ms): ENet 30 -> 14, 3-D U-Net 26 -> 15,
-    V-Net 29 -> 18; slower with one channel (jax#31662, 13 -> 49) and in 2 blocks
-    (CycleGAN, an im2col of 1.2 ``CHUNK_BYTES``: 5-6 -> 7).
+    Measured on the suite's kernel gradients as the benchmark times them (ms): ENet
+    37-39 -> 27; slower in 3-D (3-D U-Net 19 -> 30, V-Net 18-19 -> 35-38) and in 2
+    blocks (CycleGAN, an im2col of 1.2 ``CHUNK_BYTES``: 5-6 -> 7).
     """
     block = _row_block(x, y, kernel_size)
     s, d, k = geometry.strides[0], geometry.dilation[0], kernel_size[0]
     overlap = d * (k - 1) + 1 - s
     return (
-        y.shape[1] > 2 * block
+        y.ndim == 4
+        and y.shape[1] > 2 * block
         and x.shape[-1] >= ROW_BLOCK_MIN_CHANNELS
         and 4 * overlap <= block * s
     )
