@@ -41,9 +41,10 @@ loop nest. Here instead:
   matmul where XLA:CPU's conv is slower (measured): 3-D, a contraction of at most
   ``IM2COL_MAX_DEPTH`` (``taps * in``, e.g. one input channel), a single window (the
   kernel covers the padded input: a 1x1 output), or at most ``IM2COL_MAX_POSITIONS``
-  outputs in the whole batch. On the suite's input gradients (conv of the
-  cotangent), im2col took pix2pix 8->16 from 36 to 10 ms and StyleGAN2 from 73 to
-  39 ms, and was slower from 1,024 outputs up (DCGAN G3, CycleGAN).
+  outputs in the whole batch. On the suite's forward+backward (the input gradient is
+  such a conv of the cotangent), im2col took pix2pix 8->16 from 55 to 35 ms,
+  StyleGAN2 from 128 to 100 and U-Net 16->32 from 28 to 19; it was slower from
+  1,024 outputs up (DCGAN G3, CycleGAN).
 - The kernel gradient ``R(x, y) = d<C(x, K), y>/dK`` (the same for both ops) is one
   matmul: im2col of ``C``'s input against ``y``, or, where that copies more, im2col
   of ``T``'s input (``y``) against ``x`` taken back to phases (space-to-depth), in
@@ -478,7 +479,7 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
     plan = _phase_plan(y.shape[1:-1], kernel_size, geometry)
     # numbers copied per image: the im2col, and for phases also x in phases, a
     # transposition that costs about twice a copy (measured)
-    direct = math.prod(y.shape[1:-1]) * math.prod(kernel_size) * x_channels
+    direct = _direct_columns(y, kernel_size, x_channels)
     phase_columns = math.prod(plan.rows) * math.prod(plan.taps) * y_channels
     phased = phase_columns + 2 * math.prod(plan.rows) * math.prod(geometry.strides) * x_channels
     if direct <= phased:
@@ -494,7 +495,8 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
         return _group_by_group(one, geometry.groups, x, y)
     if _fits(columns_per_image, x.dtype):
         if grad is _kernel_grad_direct and _row_blocks_wanted(x, y, kernel_size, geometry):
-            x, y, geometry, columns_per_image = _row_blocks(x, y, kernel_size, geometry)
+            x, y, geometry = _row_blocks(x, y, kernel_size, geometry)
+            columns_per_image = _direct_columns(y, kernel_size, x_channels)
         grad = functools.partial(grad, kernel_shape=kernel_shape, geometry=geometry)
         return _by_chunks(grad, (x, y), columns_per_image, summed=True)
     padded = _pad(x, geometry.pads)
@@ -508,9 +510,15 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
     return _transpose(xla, kernel_shape, y)
 
 
+def _direct_columns(y: jax.Array, kernel_size, x_channels: int) -> int:
+    """The numbers of one image's im2col in :func:`_kernel_grad_direct` (windows of ``x``
+    for ``y``'s rows)."""
+    return math.prod(y.shape[1:-1]) * math.prod(kernel_size) * x_channels
+
+
 def _row_block(x: jax.Array, y: jax.Array, kernel_size) -> int:
     """Rows of ``y`` per block of :func:`_row_blocks`: an im2col within ``CHUNK_BYTES``."""
-    per_row = math.prod(y.shape[2:-1]) * math.prod(kernel_size) * x.shape[-1]
+    per_row = _direct_columns(y, kernel_size, x.shape[-1]) // y.shape[1]
     return max(1, CHUNK_BYTES // (per_row * x.dtype.itemsize))
 
 
@@ -521,7 +529,7 @@ def _row_blocks_wanted(x: jax.Array, y: jax.Array, kernel_size, geometry: Geomet
 
     Measured on the suite's kernel gradients as the benchmark times them (ms): ENet
     37-39 -> 27; slower in 3-D (3-D U-Net 19 -> 30, V-Net 18-19 -> 35-38) and in 2
-    blocks (CycleGAN, an im2col of 1.2 ``CHUNK_BYTES``: 5-6 -> 7).
+    blocks (CycleGAN, an im2col of 1.2 ``CHUNK_BYTES``: 4.5 whole, 5.1 in 2 blocks).
     """
     block = _row_block(x, y, kernel_size)
     s, d, k = geometry.strides[0], geometry.dilation[0], kernel_size[0]
@@ -539,12 +547,12 @@ def _row_blocks(x: jax.Array, y: jax.Array, kernel_size, geometry: Geometry):
     more images: ``R(x, y)`` is the sum of the blocks' (the blocks of ``x`` overlap by
     the kernel's reach; ``y`` is padded with zero rows to whole blocks). A block's
     im2col is within ``CHUNK_BYTES``, and the blocks are as few as that allows.
-    Returns the blocks, their geometry and the numbers of a block's im2col."""
+    Returns the blocks of ``x`` and ``y`` and their geometry."""
     rows, s, d, k = y.shape[1], geometry.strides[0], geometry.dilation[0], kernel_size[0]
     count = -(-rows // _row_block(x, y, kernel_size))
     block = -(-rows // count)  # as even as can be: the padding is less than a row per block
     span = (block - 1) * s + d * (k - 1) + 1
-    lo, hi = geometry.pads[0]
+    lo = geometry.pads[0][0]
     padded = _pad(x, [(lo, (count - 1) * block * s + span - x.shape[1] - lo)])
     x_blocks = jnp.stack(
         [
@@ -554,13 +562,7 @@ def _row_blocks(x: jax.Array, y: jax.Array, kernel_size, geometry: Geometry):
         axis=1,
     ).reshape(-1, span, *x.shape[2:])
     y_blocks = _pad(y, [(0, count * block - rows)]).reshape(-1, block, *y.shape[2:])
-    blocks = geometry._replace(pads=((0, 0), *geometry.pads[1:]))
-    return (
-        x_blocks,
-        y_blocks,
-        blocks,
-        block * math.prod(y.shape[2:-1]) * math.prod(kernel_size) * x.shape[-1],
-    )
+    return x_blocks, y_blocks, geometry._replace(pads=((0, 0), *geometry.pads[1:]))
 
 
 def _kernel_grad_direct(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> jax.Array:
