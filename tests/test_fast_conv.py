@@ -253,6 +253,16 @@ def test_the_fast_path_is_one_program_whatever_the_groups(shape, kernel_shape, k
         assert size(layer, 64) == size(layer, 2)
 
 
+def _xla_conv(x, kernel, geometry: fast_conv.Geometry):
+    """``C`` by XLA: the 'VALID' conv of ``x`` padded by the geometry's pads."""
+    return jax.lax.conv_general_dilated(
+        fast_conv._pad(x, geometry.pads), kernel, geometry.strides, "VALID",
+        rhs_dilation=geometry.dilation,
+        dimension_numbers=fast_conv._dimension_numbers(x.ndim - 2),
+        feature_group_count=geometry.groups,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "x_shape, kernel_shape, geometry",
     [
@@ -271,14 +281,9 @@ def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
     The pads are exact (C reads all of x), as :func:`jaxconv.fast_conv.conv` makes them.
     """
     x = _normal(x_shape)
-    dimensions = fast_conv._dimension_numbers(len(x_shape) - 2)
 
     def xla_conv(kernel):
-        padded = fast_conv._pad(x, geometry.pads)
-        return jax.lax.conv_general_dilated(
-            padded, kernel, geometry.strides, "VALID", rhs_dilation=geometry.dilation,
-            dimension_numbers=dimensions, feature_group_count=geometry.groups,
-        )  # fmt: skip
+        return _xla_conv(x, kernel, geometry)
 
     kernel = jax.ShapeDtypeStruct(kernel_shape, x.dtype)
     y = _normal(jax.eval_shape(xla_conv, kernel).shape, seed=1)
@@ -325,7 +330,6 @@ def test_both_transposed_conv_lowerings_agree_with_xla(
     monkeypatch.setattr(fast_conv, "OVERLAP_ADD_MAX_BYTES", 0)
     y = _normal(y_shape)
     kernel = _normal(kernel_shape, seed=1)
-    dimensions = fast_conv._dimension_numbers(len(y_shape) - 2)
     spatial = [
         (n - 1) * s + d * (k - 1) + 1 - lo - hi
         for n, k, s, (lo, hi), d in zip(
@@ -335,11 +339,7 @@ def test_both_transposed_conv_lowerings_agree_with_xla(
     x = jax.ShapeDtypeStruct((y_shape[0], *spatial, kernel_shape[-2] * geometry.groups), y.dtype)
 
     def xla_conv(x):
-        return jax.lax.conv_general_dilated(
-            fast_conv._pad(x, geometry.pads), kernel, geometry.strides, "VALID",
-            rhs_dilation=geometry.dilation, dimension_numbers=dimensions,
-            feature_group_count=geometry.groups,
-        )  # fmt: skip
+        return _xla_conv(x, kernel, geometry)
 
     @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
     def transposed(y, kernel):
