@@ -55,8 +55,8 @@ loop nest. Here instead:
   ``CHUNK_BYTES``, so that it is written and read back in cache: memory here moves
   a few GB/s into freshly allocated buffers, and an unchunked im2col (e.g. 29 MB
   for a kernel gradient at batch 256) made that gradient 4x slower (measured). A
-  kernel gradient whose one image's im2col is larger goes by blocks of rows taken
-  as more images (:func:`_row_blocks_wanted`). Chunks are rematerialised
+  kernel gradient whose one image's im2col is larger goes by blocks of rows
+  (:func:`_kernel_grad_by_row_blocks`). Chunks are rematerialised
   (``jax.checkpoint``): reverse mode recomputes a chunk's im2col rather than keeping
   all of them. No one image's im2col is larger than ``IM2COL_MAX_BYTES``: past it,
   XLA's own conv.
@@ -495,8 +495,7 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
         return _group_by_group(one, geometry.groups, x, y)
     if _fits(columns_per_image, x.dtype):
         if grad is _kernel_grad_direct and _row_blocks_wanted(x, y, kernel_size, geometry):
-            x, y, geometry = _row_blocks(x, y, kernel_size, geometry)
-            columns_per_image = _direct_columns(y, kernel_size, x_channels)
+            return _kernel_grad_by_row_blocks(x, y, kernel_shape, geometry)
         grad = functools.partial(grad, kernel_shape=kernel_shape, geometry=geometry)
         return _by_chunks(grad, (x, y), columns_per_image, summed=True)
     padded = _pad(x, geometry.pads)
@@ -517,52 +516,82 @@ def _direct_columns(y: jax.Array, kernel_size, x_channels: int) -> int:
 
 
 def _row_block(x: jax.Array, y: jax.Array, kernel_size) -> int:
-    """Rows of ``y`` per block of :func:`_row_blocks`: an im2col within ``CHUNK_BYTES``."""
+    """Rows of ``y`` per block of :func:`_kernel_grad_by_row_blocks`: an im2col within
+    ``CHUNK_BYTES``."""
     per_row = _direct_columns(y, kernel_size, x.shape[-1]) // y.shape[1]
     return max(1, CHUNK_BYTES // (per_row * x.dtype.itemsize))
 
 
 def _row_blocks_wanted(x: jax.Array, y: jax.Array, kernel_size, geometry: Geometry) -> bool:
-    """Whether ``R`` goes by :func:`_row_blocks`: 2-D, one image's im2col is over twice
-    ``CHUNK_BYTES``, ``x`` has at least ``ROW_BLOCK_MIN_CHANNELS`` channels, and blocks of
-    ``x`` overlap by at most a quarter (the overlap is copied twice).
+    """Whether ``R`` goes by :func:`_kernel_grad_by_row_blocks`: one image's im2col is
+    over twice ``CHUNK_BYTES``, ``x`` has at least ``ROW_BLOCK_MIN_CHANNELS`` channels,
+    and a block reads at most a quarter more rows of ``x`` than its own (the head and
+    tail rows are copied), all within its neighbours.
 
-    Measured on the suite's kernel gradients as the benchmark times them (ms): ENet
-    37-39 -> 27; slower in 3-D (3-D U-Net 19 -> 30, V-Net 18-19 -> 35-38) and in 2
-    blocks (CycleGAN, an im2col of 1.2 ``CHUNK_BYTES``: 4.5 whole, 5.1 in 2 blocks).
+    Measured on the suite's kernel gradients (ms, medians of paired rounds, arrays as
+    arguments): ENet 29 -> 13, 3-D U-Net 23 -> 17, V-Net 30 -> 21. (Blocks stacked,
+    copying all of ``x``, had been slower in 3-D.) Slower in 2 blocks (CycleGAN, an
+    im2col of 1.2 ``CHUNK_BYTES``: 4.9 whole, 5.4 in 2 blocks) and with one channel
+    (jax#31662: 11.6 whole, 31 in blocks).
     """
     block = _row_block(x, y, kernel_size)
     s, d, k = geometry.strides[0], geometry.dilation[0], kernel_size[0]
-    overlap = d * (k - 1) + 1 - s
+    own, lo = block * s, geometry.pads[0][0]
+    tail = d * (k - 1) + 1 - s - lo
     return (
-        y.ndim == 4
-        and y.shape[1] > 2 * block
+        y.shape[1] > 2 * block
         and x.shape[-1] >= ROW_BLOCK_MIN_CHANNELS
-        and 4 * overlap <= block * s
+        and 4 * (lo + max(tail, 0)) <= own
+        and 0 <= lo
+        and -own < tail
     )
 
 
-def _row_blocks(x: jax.Array, y: jax.Array, kernel_size, geometry: Geometry):
-    """``x`` and ``y`` cut along their first spatial axis into blocks of ``y`` rows, as
-    more images: ``R(x, y)`` is the sum of the blocks' (the blocks of ``x`` overlap by
-    the kernel's reach; ``y`` is padded with zero rows to whole blocks). A block's
-    im2col is within ``CHUNK_BYTES``, and the blocks are as few as that allows.
-    Returns the blocks of ``x`` and ``y`` and their geometry."""
+def _kernel_grad_by_row_blocks(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> jax.Array:
+    """``R`` as a sum over blocks of ``y``'s rows (its first spatial axis), one
+    :func:`_kernel_grad_direct` per block in a loop. A block's im2col is within
+    ``CHUNK_BYTES``, and the blocks are as few as that allows.
+
+    Block ``b`` of ``B`` rows of ``y`` reads ``x``'s rows ``b*B*s - lo`` up to ``(b+1)*B*s +
+    tail`` (``tail = d(k-1) + 1 - s - lo``, cropping where negative): its own ``B*s``
+    rows, a view of ``x`` cut into blocks by a reshape, and its head (``lo`` rows before)
+    and tail, the only rows copied (zeros past the ends of ``x``). ``y`` is padded with
+    zero rows to whole blocks; ``x`` is copied only where its rows are not those of whole
+    blocks and a tail.
+    """
+    kernel_size = kernel_shape[:-2]
     rows, s, d, k = y.shape[1], geometry.strides[0], geometry.dilation[0], kernel_size[0]
     count = -(-rows // _row_block(x, y, kernel_size))
     block = -(-rows // count)  # as even as can be: the padding is less than a row per block
-    span = (block - 1) * s + d * (k - 1) + 1
-    lo = geometry.pads[0][0]
-    padded = _pad(x, [(lo, (count - 1) * block * s + span - x.shape[1] - lo)])
-    x_blocks = jnp.stack(
-        [
-            lax.slice_in_dim(padded, b * block * s, b * block * s + span, axis=1)
-            for b in range(count)
-        ],
-        axis=1,
-    ).reshape(-1, span, *x.shape[2:])
-    y_blocks = _pad(y, [(0, count * block - rows)]).reshape(-1, block, *y.shape[2:])
-    return x_blocks, y_blocks, geometry._replace(pads=((0, 0), *geometry.pads[1:]))
+    own, lo = block * s, geometry.pads[0][0]
+    tail = d * (k - 1) + 1 - s - lo
+    batch, rest = x.shape[0], x.shape[2:]
+    x = _pad(x, [(0, count * own + max(tail, 0) - x.shape[1])])
+    blocks = x[:, : count * own].reshape(batch, count, own, *rest)
+    edges = {}
+    if lo:
+        edges["head"] = _pad(blocks[:, :-1, own - lo :], [(1, 0)])
+    if tail > 0:
+        edges["tail"] = jnp.concatenate([blocks[:, 1:, :tail], x[:, None, count * own :]], 1)
+    edges = {name: part.reshape(batch * count, *part.shape[2:]) for name, part in edges.items()}
+    blocks = blocks.reshape(batch * count, own, *rest)
+    y_blocks = _pad(y, [(0, count * block - rows)]).reshape(batch * count, 1, block, *y.shape[2:])
+    inner = geometry._replace(pads=((0, 0), *geometry.pads[1:]))
+
+    @jax.checkpoint
+    def one(index, edges, y_block):
+        own_rows = lax.dynamic_index_in_dim(blocks, index, keepdims=False)[: own + min(tail, 0)]
+        parts = [edges["head"]] if lo else []
+        parts += [own_rows, edges["tail"]] if tail > 0 else [own_rows]
+        x_block = jnp.concatenate(parts)[None]
+        return _kernel_grad_direct(x_block, y_block, kernel_shape, inner)
+
+    total, _ = lax.scan(
+        lambda total, block: (total + one(*block), None),
+        jnp.zeros(kernel_shape, x.dtype),
+        (jnp.arange(batch * count), edges, y_blocks),
+    )
+    return total
 
 
 def _kernel_grad_direct(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> jax.Array:

@@ -301,6 +301,46 @@ def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
         _close(got, expected)
 
 
+@pytest.mark.parametrize("block", [2, 3])
+@pytest.mark.parametrize(
+    "x_shape, kernel_shape, geometry",
+    [
+        # a head row (lo 1), no tail: the rows of x are those of whole blocks
+        ((2, 12, 7, 3), (3, 3, 3, 4), fast_conv.Geometry((2, 2), ((1, 0), (1, 0)), (1, 1))),
+        # no head, a tail of 2 rows
+        ((2, 11, 6, 3), (3, 3, 3, 4), fast_conv.Geometry((1, 1), ((0, 0), (1, 1)), (1, 1))),
+        # dilated: a head of 2 rows and a tail of 2
+        ((1, 13, 5, 2), (3, 2, 2, 3), fast_conv.Geometry((1, 1), ((2, 0), (0, 0)), (2, 1))),
+        # stride 3 over 2 taps: a block reads one row fewer than its own (tail -1)
+        ((2, 14, 6, 3), (2, 2, 3, 2), fast_conv.Geometry((3, 2), ((0, 0), (0, 0)), (1, 1))),
+        # hi -1: x has a row that no block reads
+        ((2, 10, 5, 3), (3, 3, 3, 2), fast_conv.Geometry((2, 1), ((1, -1), (1, 1)), (1, 1))),
+        ((1, 8, 4, 3, 2), (3, 2, 2, 2, 3), fast_conv.Geometry((2, 1, 1), ((1, 0),) * 3, (1,) * 3)),
+    ],
+)
+def test_kernel_gradient_by_row_blocks_agrees_with_xla(
+    x_shape, kernel_shape, geometry, block, monkeypatch
+):
+    """R(x, y) summed over blocks of ``block`` rows of y, the last padded where the rows
+    do not divide."""
+    monkeypatch.setattr(fast_conv, "_row_block", lambda *_: block)
+    x = _normal(x_shape)
+
+    def xla_conv(kernel):
+        return _xla_conv(x, kernel, geometry)
+
+    kernel = jax.ShapeDtypeStruct(kernel_shape, x.dtype)
+    y = _normal(jax.eval_shape(xla_conv, kernel).shape, seed=1)
+
+    @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
+    def gradients(x, y):
+        expected = jax.linear_transpose(xla_conv, kernel)(y)[0]
+        return expected, fast_conv._kernel_grad_by_row_blocks(x, y, kernel_shape, geometry)
+
+    expected, got = gradients(x, y)
+    _close(got, expected)
+
+
 @pytest.mark.parametrize("kernel_size", [3, 5])  # 9 taps: tap by tap; 25: im2col
 def test_a_conv_of_one_input_channel_agrees_with_the_reference(kernel_size):
     x = _normal((3, 11, 9, 1))
@@ -368,9 +408,11 @@ def test_kernel_gradients_by_row_blocks_agree(cls, kwargs, monkeypatch):
     8 channels, blocks of 3 rows whose windows overlap by one, a rest padded."""
     monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 3 << 10)
     blocked = []
-    row_blocks = fast_conv._row_blocks
+    by_row_blocks = fast_conv._kernel_grad_by_row_blocks
     monkeypatch.setattr(
-        fast_conv, "_row_blocks", lambda *a: blocked.append(a[1].shape) or row_blocks(*a)
+        fast_conv,
+        "_kernel_grad_by_row_blocks",
+        lambda *a: blocked.append(a[1].shape) or by_row_blocks(*a),
     )
     x = _normal((2, 16, 6, 8))
     layers = _layers(cls, **dict(kwargs, groups=1, features=8))
