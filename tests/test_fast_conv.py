@@ -263,6 +263,19 @@ def _xla_conv(x, kernel, geometry: fast_conv.Geometry):
     )  # fmt: skip
 
 
+def _kernel_gradient_problem(x_shape, kernel_shape, geometry: fast_conv.Geometry):
+    """``x``, a cotangent ``y`` of ``C(x, K)`` and XLA's ``R(x, y)``: the transpose of its
+    conv in the kernel."""
+    x = _normal(x_shape)
+    kernel = jax.ShapeDtypeStruct(kernel_shape, x.dtype)
+    y = _normal(jax.eval_shape(lambda k: _xla_conv(x, k, geometry), kernel).shape, seed=1)
+
+    def xla_kernel_grad(x, y):
+        return jax.linear_transpose(lambda k: _xla_conv(x, k, geometry), kernel)(y)[0]
+
+    return x, y, xla_kernel_grad
+
+
 @pytest.mark.parametrize(
     "x_shape, kernel_shape, geometry",
     [
@@ -280,18 +293,12 @@ def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
 
     The pads are exact (C reads all of x), as :func:`jaxconv.fast_conv.conv` makes them.
     """
-    x = _normal(x_shape)
-
-    def xla_conv(kernel):
-        return _xla_conv(x, kernel, geometry)
-
-    kernel = jax.ShapeDtypeStruct(kernel_shape, x.dtype)
-    y = _normal(jax.eval_shape(xla_conv, kernel).shape, seed=1)
+    x, y, xla_kernel_grad = _kernel_gradient_problem(x_shape, kernel_shape, geometry)
 
     # XLA's and both of ours: one compile
     @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
     def gradients(x, y):
-        expected = jax.linear_transpose(xla_conv, kernel)(y)[0]
+        expected = xla_kernel_grad(x, y)
         ours = [grad(x, y, kernel_shape, geometry) for grad in (
             fast_conv._kernel_grad_direct, fast_conv._kernel_grad_by_phases)]  # fmt: skip
         return expected, ours
@@ -324,17 +331,11 @@ def test_kernel_gradient_by_row_blocks_agrees_with_xla(
     """R(x, y) summed over blocks of ``block`` rows of y, the last padded where the rows
     do not divide."""
     monkeypatch.setattr(fast_conv, "_row_block", lambda *_: block)
-    x = _normal(x_shape)
-
-    def xla_conv(kernel):
-        return _xla_conv(x, kernel, geometry)
-
-    kernel = jax.ShapeDtypeStruct(kernel_shape, x.dtype)
-    y = _normal(jax.eval_shape(xla_conv, kernel).shape, seed=1)
+    x, y, xla_kernel_grad = _kernel_gradient_problem(x_shape, kernel_shape, geometry)
 
     @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
     def gradients(x, y):
-        expected = jax.linear_transpose(xla_conv, kernel)(y)[0]
+        expected = xla_kernel_grad(x, y)
         return expected, fast_conv._kernel_grad_by_row_blocks(x, y, kernel_shape, geometry)
 
     expected, got = gradients(x, y)
