@@ -194,6 +194,7 @@ class AutoencoderTask:
     config: AutoencoderConfig
 
     train_metric: ClassVar[str] = "train_mse"
+    loss_is_example_mean: ClassVar[bool] = True
 
     def init_params(self, seed: int) -> dict:
         return init_params(self.config, seed)

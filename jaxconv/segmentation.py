@@ -412,6 +412,7 @@ class SegmentationTask:
     config: SegmentationConfig
 
     train_metric: ClassVar[str] = "train_loss"
+    loss_is_example_mean: ClassVar[bool] = False
 
     def init_params(self, seed: int) -> dict:
         return init_params(self.config, seed)

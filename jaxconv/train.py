@@ -54,12 +54,19 @@ SEED_LIMIT = 2**32  # jax.random.key folds larger seeds onto smaller ones
 # Train steps between two looks at the losses (a device-to-host transfer) and at Ctrl-C
 # (with several processes, a collective): the steps run ahead of the host in between.
 CHECK_EVERY = 10
+# Examples per device in one chunk of a train step's batch on the CPU at most (see
+# loss_and_grads): a larger batch's activations outgrow the caches. The lecture
+# autoencoder at batch 1024, images/s (2 cores): 7.4k whole, 10.9k / 11.3k / 10.8k in
+# chunks of 64 / 128 / 256.
+CPU_CHUNK = 128
 
 
 class Task(Protocol):
     """What a trained model is; :func:`train_step` and :func:`fit` are the same for all."""
 
     train_metric: ClassVar[str]  # the name of the mean train loss in the metrics
+    # whether loss(batch) is the mean of loss(chunk) over equal chunks of the batch
+    loss_is_example_mean: ClassVar[bool]
 
     def init_params(self, seed: int) -> dict: ...
 
@@ -199,8 +206,43 @@ def _optimizer(
 @jax.jit
 def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, jax.Array]:
     """One optimizer step on the task's loss of ``batch``; returns the new state and the loss."""
-    loss, grads = jax.value_and_grad(state.task.loss)(state.params, batch)
+    loss, grads = loss_and_grads(state.task, state.params, batch)
     return state.apply_gradients(grads=grads), loss
+
+
+def loss_and_grads(task: Task, params: dict, batch: Batch) -> tuple[jax.Array, Any]:
+    """The task's loss of ``batch`` and its gradient in ``params``.
+
+    On the CPU, where the loss is a mean over examples (``task.loss_is_example_mean``)
+    and a device holds over ``CPU_CHUNK`` of them, both are the mean over ``c`` equal
+    chunks, taken one after the other in a loop (``lax.scan``): ``c`` is the fewest that
+    divides the examples per device into at most ``CPU_CHUNK`` and at least half that.
+    Chunk ``k`` holds examples ``k, k + c, ...``, so that every device keeps its rows.
+    """
+    value_and_grad = jax.value_and_grad(task.loss)
+    count = _chunk_count(len(next(iter(batch.values()))) // jax.device_count())
+    if not (task.loss_is_example_mean and jax.default_backend() == "cpu") or count == 1:
+        return value_and_grad(params, batch)
+    chunks = {
+        key: jnp.swapaxes(value.reshape(-1, count, *value.shape[1:]), 0, 1)
+        for key, value in batch.items()
+    }
+
+    def add(total, chunk):
+        return jax.tree.map(jnp.add, total, value_and_grad(params, chunk)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, (jnp.zeros(()), params))
+    total, _ = jax.lax.scan(add, zeros, chunks)
+    return jax.tree.map(lambda t: t / count, total)
+
+
+def _chunk_count(examples: int) -> int:
+    """The fewest chunks that divide ``examples`` into ``CPU_CHUNK // 2`` to ``CPU_CHUNK``
+    each; 1 if there is none."""
+    for count in range(1, examples + 1):
+        if examples % count == 0 and examples // count <= CPU_CHUNK:
+            return count if 2 * (examples // count) >= CPU_CHUNK else 1
+    return 1
 
 
 @jax.jit

@@ -15,6 +15,7 @@ from conftest import FINISHED_RUN_EPOCHS
 from jaxconv import distributed, interop, train
 from jaxconv.models import Autoencoder, AutoencoderConfig, AutoencoderTask
 from jaxconv.rundir import RunDir, RunDirError
+from jaxconv.segmentation import SegmentationConfig
 from jaxconv.torch_models import torch_autoencoder
 from jaxconv.train import (
     TrainConfig,
@@ -37,6 +38,29 @@ def test_train_step_lowers_the_loss(small_digits):
         losses.append(float(loss))
     assert losses[-1] < 0.5 * losses[0]
     assert int(state.step) == 30
+
+
+def test_a_batch_over_the_cpu_chunk_has_the_gradient_of_its_mean_loss(small_digits, monkeypatch):
+    """Batch 12, chunks of at most 5 (``CPU_CHUNK``): 3 chunks of 4, added up in a loop."""
+    monkeypatch.setattr(train, "CPU_CHUNK", 5)
+    task = CONFIG.task
+    params = task.init_params(0)
+    batch = {"image": jnp.asarray(small_digits.train_images[:12])}
+    chunked = jax.jit(lambda p, b: train.loss_and_grads(task, p, b))
+    assert "scan" in str(jax.make_jaxpr(chunked)(params, batch))
+    expected = jax.jit(jax.value_and_grad(task.loss))(params, batch)
+    for got, want in zip(jax.tree.leaves(chunked(params, batch)), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+
+
+def test_a_loss_that_is_not_a_mean_over_examples_is_taken_whole(monkeypatch):
+    """The segmenter's loss weights pixels over the whole batch: no chunks."""
+    monkeypatch.setattr(train, "CPU_CHUNK", 1)
+    task = SegmentationConfig(widths=(4, 8), depth=0, norm_groups=2).task()
+    params = task.init_params(0)
+    batch = {"image": jnp.zeros((4, 16, 16, 1)), "label": jnp.zeros((4, 16, 16), jnp.int32)}
+    jaxpr = jax.make_jaxpr(lambda p, b: train.loss_and_grads(task, p, b))(params, batch)
+    assert "scan" not in str(jaxpr)
 
 
 def test_100_adam_steps_follow_torchs_loss_curve(small_digits):

@@ -35,7 +35,7 @@ from bench.timing import (
     time_contenders,
     timed,
 )
-from jaxconv import models, ops, shapes, torch_models
+from jaxconv import models, ops, shapes, torch_models, train
 
 MODES = ("forward", "forward+backward")
 IMPLS = ("auto", "fast", "reference")
@@ -285,19 +285,18 @@ def training_flops_per_image(config: models.AutoencoderConfig) -> dict:
 
 
 def jax_train_step(batch: int, donate: bool = True):
-    """The jit-compiled step of jaxconv's autoencoder (forward, MSE, backward, Adam), its
-    state ``[params, opt_state]``, random images, and its compile time in seconds."""
+    """The jit-compiled step of jaxconv's autoencoder (forward, MSE, backward, Adam; the
+    loss and gradient of :func:`jaxconv.train.loss_and_grads`, in chunks of the batch on
+    the CPU), its state ``[params, opt_state]``, random images, and its compile time in
+    seconds."""
     config = models.AutoencoderConfig()
-    model = models.Autoencoder(config)
+    task = config.task()
     tx = optax.adam(1e-3)
     params = models.init_params(config, 0)
     opt_state = jax.jit(tx.init)(params)
 
     def step(params, opt_state, images):
-        def loss_fn(params):
-            return jnp.mean((model.apply({"params": params}, images) - images) ** 2)
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+        loss, grads = train.loss_and_grads(task, params, {"image": images})
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
