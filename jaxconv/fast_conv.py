@@ -523,23 +523,25 @@ def _row_block(x: jax.Array, y: jax.Array, kernel_size) -> int:
 
 
 def _row_blocks_wanted(x: jax.Array, y: jax.Array, kernel_size, geometry: Geometry) -> bool:
-    """Whether ``R`` goes by :func:`_kernel_grad_by_row_blocks`: one image's im2col is
-    over twice ``CHUNK_BYTES``, ``x`` has at least ``ROW_BLOCK_MIN_CHANNELS`` channels,
+    """Whether ``R`` goes by :func:`_kernel_grad_by_row_blocks`: 2-D, one image's im2col
+    is over twice ``CHUNK_BYTES``, ``x`` has at least ``ROW_BLOCK_MIN_CHANNELS`` channels,
     and a block reads at most a quarter more rows of ``x`` than its own (the head and
     tail rows are copied), all within its neighbours.
 
-    Measured on the suite's kernel gradients (ms, medians of paired rounds, arrays as
-    arguments): ENet 29 -> 13, 3-D U-Net 23 -> 17, V-Net 30 -> 21. (Blocks stacked,
-    copying all of ``x``, had been slower in 3-D.) Slower in 2 blocks (CycleGAN, an
-    im2col of 1.2 ``CHUNK_BYTES``: 4.9 whole, 5.4 in 2 blocks) and with one channel
-    (jax#31662: 11.6 whole, 31 in blocks).
+    Measured on the suite (ms, medians of paired rounds, arrays as arguments): ENet's
+    kernel gradient 29 -> 13, forward+backward 44 -> 34. In 3-D the kernel gradient alone
+    was faster too (3-D U-Net 23 -> 17, V-Net 30 -> 21) but forward+backward slower (51
+    -> 55, 52 -> 63: the loop ran beside the other ops and slowed them). Slower in 2
+    blocks (CycleGAN, an im2col of 1.2 ``CHUNK_BYTES``: 4.9 whole, 5.4 in 2 blocks) and
+    with one channel (jax#31662: 11.6 whole, 31 in blocks).
     """
     block = _row_block(x, y, kernel_size)
     s, d, k = geometry.strides[0], geometry.dilation[0], kernel_size[0]
     own, lo = block * s, geometry.pads[0][0]
     tail = d * (k - 1) + 1 - s - lo
     return (
-        y.shape[1] > 2 * block
+        y.ndim == 4
+        and y.shape[1] > 2 * block
         and x.shape[-1] >= ROW_BLOCK_MIN_CHANNELS
         and 4 * (lo + max(tail, 0)) <= own
         and 0 <= lo
