@@ -195,6 +195,7 @@ def main() -> None:
                 profile=args.profile,
                 kernel_grad=True,
                 reference_max_gmac=max_gmac,
+                lowerings=True,
             )
             for layer in layers
         ]

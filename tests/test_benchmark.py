@@ -139,6 +139,16 @@ def test_suite_summary_names_the_cases_that_miss_a_criterion():
     assert summary["kernel_gradient_over_matmul"]["over_limit"] == ["bad"]
 
 
+def test_auto_is_checked_against_fasts_other_lowerings():
+    case = _case("a", 1, 1, 3, 2)
+    case["forward"] = {**case["forward"], "ms": {**case["forward"]["ms"]}}
+    case["forward"]["ms"]["fast: phases"] = {"median": 0.9}
+    summary = report.suite_summary([case])
+    assert summary["forward"]["auto_not_within_tolerance"] == ["a"]
+    assert summary["forward"]["auto_over_fastest"]["a"] == pytest.approx(1 / 0.9)
+    assert summary["forward+backward"]["auto_not_within_tolerance"] == []
+
+
 def _run(aa_ratios: dict[str, float], torch_threads: int = 2, xla_threads: int = 2) -> dict:
     """A report with one suite case whose forward+backward A/A ratio is as given."""
     case = _case("c", 1, 1, 1, 1)

@@ -9,6 +9,7 @@ is ``fast``) are compiled and timed once, under the first name (``timed_as`` say
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -35,10 +36,18 @@ from bench.timing import (
     time_contenders,
     timed,
 )
-from jaxconv import models, ops, shapes, torch_models, train
+from jaxconv import fast_conv, models, ops, shapes, torch_models, train
 
 MODES = ("forward", "forward+backward")
 IMPLS = ("auto", "fast", "reference")
+# fast's lowerings besides the one it picks per shape, forced by fast_conv's bounds while
+# tracing: the transposed conv by phases or by overlap-add; every 'VALID' conv and kernel
+# gradient XLA's own (no im2col)
+LOWERINGS = {
+    "fast: phases": {"OVERLAP_ADD_MAX_BYTES": 0},
+    "fast: overlap-add": {"OVERLAP_ADD_MAX_BYTES": 1 << 62},
+    "fast: XLA convs": {"IM2COL_MAX_BYTES": 0},
+}
 
 
 def matmul_peak(n: int, rounds: int) -> dict:
@@ -72,12 +81,15 @@ def op_case(
     kernel_grad: bool = False,
     reference_max_gmac: float | None = None,
     torch_compile: bool = False,
+    lowerings: bool = False,
 ) -> dict:
     """jaxconv's implementations and torch (``device``) on one layer, forward and
     forward+backward (the loss ``<y, r>`` for a fixed random ``r`` and its gradients in
     the input, kernel and bias); optionally torch.compile and the kernel gradient
-    against a matmul. JAX arrays live on JAX's default device. The reference is not
-    compiled where its conv over the stride-dilated input exceeds ``reference_max_gmac``.
+    against a matmul, and ``fast``'s other ``LOWERINGS`` (each where it compiles to
+    another program than ``auto``'s). JAX arrays live on JAX's default device. The
+    reference is not compiled where its conv over the stride-dilated input exceeds
+    ``reference_max_gmac``.
     """
     ndim, in_channels = layer.ndim, layer.input[-1]
     torch.manual_seed(0)
@@ -142,6 +154,21 @@ def op_case(
             program = jax.jit(fn).lower(*args).compile()
             result["compile_s"][f"{name} {mode}"] = time.perf_counter() - start
             compiled[(name, mode)] = program, args
+    if lowerings and ops.resolve_impl("auto") == "fast":
+        result["same_as_auto"] = []
+        for mode in MODES:
+            # every program from this one line: equal programs then have equal HLO text,
+            # source locations included
+            programs = {
+                name: _forced_lowering(bounds, layer, kwargs, mode, (x, kernel, bias, r))
+                for name, bounds in {"fast": {}, **LOWERINGS}.items()
+            }
+            unforced = programs.pop("fast")[0].as_text()
+            for name, (program, args) in programs.items():
+                if program.as_text() == unforced:
+                    result["same_as_auto"].append(f"{name} {mode}")
+                else:
+                    compiled[(name, mode)] = program, args
 
     def torch_forward(module) -> torch.Tensor:
         with torch.no_grad():
@@ -200,6 +227,35 @@ def op_case(
     if profile:
         result["profile"] = xla_op_profile(*compiled[("auto", "forward+backward")], repeats=3)
     return result
+
+
+def _forced_lowering(bounds: dict, layer: Layer, kwargs: dict, mode: str, arrays: tuple):
+    """``fast``'s program for ``mode``, compiled with fast_conv's ``bounds`` set, and its
+    arguments."""
+    x, kernel, bias, r = arrays
+    argnums = (0, 1, 2) if layer.bias else (0, 1)
+
+    def forward(x, kernel, bias):
+        return ops.conv_transpose(x, kernel, bias, impl="fast", **kwargs)
+
+    def forward_backward(x, kernel, bias, r):
+        return jax.value_and_grad(lambda *a: jnp.vdot(forward(*a), r), argnums)(x, kernel, bias)
+
+    fn, args = (forward, arrays[:3]) if mode == "forward" else (forward_backward, arrays)
+    with _fast_conv_bounds(bounds):
+        return jax.jit(fn).lower(*args).compile(), args
+
+
+@contextlib.contextmanager
+def _fast_conv_bounds(bounds: dict):
+    saved = {name: getattr(fast_conv, name) for name in bounds}
+    for name, value in bounds.items():
+        setattr(fast_conv, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(fast_conv, name, value)
 
 
 def kernel_gradient_case(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench.cases import IMPLS, MODES
+from bench.cases import IMPLS, LOWERINGS, MODES
 from bench.timing import AA_LIMITS, geomean
 
 AUTO_TOLERANCE = 1.05  # auto's time over the fastest implementation's
@@ -39,7 +39,8 @@ def suite_summary(cases: list[dict]) -> dict:
         auto_over_fastest = {}
         for case in cases:
             ms = case[mode]["ms"]
-            fastest = min(ms[impl]["median"] for impl in ("fast", "reference") if impl in ms)
+            contenders = ("fast", "reference", *LOWERINGS)
+            fastest = min(ms[name]["median"] for name in contenders if name in ms)
             auto_over_fastest[case["case"]] = ms["auto"]["median"] / fastest
         result[mode] = {
             "torch_over": torch_over,
@@ -129,7 +130,8 @@ def _fmt(s: dict, digits: int = 2) -> str:
 
 
 def print_op_table(title: str, cases: list[dict]) -> None:
-    """ms per contender, torch / auto and auto's A/A ratio, for each case and mode."""
+    """ms per contender, torch / auto and auto's A/A ratio, for each case and mode; then
+    ``fast``'s other lowerings where they were timed."""
     names = ["auto", "fast", "reference", "torch", "torch.compile"]
     names = [n for n in names if any(n in c[mode]["ms"] for c in cases for mode in MODES)]
     print(
@@ -151,6 +153,13 @@ def print_op_table(title: str, cases: list[dict]) -> None:
         if case.get("timed_as"):
             same = ", ".join(f"{impl} is {name}" for impl, name in case["timed_as"].items())
             print(f"{'':30s} (one compiled program, timed once: {same})")
+        for mode in MODES:
+            lowerings = [f"{name} {_fmt(case[mode]['ms'][name])}" for name in LOWERINGS
+                         if name in case[mode]["ms"]]  # fmt: skip
+            if lowerings:
+                print(f"{'':30s} {mode:16s} {'; '.join(lowerings)}")
+        if case.get("same_as_auto"):
+            print(f"{'':30s} (auto's program: {', '.join(case['same_as_auto'])})")
 
 
 def print_suite(cases: list[dict], result: dict) -> None:
@@ -180,7 +189,8 @@ def print_suite(cases: list[dict], result: dict) -> None:
             )
         missed = result[mode]["auto_not_within_tolerance"]
         print(
-            f"{mode:16s} auto within {AUTO_TOLERANCE - 1:.0%} of the fastest implementation: "
+            f"{mode:16s} auto within {AUTO_TOLERANCE - 1:.0%} of the fastest implementation "
+            "(fast's lowerings, the reference): "
             + ("every case" if not missed else "not in " + ", ".join(missed))
         )
     slower = result["auto_forward_slower_than_reference"]
