@@ -35,7 +35,10 @@ loop nest. Here instead:
   output phase sums its taps' ``Z``, shifted. Measured on the suite's forwards: 1.2-19x
   faster than the phases where the phase kernel has zeros (k3 s2), the kernel is large
   (transposed into the phase kernel: 34 MB in pix2pix) or few output channels make
-  XLA's conv slow; up to 5x slower where ``Z`` is far over 16 MB (ENet, FCN).
+  XLA's conv slow; up to 5x slower where ``Z`` is far over 16 MB (ENet, FCN). The
+  bound, 15 MiB: jax#31662's 13.5 MiB gain 22x; at 16 MiB (MelGAN up 3, HiFi-GAN up 4,
+  3-D U-Net, V-Net) the phases took 0.82-1.04 of the overlap-add's forward time in
+  two full benchmark runs.
 - ``C`` as ``lax.pad`` and a 'VALID' strided conv.
 - A 'VALID' conv is XLA's own, or im2col (the kernel's windows stacked) and one
   matmul where XLA:CPU's conv is slower (measured): 3-D, a contraction of at most
@@ -100,7 +103,7 @@ ROW_BLOCK_MIN_CHANNELS = 8  # see _row_blocks_wanted
 PER_TAP_MAX_TAPS = 9  # a conv of one input channel (no groups) tap by tap up to this
 IM2COL_MAX_BYTES = 1 << 30  # the largest im2col of one image; past it, XLA's conv
 CHUNK_BYTES = 4 << 20  # the im2col of one batch chunk (see _by_chunks)
-OVERLAP_ADD_MAX_BYTES = 16 << 20  # T's products (float32) for the overlap-add at most
+OVERLAP_ADD_MAX_BYTES = 15 << 20  # T's products (float32) for the overlap-add at most
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
