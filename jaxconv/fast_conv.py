@@ -545,9 +545,8 @@ def _row_blocks_wanted(x: jax.Array, y: jax.Array, kernel_size, geometry: Geomet
     with one channel (jax#31662: 11.6 whole, 31 in blocks).
     """
     block = _row_block(x, y, kernel_size)
-    s, d, k = geometry.strides[0], geometry.dilation[0], kernel_size[0]
-    own, lo = block * s, geometry.pads[0][0]
-    tail = d * (k - 1) + 1 - s - lo
+    own = block * geometry.strides[0]
+    lo, tail = _block_edges(kernel_size, geometry)
     return (
         y.ndim == 4
         and y.shape[1] > 2 * block
@@ -556,6 +555,13 @@ def _row_blocks_wanted(x: jax.Array, y: jax.Array, kernel_size, geometry: Geomet
         and 0 <= lo
         and -own < tail
     )
+
+
+def _block_edges(kernel_size, geometry: Geometry) -> tuple[int, int]:
+    """The rows of ``x`` that a block of ``y``'s rows reads beyond its own ``B*s``: ``lo``
+    before and ``tail = d(k-1) + 1 - s - lo`` after (first spatial axis)."""
+    s, d, k, lo = geometry.strides[0], geometry.dilation[0], kernel_size[0], geometry.pads[0][0]
+    return lo, d * (k - 1) + 1 - s - lo
 
 
 def _kernel_grad_by_row_blocks(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> jax.Array:
@@ -570,12 +576,11 @@ def _kernel_grad_by_row_blocks(x: jax.Array, y: jax.Array, kernel_shape, geometr
     zero rows to whole blocks; ``x`` is copied only where its rows are not those of whole
     blocks and a tail.
     """
-    kernel_size = kernel_shape[:-2]
-    rows, s, d, k = y.shape[1], geometry.strides[0], geometry.dilation[0], kernel_size[0]
+    kernel_size, rows = kernel_shape[:-2], y.shape[1]
     count = -(-rows // _row_block(x, y, kernel_size))
     block = -(-rows // count)  # as even as can be: the padding is less than a row per block
-    own, lo = block * s, geometry.pads[0][0]
-    tail = d * (k - 1) + 1 - s - lo
+    own = block * geometry.strides[0]
+    lo, tail = _block_edges(kernel_size, geometry)
     batch, rest = x.shape[0], x.shape[2:]
     x = _pad(x, [(0, count * own + max(tail, 0) - x.shape[1])])
     blocks = x[:, : count * own].reshape(batch, count, own, *rest)

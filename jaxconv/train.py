@@ -220,8 +220,10 @@ def loss_and_grads(task: Task, params: dict, batch: Batch) -> tuple[jax.Array, A
     Chunk ``k`` holds examples ``k, k + c, ...``, so that every device keeps its rows.
     """
     value_and_grad = jax.value_and_grad(task.loss)
+    if not (task.loss_is_example_mean and jax.default_backend() == "cpu"):
+        return value_and_grad(params, batch)
     count = _chunk_count(len(next(iter(batch.values()))) // jax.device_count())
-    if not (task.loss_is_example_mean and jax.default_backend() == "cpu") or count == 1:
+    if count == 1:
         return value_and_grad(params, batch)
     chunks = {
         key: jnp.swapaxes(value.reshape(-1, count, *value.shape[1:]), 0, 1)
