@@ -47,12 +47,15 @@ loop nest. Here instead:
   outputs in the whole batch. On the suite's forward+backward (the input gradient is
   such a conv of the cotangent), im2col took pix2pix 8->16 from 55 to 35 ms,
   StyleGAN2 from 128 to 100 and U-Net 16->32 from 28 to 19; it was slower from
-  1,024 outputs up (DCGAN G3, CycleGAN).
+  1,024 outputs up (DCGAN G3, CycleGAN). A pointwise (1x1) conv is always XLA's, which
+  XLA rewrites as one matmul: its im2col would be a copy (the phase convs of k2 s2 3-D
+  layers: the forward of 3-D U-Net and V-Net 10-30 % faster, measured).
 - The kernel gradient ``R(x, y) = d<C(x, K), y>/dK`` (the same for both ops) is one
   matmul: im2col of ``C``'s input against ``y``, or, where that copies more, im2col
   of ``T``'s input (``y``) against ``x`` taken back to phases (space-to-depth), in
   the phase domain. (XLA:CPU's own, a conv with the batch as its features, is
-  several times slower.)
+  several times slower.) The matmul contracts the rows of both operands; with few
+  channels against a deep im2col it goes by rows instead (:func:`_matmul_t`).
 - Every im2col and its matmul run over chunks of the batch (``lax.map``; a kernel
   gradient's chunks are added up in the loop) whose im2col is at most
   ``CHUNK_BYTES``, so that it is written and read back in cache: memory here moves
@@ -104,6 +107,7 @@ PER_TAP_MAX_TAPS = 9  # a conv of one input channel (no groups) tap by tap up to
 IM2COL_MAX_BYTES = 1 << 30  # the largest im2col of one image; past it, XLA's conv
 CHUNK_BYTES = 4 << 20  # the im2col of one batch chunk (see _by_chunks)
 OVERLAP_ADD_MAX_BYTES = 15 << 20  # T's products (float32) for the overlap-add at most
+NN_MAX_CHANNELS, NN_MIN_DEPTH = 64, 64  # a kernel gradient's product by rows: see _matmul_t
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
@@ -188,7 +192,7 @@ def _padded_conv(x, pads, kernel, strides, dilation, groups) -> jax.Array:
     if one_channel and math.prod(kernel_size) <= PER_TAP_MAX_TAPS:
         return _per_tap_conv(x, ((0, 0),) * len(rows), kernel, strides, dilation, rows)
     positions = x.shape[0] * math.prod(rows)
-    wanted = (
+    wanted = math.prod(kernel_size) > 1 and (
         len(rows) == 3
         or depth <= IM2COL_MAX_DEPTH
         or math.prod(rows) == 1
@@ -656,9 +660,24 @@ def _windows_t(x, pads, kernel_size, strides, dilation, other, groups: int) -> j
 
 
 def _matmul_t(columns: jax.Array, other: jax.Array) -> jax.Array:
-    """``columns^T other``, both flattened to ``(rows, -1)``: a contraction over rows."""
+    """``columns^T other``, both flattened to ``(rows, -1)``: a contraction over rows.
+
+    With at most ``NN_MAX_CHANNELS`` columns in ``other`` and at least
+    ``NN_MIN_DEPTH`` in ``columns``, as ``(other^T columns)^T`` with ``other^T`` written
+    out and the product a 1-wide conv: XLA folds the transposition of a dot's operand
+    into the dot, and its kernel for a contraction over the operands' rows was 1.2-1.5x
+    slower on those shapes than for ``other^T`` written out (a dot by rows); a conv keeps
+    the transposition (measured per chunk: seg U-Net ``4096 x 144 x 32`` 0.54 -> 0.40 ms,
+    slower with 128 or more channels or a depth under 64).
+    """
     rows, depth = math.prod(other.shape[:-1]), math.prod(columns.shape[other.ndim - 1 :])
-    return columns.reshape(rows, depth).T @ other.reshape(rows, other.shape[-1])
+    columns, other = columns.reshape(rows, depth), other.reshape(rows, other.shape[-1])
+    if other.shape[-1] > NN_MAX_CHANNELS or depth < NN_MIN_DEPTH:
+        return columns.T @ other
+    product = lax.conv_general_dilated(
+        other.T[None], columns[None], (1,), "VALID", dimension_numbers=("NWC", "WIO", "NWC")
+    )
+    return product[0].T
 
 
 # ----------------------------------------------------------------------------------

@@ -308,6 +308,28 @@ def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
         _close(got, expected)
 
 
+@pytest.mark.parametrize("by_rows", [False, True])
+def test_a_kernel_gradient_by_rows_or_by_columns_agrees_with_xla(by_rows, monkeypatch):
+    """``columns^T y`` as a dot over both operands' rows, or by rows of ``y^T`` written
+    out (a 1-wide conv), in both of ``R``'s domains."""
+    monkeypatch.setattr(fast_conv, "NN_MAX_CHANNELS", 1 << 30 if by_rows else 0)
+    monkeypatch.setattr(fast_conv, "NN_MIN_DEPTH", 0)
+    geometry = fast_conv.Geometry((2, 2), ((1, 1), (1, 0)), (1, 1))
+    kernel_shape = (3, 3, 4, 5)
+    x, y, xla_kernel_grad = _kernel_gradient_problem((2, 9, 8, 4), kernel_shape, geometry)
+    grads = [fast_conv._kernel_grad_direct, fast_conv._kernel_grad_by_phases]
+    convs = _convs(lambda x, y: grads[0](x, y, kernel_shape, geometry), x, y)
+    assert len(convs) == by_rows
+
+    @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
+    def gradients(x, y):
+        return xla_kernel_grad(x, y), [grad(x, y, kernel_shape, geometry) for grad in grads]
+
+    expected, ours = gradients(x, y)
+    for got in ours:
+        _close(got, expected)
+
+
 @pytest.mark.parametrize("block", [2, 3])
 @pytest.mark.parametrize(
     "x_shape, kernel_shape, geometry",
@@ -392,6 +414,21 @@ def test_both_transposed_conv_lowerings_agree_with_xla(
     expected, ours = transposed(y, kernel)
     for got in ours:
         _close(got, expected)
+
+
+def test_a_pointwise_phase_conv_is_xlas_conv(monkeypatch):
+    """A k2 s2 3-D transposed conv by phases: its phase conv is 1x1x1, XLA's conv (which
+    XLA makes one matmul), not an im2col."""
+    monkeypatch.setattr(fast_conv, "OVERLAP_ADD_MAX_BYTES", 0)
+    y, kernel = _normal((2, 3, 4, 3, 5)), _normal((2, 2, 2, 6, 5), seed=1)
+
+    def forward(impl, y, kernel):
+        return ops.conv_transpose(y, kernel, stride=2, impl=impl)
+
+    convs = _convs(functools.partial(forward, "fast"), y, kernel)
+    assert [e.invars[1].aval.shape for e in convs] == [(1, 1, 1, 5, 8 * 6)]
+    both = jax.jit(lambda *a: [forward(impl, *a) for impl in ("fast", "reference")])
+    _close(*both(y, kernel))
 
 
 @BOTH_LAYERS
