@@ -283,9 +283,11 @@ def _xla_conv(x: jax.Array, kernel: jax.Array, strides, dilation, groups) -> jax
 def _windows(x, kernel_size, strides, dilation, rows) -> jax.Array:
     """im2col: ``(B, *rows, prod(kernel_size), C)``; window ``j`` of row ``i`` at ``i*s + j*d``.
 
-    One strided slice where a single window covers each dimension; otherwise
-    dimension by dimension from the last, ``k`` strided slices (one per tap, all
-    rows) stacked after the row axes: ``sum(k)`` slices rather than ``prod(k)``.
+    One strided slice where a single window covers each dimension; in 3-D, where
+    windows do not overlap (``k <= s``, no dilation), one transposition of ``x`` cut into
+    rows of ``s``; otherwise dimension by dimension from the last, ``k`` strided slices
+    (one per tap, all rows) stacked after the row axes: ``sum(k)`` slices rather than
+    ``prod(k)``.
     """
     batch, channels, ndim = x.shape[0], x.shape[-1], len(rows)
     taps = math.prod(kernel_size)
@@ -294,6 +296,15 @@ def _windows(x, kernel_size, strides, dilation, rows) -> jax.Array:
             x, [0] * ndim, [d * (k - 1) + 1 for k, d in zip(kernel_size, dilation)], dilation
         )
         return window.reshape(batch, *rows, taps, channels)
+    if ndim == 3 and all(d == 1 and k <= s for k, s, d in zip(kernel_size, strides, dilation)):
+        # windows that do not overlap: rows of s, the first k of each, in one transposition
+        # rather than three stacks that each copy it all (3-D U-Net's kernel gradient 25 ->
+        # 15 ms; in 2-D the two stacks were faster, U-Net 16->32 4.1 against 5.1 ms)
+        x = _pad(x, [(0, q * s - n) for q, s, n in zip(rows, strides, x.shape[1:-1])])
+        x = x.reshape(batch, *(n for q, s in zip(rows, strides) for n in (q, s)), channels)
+        x = x[(slice(None), *(a for k in kernel_size for a in (slice(None), slice(k))))]
+        x = x.transpose(0, *range(1, 2 * ndim, 2), *range(2, 2 * ndim + 1, 2), 2 * ndim + 1)
+        return x.reshape(batch, *rows, taps, channels)
     for axis in reversed(range(ndim)):
         k, s, d, q = kernel_size[axis], strides[axis], dilation[axis], rows[axis]
         per_tap = [

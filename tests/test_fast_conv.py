@@ -416,6 +416,32 @@ def test_both_transposed_conv_lowerings_agree_with_xla(
         _close(got, expected)
 
 
+@pytest.mark.parametrize(
+    "x_shape, kernel_size, strides",
+    [
+        ((2, 7, 6, 5, 3), (2, 1, 3), (2, 3, 3)),  # x cropped to whole rows of s
+        ((1, 5, 4, 4, 2), (2, 2, 1), (3, 2, 4)),  # x padded to whole rows of s
+    ],
+)
+def test_3d_windows_that_do_not_overlap_are_one_transposition(x_shape, kernel_size, strides):
+    """im2col where ``k <= s``: window ``j`` of row ``i`` at ``i*s + j``, without stacking."""
+    x = _normal(x_shape)
+    rows = [(n - k) // s + 1 for n, k, s in zip(x_shape[1:-1], kernel_size, strides)]
+    args = (kernel_size, strides, (1, 1, 1), rows)
+    primitives = {e.primitive.name for e in _equations(lambda x: fast_conv._windows(x, *args), x)}
+    assert not primitives & {"stack", "concatenate"}
+    expected = np.stack(
+        [
+            np.asarray(x)[:, j0 :: strides[0], j1 :: strides[1], j2 :: strides[2]][
+                :, : rows[0], : rows[1], : rows[2]
+            ]
+            for j0, j1, j2 in np.ndindex(*kernel_size)
+        ],
+        axis=4,
+    )
+    _close(fast_conv._windows(x, *args), expected)
+
+
 def test_a_pointwise_phase_conv_is_xlas_conv(monkeypatch):
     """A k2 s2 3-D transposed conv by phases: its phase conv is 1x1x1, XLA's conv (which
     XLA makes one matmul), not an im2col."""
