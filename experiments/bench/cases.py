@@ -126,9 +126,9 @@ def op_case(
         "compile_s": {},
         "not_timed": {},
     }
+    arrays = (x, kernel, bias, r)
     compiled: dict[tuple[str, str], tuple] = {}  # (name timed, mode) -> (program, args)
     for name in sorted(set(timed_as.values())):
-        impl = ops.resolve_impl(name)
         if name == "reference" and reference_max_gmac is not None:
             gmac = layer.dilated_macs() / 1e9
             if gmac > reference_max_gmac:
@@ -137,35 +137,17 @@ def op_case(
                     f"(over {reference_max_gmac:g})"
                 )
                 continue
-
-        def forward(x, kernel, bias, impl=impl):
-            return ops.conv_transpose(x, kernel, bias, impl=impl, **kwargs)
-
-        argnums = (0, 1, 2) if layer.bias else (0, 1)
-
-        def forward_backward(x, kernel, bias, r, forward=forward):
-            return jax.value_and_grad(lambda *a: jnp.vdot(forward(*a), r), argnums)(x, kernel, bias)
-
-        for mode, fn, args in (
-            ("forward", forward, (x, kernel, bias)),
-            ("forward+backward", forward_backward, (x, kernel, bias, r)),
-        ):
+        for mode in MODES:
             start = time.perf_counter()
-            program = jax.jit(fn).lower(*args).compile()
+            compiled[(name, mode)] = _program(ops.resolve_impl(name), layer, kwargs, mode, arrays)
             result["compile_s"][f"{name} {mode}"] = time.perf_counter() - start
-            compiled[(name, mode)] = program, args
     if lowerings and ops.resolve_impl("auto") == "fast":
         result["same_as_auto"] = []
         for mode in MODES:
-            # every program from this one line: equal programs then have equal HLO text,
-            # source locations included
-            programs = {
-                name: _forced_lowering(bounds, layer, kwargs, mode, (x, kernel, bias, r))
-                for name, bounds in {"fast": {}, **LOWERINGS}.items()
-            }
-            unforced = programs.pop("fast")[0].as_text()
-            for name, (program, args) in programs.items():
-                if program.as_text() == unforced:
+            auto = compiled[(timed_as["auto"], mode)][0].as_text()
+            for name, bounds in LOWERINGS.items():
+                program, args = _program("fast", layer, kwargs, mode, arrays, bounds)
+                if program.as_text() == auto:
                     result["same_as_auto"].append(f"{name} {mode}")
                 else:
                     compiled[(name, mode)] = program, args
@@ -229,20 +211,21 @@ def op_case(
     return result
 
 
-def _forced_lowering(bounds: dict, layer: Layer, kwargs: dict, mode: str, arrays: tuple):
-    """``fast``'s program for ``mode``, compiled with fast_conv's ``bounds`` set, and its
-    arguments."""
+def _program(impl: str, layer: Layer, kwargs: dict, mode: str, arrays: tuple, bounds=None):
+    """``impl``'s compiled program for ``mode`` (fast_conv's ``bounds`` set while tracing)
+    and its arguments. Every program comes from here: equal programs then have equal HLO
+    text, source locations included."""
     x, kernel, bias, r = arrays
     argnums = (0, 1, 2) if layer.bias else (0, 1)
 
     def forward(x, kernel, bias):
-        return ops.conv_transpose(x, kernel, bias, impl="fast", **kwargs)
+        return ops.conv_transpose(x, kernel, bias, impl=impl, **kwargs)
 
     def forward_backward(x, kernel, bias, r):
         return jax.value_and_grad(lambda *a: jnp.vdot(forward(*a), r), argnums)(x, kernel, bias)
 
     fn, args = (forward, arrays[:3]) if mode == "forward" else (forward_backward, arrays)
-    with _fast_conv_bounds(bounds):
+    with _fast_conv_bounds(bounds or {}):
         return jax.jit(fn).lower(*args).compile(), args
 
 
