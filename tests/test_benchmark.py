@@ -208,3 +208,19 @@ def test_machine_state_has_no_warning_for_a_quiet_machine():
         (0, 0, 0), (1, 0, 0), (0.0, 0.0), (5.0, 5.0), 10.0, [400, 400], 330
     )
     assert quiet["warnings"] == [] and quiet["others_cpu_share"] == 0
+
+
+def test_a_lowering_is_timed_only_where_it_compiles_to_another_program_than_autos():
+    """A 1x1 input is one matmul whatever the bounds: every forced lowering is auto's
+    program but XLA's conv for the input gradient (im2col of one window otherwise). A
+    4x4 input goes by overlap-add: forced to phases, it is another program."""
+    one_pixel = suite.Layer("one pixel", (1, 1, 1, 4), 3, 2, 1)
+    four = suite.Layer("four", (1, 4, 4, 4), 3, 3, 2)
+    runs = {
+        layer.name: cases.op_case(layer, rounds=1, min_round_s=1e-4, lowerings=True)
+        for layer in (one_pixel, four)
+    }
+    every = {f"{name} {mode}" for name in cases.LOWERINGS for mode in cases.MODES}
+    assert set(runs["one pixel"]["same_as_auto"]) == every - {"fast: XLA convs forward+backward"}
+    assert "fast: phases forward" not in runs["four"]["same_as_auto"]
+    assert "fast: phases" in runs["four"]["forward"]["ms"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -127,7 +128,7 @@ def op_case(
         "not_timed": {},
     }
     arrays = (x, kernel, bias, r)
-    compiled: dict[tuple[str, str], tuple] = {}  # (name timed, mode) -> (program, args)
+    wanted = {}  # (name timed, mode) -> (impl, fast_conv's bounds)
     for name in sorted(set(timed_as.values())):
         if name == "reference" and reference_max_gmac is not None:
             gmac = layer.dilated_macs() / 1e9
@@ -137,20 +138,27 @@ def op_case(
                     f"(over {reference_max_gmac:g})"
                 )
                 continue
-        for mode in MODES:
-            start = time.perf_counter()
-            compiled[(name, mode)] = _program(ops.resolve_impl(name), layer, kwargs, mode, arrays)
-            result["compile_s"][f"{name} {mode}"] = time.perf_counter() - start
-    if lowerings and ops.resolve_impl("auto") == "fast":
+        wanted.update({(name, mode): (ops.resolve_impl(name), {}) for mode in MODES})
+    forced = lowerings and ops.resolve_impl("auto") == "fast"
+    if forced:
+        for name, mode in itertools.product(LOWERINGS, MODES):
+            wanted[(name, mode)] = ("fast", LOWERINGS[name])
+    compiled: dict[tuple[str, str], tuple] = {}  # (name timed, mode) -> (program, args)
+    texts = {}  # (name timed, mode) -> the program as traced (StableHLO)
+    for (name, mode), (impl, bounds) in wanted.items():
+        start = time.perf_counter()
+        # every program from this one line: equal programs then have equal text, source
+        # locations included
+        *compiled[(name, mode)], texts[(name, mode)] = _program(
+            impl, layer, kwargs, mode, arrays, bounds
+        )
+        result["compile_s"][f"{name} {mode}"] = time.perf_counter() - start
+    if forced:
         result["same_as_auto"] = []
-        for mode in MODES:
-            auto = compiled[(timed_as["auto"], mode)][0].as_text()
-            for name, bounds in LOWERINGS.items():
-                program, args = _program("fast", layer, kwargs, mode, arrays, bounds)
-                if program.as_text() == auto:
-                    result["same_as_auto"].append(f"{name} {mode}")
-                else:
-                    compiled[(name, mode)] = program, args
+        for name, mode in itertools.product(LOWERINGS, MODES):
+            if texts[(name, mode)] == texts[(timed_as["auto"], mode)]:
+                del compiled[(name, mode)]
+                result["same_as_auto"].append(f"{name} {mode}")
 
     def torch_forward(module) -> torch.Tensor:
         with torch.no_grad():
@@ -212,9 +220,9 @@ def op_case(
 
 
 def _program(impl: str, layer: Layer, kwargs: dict, mode: str, arrays: tuple, bounds=None):
-    """``impl``'s compiled program for ``mode`` (fast_conv's ``bounds`` set while tracing)
-    and its arguments. Every program comes from here: equal programs then have equal HLO
-    text, source locations included."""
+    """``impl``'s compiled program for ``mode`` (fast_conv's ``bounds`` set while tracing),
+    its arguments and its text as traced (StableHLO: the same for the same program,
+    unlike a compiled program's HLO once read back from JAX's compilation cache)."""
     x, kernel, bias, r = arrays
     argnums = (0, 1, 2) if layer.bias else (0, 1)
 
@@ -226,7 +234,8 @@ def _program(impl: str, layer: Layer, kwargs: dict, mode: str, arrays: tuple, bo
 
     fn, args = (forward, arrays[:3]) if mode == "forward" else (forward_backward, arrays)
     with _fast_conv_bounds(bounds or {}):
-        return jax.jit(fn).lower(*args).compile(), args
+        lowered = jax.jit(fn).lower(*args)
+    return lowered.compile(), args, lowered.as_text()
 
 
 @contextlib.contextmanager
