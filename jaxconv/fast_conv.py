@@ -685,10 +685,7 @@ def _matmul_t(columns: jax.Array, other: jax.Array) -> jax.Array:
     columns, other = columns.reshape(rows, depth), other.reshape(rows, other.shape[-1])
     if other.shape[-1] > NN_MAX_CHANNELS or depth < NN_MIN_DEPTH:
         return columns.T @ other
-    product = lax.conv_general_dilated(
-        other.T[None], columns[None], (1,), "VALID", dimension_numbers=("NWC", "WIO", "NWC")
-    )
-    return product[0].T
+    return _xla_conv(other.T[None], columns[None], (1,), (1,), 1)[0].T
 
 
 # ----------------------------------------------------------------------------------

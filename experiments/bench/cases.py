@@ -219,7 +219,7 @@ def op_case(
     return result
 
 
-def _program(impl: str, layer: Layer, kwargs: dict, mode: str, arrays: tuple, bounds=None):
+def _program(impl: str, layer: Layer, kwargs: dict, mode: str, arrays: tuple, bounds: dict):
     """``impl``'s compiled program for ``mode`` (fast_conv's ``bounds`` set while tracing),
     its arguments and its text as traced (StableHLO: the same for the same program,
     unlike a compiled program's HLO once read back from JAX's compilation cache)."""
@@ -233,7 +233,7 @@ def _program(impl: str, layer: Layer, kwargs: dict, mode: str, arrays: tuple, bo
         return jax.value_and_grad(lambda *a: jnp.vdot(forward(*a), r), argnums)(x, kernel, bias)
 
     fn, args = (forward, arrays[:3]) if mode == "forward" else (forward_backward, arrays)
-    with _fast_conv_bounds(bounds or {}):
+    with _fast_conv_bounds(bounds):
         lowered = jax.jit(fn).lower(*args)
     return lowered.compile(), args, lowered.as_text()
 
