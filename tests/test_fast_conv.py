@@ -6,6 +6,7 @@ First-order parity with PyTorch, for every implementation, is in test_parity_tor
 """
 
 import functools
+import re
 
 import jax
 import jax.extend
@@ -497,6 +498,27 @@ def test_batch_chunks_give_the_whole_batch_result(summed, monkeypatch):
     chunked = jax.jit(lambda x: fast_conv._by_chunks(fn, (x,), 3, summed=summed))
     assert "while" in chunked.lower(x).as_text()
     _close(chunked(x), fn(x))
+
+
+@pytest.mark.parametrize("summed", [False, True])
+def test_chunks_of_one_image_read_the_batch_where_it_is(summed, monkeypatch):
+    """Chunks of one image: the loop reads the batch in place, and its kernel gradient
+    (a loop in reverse mode) too, with no copy of the whole batch in the program."""
+    monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 1)
+    x, y = _normal((4, 8, 8, 16)), _normal((4, 8, 8, 16), seed=1)
+
+    def fn(x, y):
+        return jnp.sum(x * y, axis=0) if summed else x * y
+
+    def loss(x, y):
+        return jnp.sum(fast_conv._by_chunks(fn, (x, y), 1, summed=summed) ** 2)
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    program = grads.lower(x, y).compile().as_text()
+    copies = re.findall(r"= f32\[([\d,]+)\]\S* copy\(", program)
+    assert "while" in program and "4,1,8,8,16" not in copies  # (chunks, 1, ...)
+    whole = jax.grad(lambda x, y: jnp.sum(fn(x, y) ** 2), argnums=(0, 1))(x, y)
+    jax.tree.map(_close, grads(x, y), whole)
 
 
 @BOTH_LAYERS
