@@ -775,14 +775,15 @@ def _by_chunks(fn: Callable, arrays: tuple, columns_per_image: int, summed: bool
     chunk = max(d for d in range(1, target + 1) if batch % d == 0)
     chunk = chunk if 2 * chunk > target else target
     count = batch // chunk
-    if chunk == 1:  # the batch indexed, not reshaped to (count, 1, ...): XLA:CPU copies an
-        # array reshaped with a unit axis into the loop that reads it (CenterNet f2's kernel
-        # gradient 18.9 -> 16.2 ms)
-        heads = list(arrays)
-        step = jax.checkpoint(lambda *chunks: fn(*(c[None] for c in chunks)))
-    else:
-        heads = [a[: count * chunk].reshape(count, chunk, *a.shape[1:]) for a in arrays]
-        step = jax.checkpoint(fn)
+    # the loop reads chunks without a unit axis (of one image, or of one channel): XLA:CPU
+    # copies an array reshaped with one into the loop (CenterNet f2's kernel gradient 18.9
+    # -> 16.2 ms)
+    shapes = [(chunk, *a.shape[1:]) for a in arrays]
+    heads = [
+        a[: count * chunk].reshape(count, *(n for n in shape if n != 1))
+        for a, shape in zip(arrays, shapes)
+    ]
+    step = jax.checkpoint(lambda *chunks: fn(*(c.reshape(s) for c, s in zip(chunks, shapes))))
     if summed:  # added up in the loop: a sum of the stacked results ran as a slow reduce
         total = jax.eval_shape(step, *(h[0] for h in heads))
         out, _ = lax.scan(
