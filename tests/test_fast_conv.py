@@ -287,6 +287,15 @@ def _kernel_gradient_problem(x_shape, kernel_shape, geometry: fast_conv.Geometry
         ((1, 5, 6, 4, 2), (2, 3, 2, 2, 3), fast_conv.Geometry((2, 1, 3), ((0, 1),) * 3, (1, 2, 1))),
         # depthwise, 4 groups, tap by tap: taps 0 and 2 of the first dimension read only padding
         ((2, 1, 8, 4), (3, 3, 1, 4), fast_conv.Geometry((3, 2), ((4, 4), (3, 0)), (1, 2), 4)),
+        # depthwise: k4 s2 p1 and k8 s4 p2 (CenterNet's), rows not a multiple of the stride,
+        # dilated, a negative hi, 1-D and 3-D
+        ((2, 8, 8, 4), (4, 4, 1, 4), fast_conv.Geometry((2, 2), ((1, 1), (1, 1)), (1, 1), 4)),
+        ((1, 16, 16, 2), (8, 8, 1, 2), fast_conv.Geometry((4, 4), ((2, 2), (2, 2)), (1, 1), 2)),
+        ((2, 11, 9, 4), (3, 3, 1, 4), fast_conv.Geometry((3, 2), ((1, 2), (0, 0)), (2, 1), 4)),
+        ((2, 9, 4), (3, 1, 4), fast_conv.Geometry((2,), ((1, -1),), (1,), 4)),
+        ((3, 17, 2), (5, 1, 2), fast_conv.Geometry((4,), ((3, 1),), (2,), 2)),
+        ((1, 6, 5, 4, 3), (2, 3, 2, 1, 3),
+         fast_conv.Geometry((2, 1, 2), ((0, 0), (1, 1), (0, 0)), (1, 1, 1), 3)),
     ],
 )
 def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
@@ -307,6 +316,24 @@ def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
     expected, ours = gradients(x, y)
     for got in ours:
         _close(got, expected)
+
+
+def test_a_depthwise_kernel_gradient_sums_once_per_shift_not_per_tap():
+    """k4 s2 p1, 8 groups of one channel: 16 taps in 4 shifts of 2x2 phases, so 4 sums and
+    no strided slice; equal to XLA's."""
+    geometry = fast_conv.Geometry((2, 2), ((1, 1), (1, 1)), (1, 1), 8)
+    kernel_shape = (4, 4, 1, 8)
+    x, y, xla_kernel_grad = _kernel_gradient_problem((2, 8, 8, 8), kernel_shape, geometry)
+
+    def ours(x, y):
+        return fast_conv._kernel_grad(x, y, kernel_shape, geometry)
+
+    equations = _equations(ours, x, y)
+    sums = [e for e in equations if e.primitive.name == "reduce_sum"]
+    slices = [e.params["strides"] for e in equations if e.primitive.name == "slice"]
+    strided = [steps for steps in slices if steps and max(steps) > 1]
+    assert len(sums) == 4 and not strided
+    _close(ours(x, y), xla_kernel_grad(x, y))
 
 
 @pytest.mark.parametrize("by_rows", [False, True])
