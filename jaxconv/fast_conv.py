@@ -73,9 +73,9 @@ loop nest. Here instead:
   Forward mode and higher derivatives follow JAX's rules for those operations.
 - Groups (channels ordered (group, channel)), in one program whatever their number.
   Where each group contracts one channel (depthwise: ``C`` with ``a = g``, ``T``
-  with ``b = g``, ``R`` over such windows), all groups at once, tap by tap: the conv
-  is one fused multiply-add loop over the taps' strided slices, ``R`` one product
-  summed per tap; the phase kernel's output channels are ordered (group, phase,
+  with ``b = g``, ``R`` over such windows), all groups at once: the conv is one fused
+  multiply-add loop over the taps' strided slices; ``R`` one product summed per shift
+  of ``x`` cut into rows of ``s`` (:func:`_tap_sums`), image by image; the phase kernel's output channels are ordered (group, phase,
   channel) and a 1x1 input is one einsum batched over the groups. Where groups
   contract several channels, ``C``, ``T`` and ``R`` run group by group in one
   ``lax.fori_loop`` over their one-group paths, reading and writing each group's
