@@ -336,6 +336,25 @@ def test_a_depthwise_kernel_gradient_sums_once_per_shift_not_per_tap():
     _close(ours(x, y), xla_kernel_grad(x, y))
 
 
+@pytest.mark.parametrize("y_channels, chunked", [(16, False), (2, True)])
+def test_a_kernel_gradient_goes_by_chunks_only_where_its_im2col_outweighs_y(
+    y_channels, chunked, monkeypatch
+):
+    """One channel, 5 taps: an im2col of 5 numbers per output against ``y``'s 16 (each
+    chunk's matmul would copy ``y`` out: the whole batch) or 2 (by chunks)."""
+    monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 64)
+    geometry = fast_conv.Geometry((4,), ((0, 1),), (1,))
+    kernel_shape = (5, 1, y_channels)
+    x, y, xla_kernel_grad = _kernel_gradient_problem((4, 32, 1), kernel_shape, geometry)
+
+    def ours(x, y):
+        return fast_conv._kernel_grad(x, y, kernel_shape, geometry)
+
+    loops = [e for e in _equations(ours, x, y) if e.primitive.name in ("scan", "while")]
+    assert bool(loops) == chunked
+    _close(ours(x, y), xla_kernel_grad(x, y))
+
+
 @pytest.mark.parametrize("by_rows", [False, True])
 def test_a_kernel_gradient_by_rows_or_by_columns_agrees_with_xla(by_rows, monkeypatch):
     """``columns^T y`` as a dot over both operands' rows, or by rows of ``y^T`` written
@@ -587,6 +606,15 @@ def test_bfloat16_throughout_stays_bfloat16(cls, kwargs):
     for got, expected in zip(*(jax.tree.leaves(results[impl]) for impl in ("fast", "reference"))):
         assert got.dtype == expected.dtype == jnp.bfloat16
         _close(got.astype(jnp.float32), expected.astype(jnp.float32), rtol=3e-2)
+
+
+@pytest.mark.parametrize("cls, shape, kwargs", GROUPED[:1] + GROUPED[3:4])
+def test_an_empty_batch_of_a_depthwise_layer_agrees(cls, shape, kwargs):
+    """A batch of 0 through the tap sums: empty outputs and zero kernel gradients."""
+    x = jnp.zeros((0, *shape[1:]))
+    layers = _layers(cls, **kwargs)
+    grads = _fast_agrees(_forward_and_vjp, layers, _params(layers["reference"], x), x)
+    assert not any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["fast"][1][0]))
 
 
 @BOTH_LAYERS
