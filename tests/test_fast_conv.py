@@ -489,6 +489,25 @@ def test_3d_windows_that_do_not_overlap_are_one_transposition(x_shape, kernel_si
     _close(fast_conv._windows(x, *args), expected)
 
 
+@pytest.mark.parametrize("kernel_size, stride", [(4, 2), (25, 4), (5, 2), (16, 8)])
+def test_1d_overlapping_windows_are_shifted_rows_of_the_stride(kernel_size, stride):
+    """1-D im2col where ``k > s``: ``ceil(k/s)`` slices of ``x`` cut into rows of ``s`` (and a
+    crop of the taps where ``s`` does not divide ``k``), none strided; window ``j`` of row
+    ``i`` at ``i*s + j``."""
+    x = _normal((2, 37, 3))
+    rows = (37 - kernel_size) // stride + 1
+    args = ((kernel_size,), (stride,), (1,), (rows,))
+    equations = _equations(lambda x: fast_conv._windows(x, *args), x)
+    slices = [e.params["strides"] for e in equations if e.primitive.name == "slice"]
+    crop = kernel_size % stride > 0  # the taps past k, cut off
+    assert len(slices) == -(-kernel_size // stride) + crop
+    assert not [steps for steps in slices if steps and max(steps) > 1]
+    expected = np.stack(
+        [np.asarray(x)[:, j :: stride][:, :rows] for j in range(kernel_size)], axis=2
+    )
+    _close(fast_conv._windows(x, *args), expected)
+
+
 def test_a_pointwise_phase_conv_is_xlas_conv(monkeypatch):
     """A k2 s2 3-D transposed conv by phases: its phase conv is 1x1x1, XLA's conv (which
     XLA makes one matmul), not an im2col."""
