@@ -507,22 +507,22 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
     A 1x1 ``y`` takes the transpose of :func:`_from_one_pixel` (a matmul); otherwise
     :func:`_kernel_grad_direct` or :func:`_kernel_grad_by_phases`, whichever copies
     less, or XLA's own where the im2col would be over ``IM2COL_MAX_BYTES``. With
-    groups, the windowed input of one channel per group goes tap by tap, of several
-    group by group.
+    groups, ``x`` of one channel per group goes by :func:`_tap_sums`, image by image;
+    a windowed input of several channels per group, group by group.
     """
     if all(n == 1 for n in y.shape[1:-1]):
         return _transpose(lambda k: _from_one_pixel(y, k, geometry), kernel_shape, x)
     kernel_size, y_channels = kernel_shape[:-2], kernel_shape[-1]
     x_channels = kernel_shape[-2] * geometry.groups
+    if x_channels == geometry.groups > 1:  # one channel per group: tap sums, image by image
+        grad = functools.partial(_kernel_grad_direct, kernel_shape=kernel_shape, geometry=geometry)
+        return _by_chunks(grad, (x, y), math.prod(x.shape[1:]), summed=True)
     plan = _phase_plan(y.shape[1:-1], kernel_size, geometry)
     # numbers copied per image: the im2col, and for phases also x in phases, a
     # transposition that costs about twice a copy (measured)
     direct = _direct_columns(y, kernel_size, x_channels)
     phase_columns = math.prod(plan.rows) * math.prod(plan.taps) * y_channels
     phased = phase_columns + 2 * math.prod(plan.rows) * math.prod(geometry.strides) * x_channels
-    if x_channels == geometry.groups > 1:  # one channel per group: tap sums, image by image
-        grad = functools.partial(_kernel_grad_direct, kernel_shape=kernel_shape, geometry=geometry)
-        return _by_chunks(grad, (x, y), math.prod(x.shape[1:]), summed=True)
     if direct <= phased:
         grad, columns_per_image, windowed = _kernel_grad_direct, direct, x_channels
     else:
@@ -535,10 +535,11 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
         )
         return _group_by_group(one, geometry.groups, x, y)
     if _fits(columns_per_image, x.dtype):
-        if grad is _kernel_grad_direct and _row_blocks_wanted(x, y, kernel_size, geometry):
+        windows_of_x = grad is _kernel_grad_direct
+        if windows_of_x and _row_blocks_wanted(x, y, kernel_size, geometry):
             return _kernel_grad_by_row_blocks(x, y, kernel_shape, geometry)
         grad = functools.partial(grad, kernel_shape=kernel_shape, geometry=geometry)
-        if _whole_batch_wanted(grad, x, y, columns_per_image):
+        if windows_of_x and _whole_batch_wanted(x, y, columns_per_image):
             return jax.checkpoint(grad)(x, y)
         return _by_chunks(grad, (x, y), columns_per_image, summed=True)
     padded = _pad(x, geometry.pads)
@@ -552,7 +553,7 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
     return _transpose(xla, kernel_shape, y)
 
 
-def _whole_batch_wanted(grad, x: jax.Array, y: jax.Array, columns_per_image: int) -> bool:
+def _whole_batch_wanted(x: jax.Array, y: jax.Array, columns_per_image: int) -> bool:
     """Whether ``R`` by im2col of ``x`` goes over the whole batch rather than by chunks:
     where ``y``, which each chunk's matmul copies out, is at least as large per image as
     the im2col, and the whole im2col is within ``WHOLE_BATCH_MAX_BYTES``.
@@ -562,11 +563,7 @@ def _whole_batch_wanted(grad, x: jax.Array, y: jax.Array, columns_per_image: int
     is larger than ``y``: seg U-Net 5.4 against 7.0 whole, FSRCNN 16 against 25.
     """
     whole = columns_per_image * x.shape[0] * x.dtype.itemsize
-    return (
-        grad.func is _kernel_grad_direct
-        and math.prod(y.shape[1:]) >= columns_per_image
-        and whole <= WHOLE_BATCH_MAX_BYTES
-    )
+    return math.prod(y.shape[1:]) >= columns_per_image and whole <= WHOLE_BATCH_MAX_BYTES
 
 
 def _direct_columns(y: jax.Array, kernel_size, x_channels: int) -> int:
@@ -688,9 +685,8 @@ def _kernel_grad_by_phases(x: jax.Array, y: jax.Array, kernel_shape, geometry) -
 def _windows_t(x, pads, kernel_size, strides, dilation, other, groups: int) -> jax.Array:
     """``W^T other`` group by group, for the windows ``W`` (:func:`_windows`, of
     ``other``'s rows) of ``x`` padded by ``pads``: a contraction over the batch and
-    rows, ``(taps, c, g, o)`` (flattened for one group).
-
-    With groups (of one channel of ``x``): :func:`_tap_sums`.
+    rows, ``(taps * c, o)`` for one group; with groups (of one channel of ``x``),
+    :func:`_tap_sums`, ``(taps, 1, g * o)``.
     """
     rows = other.shape[1:-1]
     if groups == 1:
@@ -830,11 +826,12 @@ def _by_chunks(fn: Callable, arrays: tuple, columns_per_image: int, summed: bool
     every chunk's. ``summed``: the chunks' results are added (a kernel gradient),
     else concatenated along the batch.
     """
+    whole = jax.checkpoint(fn)
     batch = arrays[0].shape[0]
     image_bytes = max(1, columns_per_image * arrays[0].dtype.itemsize)
     target = max(1, CHUNK_BYTES // image_bytes)
     if target >= batch:
-        return jax.checkpoint(fn)(*arrays)
+        return whole(*arrays)
     chunk = max(d for d in range(1, target + 1) if batch % d == 0)
     chunk = chunk if 2 * chunk > target else target
     count = batch // chunk
@@ -859,7 +856,7 @@ def _by_chunks(fn: Callable, arrays: tuple, columns_per_image: int, summed: bool
         out = out.reshape(count * chunk, *out.shape[2:])
     if count * chunk == batch:
         return out
-    rest = jax.checkpoint(fn)(*(a[count * chunk :] for a in arrays))
+    rest = whole(*(a[count * chunk :] for a in arrays))
     return out + rest if summed else jnp.concatenate([out, rest])
 
 
