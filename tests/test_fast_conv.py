@@ -110,6 +110,15 @@ def _equations(f, *args):
     return list(walk(jax.make_jaxpr(f)(*args).jaxpr))
 
 
+def _slice_steps(equations):
+    """The steps of every slice among ``equations`` (``None``: unstrided)."""
+    return [e.params["strides"] for e in equations if e.primitive.name == "slice"]
+
+
+def _strided(steps):
+    return [s for s in steps if s and max(s) > 1]
+
+
 def _convs(f, *args):
     """The conv_general_dilated equations of ``f``'s jaxpr, sub-jaxprs included."""
     return [e for e in _equations(f, *args) if e.primitive.name == "conv_general_dilated"]
@@ -330,9 +339,7 @@ def test_a_depthwise_kernel_gradient_sums_once_per_shift_not_per_tap():
 
     equations = _equations(ours, x, y)
     sums = [e for e in equations if e.primitive.name == "reduce_sum"]
-    slices = [e.params["strides"] for e in equations if e.primitive.name == "slice"]
-    strided = [steps for steps in slices if steps and max(steps) > 1]
-    assert len(sums) == 4 and not strided
+    assert len(sums) == 4 and not _strided(_slice_steps(equations))
     _close(ours(x, y), xla_kernel_grad(x, y))
 
 
@@ -497,11 +504,10 @@ def test_1d_overlapping_windows_are_shifted_rows_of_the_stride(kernel_size, stri
     x = _normal((2, 37, 3))
     rows = (37 - kernel_size) // stride + 1
     args = ((kernel_size,), (stride,), (1,), (rows,))
-    equations = _equations(lambda x: fast_conv._windows(x, *args), x)
-    slices = [e.params["strides"] for e in equations if e.primitive.name == "slice"]
+    slices = _slice_steps(_equations(lambda x: fast_conv._windows(x, *args), x))
     crop = kernel_size % stride > 0  # the taps past k, cut off
     assert len(slices) == -(-kernel_size // stride) + crop
-    assert not [steps for steps in slices if steps and max(steps) > 1]
+    assert not _strided(slices)
     expected = np.stack(
         [np.asarray(x)[:, j :: stride][:, :rows] for j in range(kernel_size)], axis=2
     )
