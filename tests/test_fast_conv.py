@@ -367,6 +367,7 @@ def test_a_kernel_gradient_by_rows_or_by_columns_agrees_with_xla(by_rows, monkey
     """``columns^T y`` as a dot over both operands' rows, or by rows of ``y^T`` written
     out (a 1-wide conv), in both of ``R``'s domains."""
     monkeypatch.setattr(fast_conv, "NN_MAX_CHANNELS", 1 << 30 if by_rows else 0)
+    monkeypatch.setattr(fast_conv, "NN_WIDE_MAX_CHANNELS", 0)
     monkeypatch.setattr(fast_conv, "NN_MIN_DEPTH", 0)
     geometry = fast_conv.Geometry((2, 2), ((1, 1), (1, 0)), (1, 1))
     kernel_shape = (3, 3, 4, 5)
@@ -382,6 +383,26 @@ def test_a_kernel_gradient_by_rows_or_by_columns_agrees_with_xla(by_rows, monkey
     expected, ours = gradients(x, y)
     for got in ours:
         _close(got, expected)
+
+
+@pytest.mark.parametrize(
+    "depth, channels, by_rows",
+    [
+        (144, 32, True),  # few channels (seg U-Net)
+        (1024, 128, True),  # an im2col 4x deeper than up to 256 channels (3-D U-Net)
+        (256, 128, False),  # only 2x deeper (MelGAN up 3)
+        (4096, 512, False),  # over 256 channels (MelGAN up 1)
+    ],
+)
+def test_a_kernel_gradient_goes_by_rows_of_y_where_its_im2col_is_the_deeper(
+    depth, channels, by_rows
+):
+    """``columns^T y`` by rows of ``y^T`` written out (a 1-wide conv) with at most 64
+    channels in ``y``, or at most 256 and an im2col at least 4x as deep; else one dot."""
+    columns, other = _normal((8, depth)), _normal((8, channels), seed=1)
+    got = fast_conv._matmul_t(columns, other)
+    assert len(_convs(fast_conv._matmul_t, columns, other)) == by_rows
+    _close(got, columns.T @ other)
 
 
 @pytest.mark.parametrize("block", [2, 3])
