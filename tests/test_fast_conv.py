@@ -6,6 +6,7 @@ First-order parity with PyTorch, for every implementation, is in test_parity_tor
 """
 
 import functools
+import itertools
 import re
 
 import jax
@@ -517,22 +518,40 @@ def test_3d_windows_that_do_not_overlap_are_one_transposition(x_shape, kernel_si
     _close(fast_conv._windows(x, *args), expected)
 
 
-@pytest.mark.parametrize("kernel_size, stride", [(4, 2), (25, 4), (5, 2), (16, 8)])
-def test_1d_overlapping_windows_are_shifted_rows_of_the_stride(kernel_size, stride):
-    """1-D im2col where ``k > s``: ``ceil(k/s)`` slices of ``x`` cut into rows of ``s`` (and a
-    crop of the taps where ``s`` does not divide ``k``), none strided; window ``j`` of row
-    ``i`` at ``i*s + j``."""
-    x = _normal((2, 37, 3))
-    rows = (37 - kernel_size) // stride + 1
-    args = ((kernel_size,), (stride,), (1,), (rows,))
+def _numpy_windows(x, kernel_size, strides, rows):
+    """im2col of ``x`` tap by tap: ``(B, *rows, taps, C)``, window ``j`` of row ``i`` at ``i*s + j``."""
+    x = np.asarray(x)
+    per_tap = []
+    for j in itertools.product(*map(range, kernel_size)):
+        index = tuple(slice(t, t + (q - 1) * s + 1, s) for t, s, q in zip(j, strides, rows))
+        per_tap.append(x[(slice(None), *index)])
+    return np.stack(per_tap, axis=-2)
+
+
+@pytest.mark.parametrize(
+    "shape, kernel_size, strides, shifted",
+    [
+        ((2, 37, 3), (4,), (2,), True),
+        ((2, 37, 3), (25,), (4,), True),  # 7 rows of 4 for 25 taps: 3 slots cropped
+        ((2, 37, 3), (16,), (8,), True),
+        ((2, 5, 37, 3), (1, 9), (1, 3), True),
+        ((1, 3, 4, 37, 2), (1, 1, 4), (1, 1, 2), True),
+        ((2, 37, 3), (3,), (2,), False),  # 2 rows of 2 for 3 taps: a quarter cropped
+        ((2, 5, 37, 3), (1, 5), (1, 2), False),
+    ],
+)
+def test_overlapping_windows_along_the_last_axis_are_shifted_rows_of_the_stride(
+    shape, kernel_size, strides, shifted
+):
+    """im2col where ``k > s`` along the last axis: ``ceil(k/s)`` slices of ``x`` cut into
+    rows of ``s`` (and a crop of the slots past ``k``), none strided; where over an eighth
+    of the taps would be cropped, ``k`` strided slices."""
+    x = _normal(shape)
+    rows = tuple((n - k) // s + 1 for n, k, s in zip(shape[1:-1], kernel_size, strides))
+    args = (kernel_size, strides, (1,) * len(rows), rows)
     slices = _slice_steps(_equations(lambda x: fast_conv._windows(x, *args), x))
-    crop = kernel_size % stride > 0  # the taps past k, cut off
-    assert len(slices) == -(-kernel_size // stride) + crop
-    assert not _strided(slices)
-    expected = np.stack(
-        [np.asarray(x)[:, j :: stride][:, :rows] for j in range(kernel_size)], axis=2
-    )
-    _close(fast_conv._windows(x, *args), expected)
+    assert bool(_strided(slices)) != shifted
+    _close(fast_conv._windows(x, *args), _numpy_windows(x, kernel_size, strides, rows))
 
 
 def test_a_pointwise_phase_conv_is_xlas_conv(monkeypatch):
