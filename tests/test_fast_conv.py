@@ -519,7 +519,8 @@ def test_3d_windows_that_do_not_overlap_are_one_transposition(x_shape, kernel_si
 
 
 def _numpy_windows(x, kernel_size, strides, rows):
-    """im2col of ``x`` tap by tap: ``(B, *rows, taps, C)``, window ``j`` of row ``i`` at ``i*s + j``."""
+    """im2col of ``x`` tap by tap, ``(B, *rows, taps, C)``: window ``j`` of row ``i`` at
+    ``i*s + j``."""
     x = np.asarray(x)
     per_tap = []
     for j in itertools.product(*map(range, kernel_size)):
