@@ -40,7 +40,10 @@ printed and written as JSON (``--out``).
 The machine's state is part of the result (``bench.machine``): the load average
 before and after, the share of the CPU time other processes took, and the matmul
 peak at the start and the end against ``--expected-peak``; each one out of bounds
-prints a ``WARNING`` line. ``--quick`` is a smoke run (fewer cases, 3 short rounds,
+prints a ``WARNING`` line. So are the environment variables that change the figures
+(``XLA_FLAGS``, ``GLIBC_TUNABLES``, ``LD_PRELOAD``, ``MALLOC_*``): under glibc's
+defaults a buffer over 32 MB is fresh pages on every call, in torch and XLA alike
+(``docs/troubleshooting.md``). ``--quick`` is a smoke run (fewer cases, 3 short rounds,
 the suite at batch 1), not a measurement.
 """
 
@@ -164,6 +167,7 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(),
             "rounds": rounds,
             "min_round_s": min_round_s,
+            "environment": machine.environment(),
         },
         "peak": cases.matmul_peak(peak_n, peak_rounds),
         "model": cases.training_flops_per_image(models.AutoencoderConfig()),

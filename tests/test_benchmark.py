@@ -190,6 +190,14 @@ def test_xla_intra_op_threads_counts_the_pool_of_this_process():
     assert machine.xla_intra_op_threads() == len(os.sched_getaffinity(0))
 
 
+def test_the_settings_that_change_allocation_and_compilation_are_recorded(monkeypatch):
+    """glibc's malloc tunables, a preloaded allocator and XLA_FLAGS change the figures
+    (buffers over 32 MB are fresh pages on every call under glibc's defaults)."""
+    settings = {"MALLOC_MMAP_MAX_": "0", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    monkeypatch.setattr(os, "environ", {**settings, "PATH": "/usr/bin", "HOME": "/root"})
+    assert machine.environment() == settings
+
+
 def test_pin_cpus_refuses_once_jax_has_started():
     with pytest.raises(RuntimeError, match="before jax is imported"):
         machine.pin_cpus(1)

@@ -277,6 +277,11 @@ def print_report(report: dict) -> None:
         f"threads: torch {threads['torch']}, XLA intra-op pool {threads['xla_intra_op']} "
         f"(its threads counted by name); the process pinned to CPUs {threads['cpus']}"
     )
+    settings = meta.get("environment", {})
+    print(
+        "environment: "
+        + (", ".join(f"{k}={v}" for k, v in settings.items()) or "no XLA_FLAGS, allocator defaults")
+    )
     for when in ("peak", "peak_end"):
         peak = report[when]
         print(
