@@ -363,6 +363,25 @@ def test_a_kernel_gradient_goes_by_chunks_only_where_its_im2col_outweighs_y(
     _close(ours(x, y), xla_kernel_grad(x, y))
 
 
+@pytest.mark.parametrize("chunk_bytes, chunked", [(320, False), (256, True)])
+def test_a_kernel_gradient_within_two_chunks_goes_over_the_whole_batch(
+    chunk_bytes, chunked, monkeypatch
+):
+    """4 images of an im2col of 160 bytes each (8 rows of 5 taps, one channel), against
+    ``y``'s 2 channels: over the whole batch where its 640 bytes are at most 2 chunks."""
+    monkeypatch.setattr(fast_conv, "CHUNK_BYTES", chunk_bytes)
+    geometry = fast_conv.Geometry((4,), ((0, 1),), (1,))
+    kernel_shape = (5, 1, 2)
+    x, y, xla_kernel_grad = _kernel_gradient_problem((4, 32, 1), kernel_shape, geometry)
+
+    def ours(x, y):
+        return fast_conv._kernel_grad(x, y, kernel_shape, geometry)
+
+    loops = [e for e in _equations(ours, x, y) if e.primitive.name in ("scan", "while")]
+    assert bool(loops) == chunked
+    _close(ours(x, y), xla_kernel_grad(x, y))
+
+
 @pytest.mark.parametrize("by_rows", [False, True])
 def test_a_kernel_gradient_by_rows_or_by_columns_agrees_with_xla(by_rows, monkeypatch):
     """``columns^T y`` as a dot over both operands' rows, or by rows of ``y^T`` written
@@ -612,7 +631,7 @@ def test_batch_chunks_give_the_whole_batch_result(summed, monkeypatch):
     _close(chunked(x), fn(x))
 
 
-@pytest.mark.parametrize("shape, chunk", [((4, 8, 8, 16), 1), ((4, 8, 8, 1), 2)])
+@pytest.mark.parametrize("shape, chunk", [((4, 8, 8, 16), 1), ((8, 8, 8, 1), 2)])
 def test_chunks_with_a_unit_axis_are_read_where_they_are(shape, chunk, monkeypatch):
     """Chunks of one image, or of one channel: the loop reads the batch in place, with no
     copy of it in the program."""
