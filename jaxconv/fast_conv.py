@@ -318,9 +318,9 @@ def _windows(x, kernel_size, strides, dilation, rows) -> jax.Array:
         # row i + a, whole, so ceil(k/s) shifted slices of contiguous rows rather than k
         # strided slices, which XLA:CPU copies slowly (kernel gradient, paired rounds:
         # WaveGAN up 5 4.3 -> 3.5 ms, MelGAN up 3 14.5 -> 13.0; FSRCNN, 2-D, 11.4 -> 9.3 and
-        # 11.5 -> 11.1 in a second run; DCGAN G5 and pix2pix within noise). Not
-        # where the rows' slots past the last tap, cropped, are over an eighth of the taps
-        # (k3 s2: seg U-Net 4.0 -> 4.3, lecture decoder 2 2.1 -> 2.3)
+        # 11.5 -> 11.1 in a second run; DCGAN G5 and pix2pix within noise). Not where the
+        # rows' slots past the last tap, cropped, are over an eighth of the taps (k3 s2:
+        # seg U-Net 4.0 -> 4.3, lecture decoder 2 2.1 -> 2.3)
         lead = x.shape[1:-2]
         x = _pad(x, [(0, 0)] * (ndim - 1) + [(0, (q + shifts - 1) * s - x.shape[-2])])
         x = x.reshape(batch, *lead, q + shifts - 1, s * channels)
