@@ -480,9 +480,8 @@ def test_both_transposed_conv_lowerings_agree_with_xla(
     y_shape, kernel_shape, geometry, monkeypatch
 ):
     """T(y, K), the adjoint of C in its input, by overlap-add and, with the overlap-add
-    off (``OVERLAP_ADD_MAX_BYTES`` 0), by phases (group by group), against the transpose
-    of XLA's conv of the padded input."""
-    monkeypatch.setattr(fast_conv, "OVERLAP_ADD_MAX_BYTES", 0)
+    off (``OVERLAP_ADD_MAX_BYTES`` 0), by phases (groups: group by group), against the
+    transpose of XLA's conv of the padded input."""
     y = _normal(y_shape)
     kernel = _normal(kernel_shape, seed=1)
     spatial = [
@@ -499,13 +498,47 @@ def test_both_transposed_conv_lowerings_agree_with_xla(
     @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
     def transposed(y, kernel):
         expected = jax.linear_transpose(xla_conv, x)(y)[0]
-        ours = [lowering(y, kernel, geometry) for lowering in (
-            fast_conv._by_overlap_add, fast_conv._transposed)]  # fmt: skip
+        ours = []
+        for bound in (1 << 40, 0):
+            monkeypatch.setattr(fast_conv, "OVERLAP_ADD_MAX_BYTES", bound)
+            ours.append(fast_conv._transposed(y, kernel, geometry))
         return expected, ours
 
     expected, ours = transposed(y, kernel)
     for got in ours:
         _close(got, expected)
+
+
+def _grouped_transposed_conv(y_shape=(2, 5, 5, 8), kernel_shape=(3, 3, 2, 8), groups=4):
+    """``T``, stride 2, of ``y`` in ``groups`` groups of several channels, and its operands."""
+    geometry = fast_conv.Geometry((2, 2), ((1, 0), (1, 0)), (1, 1), groups)
+    y, kernel = _normal(y_shape), _normal(kernel_shape, seed=1)
+    return functools.partial(fast_conv._conv_transpose, geometry=geometry), y, kernel
+
+
+def test_a_grouped_transposed_conv_by_overlap_add_goes_group_by_group():
+    """Each group's products in a plain matmul, never one batched over the groups, whose
+    operands XLA:CPU copies groups first (the whole kernel: 38 MB in StyleGAN2)."""
+    transposed, y, kernel = _grouped_transposed_conv()
+    equations = _equations(transposed, y, kernel)
+    dots = [e.params["dimension_numbers"] for e in equations if e.primitive.name == "dot_general"]
+    assert dots and all(batch == ((), ()) for _, batch in dots)
+    assert any(e.primitive.name in ("scan", "while") for e in equations)
+
+
+@pytest.mark.parametrize("op", ["conv", "conv_transpose"])
+def test_reverse_mode_of_a_grouped_conv_keeps_no_copy_of_each_groups_operands(op):
+    """What the backward pass keeps of a conv in 4 groups of 2 channels: no array of 4
+    per-group parts (each group's slice of the kernel and input, stacked by the loop)."""
+    transposed, y, kernel = _grouped_transposed_conv()
+    if op == "conv_transpose":
+        f = transposed
+    else:
+        geometry = fast_conv.Geometry((2, 2), ((1, 1), (1, 1)), (1, 1), 4)
+        f = functools.partial(fast_conv._conv, geometry=geometry)
+    _, backward = jax.vjp(f, y, kernel)
+    kept = [leaf.shape for leaf in jax.tree.leaves(backward)]
+    assert not [shape for shape in kept if len(shape) > 1 and shape[0] == 4], kept
 
 
 @pytest.mark.parametrize(
