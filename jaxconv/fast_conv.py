@@ -70,7 +70,9 @@ loop nest. Here instead:
 - Derivatives (``jax.custom_jvp``): the tangent of each op in its input is the
   other op's transpose, and in its kernel the transpose of ``R``. Reverse mode
   transposes them back: the input gradient of ``T`` is the strided conv ``C``,
-  that of ``C`` the phase-decomposed ``T``, and both kernel gradients are ``R``.
+  that of ``C`` the phase-decomposed ``T``, and both kernel gradients are ``R``. Where
+  ``R`` of ``T`` takes the im2col of the cotangent, ``C`` is that im2col's product
+  with the kernel: one im2col for both gradients (:func:`_shared_windows_wanted`).
   Forward mode and higher derivatives follow JAX's rules for those operations.
 - Groups (channels ordered (group, channel)), in one program whatever their number.
   Where each group contracts one channel (depthwise: ``C`` with ``a = g``, ``T``
@@ -531,16 +533,12 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
     if x_channels == geometry.groups > 1:  # one channel per group: tap sums, image by image
         grad = functools.partial(_kernel_grad_direct, kernel_shape=kernel_shape, geometry=geometry)
         return _by_chunks(grad, (x, y), math.prod(x.shape[1:]), summed=True)
-    plan = _phase_plan(y.shape[1:-1], kernel_size, geometry)
-    # numbers copied per image: the im2col, and for phases also x in phases, a
-    # transposition that costs about twice a copy (measured)
-    direct = _direct_columns(y, kernel_size, x_channels)
-    phase_columns = math.prod(plan.rows) * math.prod(plan.taps) * y_channels
-    phased = phase_columns + 2 * math.prod(plan.rows) * math.prod(geometry.strides) * x_channels
-    if direct <= phased:
-        grad, columns_per_image, windowed = _kernel_grad_direct, direct, x_channels
+    if _windows_of_x_copy_less(y, kernel_shape, geometry):
+        grad, windowed = _kernel_grad_direct, x_channels
+        columns_per_image = _direct_columns(y, kernel_size, x_channels)
     else:
-        grad, columns_per_image, windowed = _kernel_grad_by_phases, phase_columns, y_channels
+        grad, windowed = _kernel_grad_by_phases, y_channels
+        columns_per_image = _phase_columns(y, kernel_shape, geometry)
     if geometry.groups > 1 and windowed > geometry.groups:
         one = functools.partial(
             _kernel_grad,
@@ -565,6 +563,24 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
         groups=geometry.groups,
     )
     return _transpose(xla, kernel_shape, y)
+
+
+def _windows_of_x_copy_less(y: jax.Array, kernel_shape, geometry: Geometry) -> bool:
+    """Whether ``R``'s im2col of ``x`` (:func:`_kernel_grad_direct`) copies no more per
+    image than the phases (:func:`_kernel_grad_by_phases`): their im2col, and ``x`` in
+    phases, a transposition that costs about twice a copy (measured)."""
+    x_channels = kernel_shape[-2] * geometry.groups
+    plan = _phase_plan(y.shape[1:-1], kernel_shape[:-2], geometry)
+    in_phases = 2 * math.prod(plan.rows) * math.prod(geometry.strides) * x_channels
+    direct = _direct_columns(y, kernel_shape[:-2], x_channels)
+    return direct <= _phase_columns(y, kernel_shape, geometry) + in_phases
+
+
+def _phase_columns(y: jax.Array, kernel_shape, geometry: Geometry) -> int:
+    """The numbers of one image's im2col in :func:`_kernel_grad_by_phases` (windows of
+    ``y``)."""
+    plan = _phase_plan(y.shape[1:-1], kernel_shape[:-2], geometry)
+    return math.prod(plan.rows) * math.prod(plan.taps) * kernel_shape[-1]
 
 
 def _whole_batch_wanted(x: jax.Array, y: jax.Array, columns_per_image: int) -> bool:
@@ -679,6 +695,51 @@ def _kernel_grad_direct(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> j
     return _windows_t(x, *window, y, geometry.groups).reshape(kernel_shape)
 
 
+def _input_and_kernel_grads(x: jax.Array, y: jax.Array, kernel: jax.Array, geometry: Geometry):
+    """``(C(x, K), R(x, y))`` from one im2col of the padded ``x`` (``C``'s windows are those
+    of :func:`_kernel_grad_direct`), over the whole batch or by chunks as ``R`` alone: in
+    reverse mode, a transposed conv's input and kernel gradients (``x`` its cotangent)."""
+    kernel_size, rows = kernel.shape[:-2], y.shape[1:-1]
+
+    def both(x, y):
+        columns = _windows(
+            _pad(x, geometry.pads), kernel_size, geometry.strides, geometry.dilation, rows
+        )
+        out, grad = _matmul_and_t(columns, y, kernel)
+        return out.reshape(y.shape), grad.reshape(kernel.shape)
+
+    columns_per_image = _direct_columns(y, kernel_size, x.shape[-1])
+    if _whole_batch_wanted(x, y, columns_per_image):
+        return jax.checkpoint(both)(x, y)
+    return _by_chunks(both, (x, y), columns_per_image, summed=(False, True))
+
+
+def _shared_windows_wanted(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> bool:
+    """Whether the reverse mode of ``T(y)`` (``x``: its cotangent) takes ``C(x)`` and ``R(x,
+    y)`` from one im2col (:func:`_input_and_kernel_grads`): where ``R`` takes the im2col of
+    ``x`` whole or by chunks (one group, not by row blocks) and ``C`` would be XLA's conv
+    or its own im2col (not tap by tap); in 1-D only for one channel of ``x``.
+
+    Forward+backward, medians of paired rounds (ms): lecture decoder 2 6.7 -> 5.1, seg
+    U-Net 12.0 -> 10.2, DCGAN G3 17.6 -> 15.7, G5 21.1 -> 16.1, FSRCNN 39.5 -> 33.3, Mask
+    R-CNN 14.6 -> 12.8, 3-D U-Net 33.6 -> 29.6. In 1-D with several channels XLA's conv
+    was faster than the shared im2col's product and the copy of its chunks (HiFi-GAN
+    14.2 -> 17.1, MelGAN up 3 25.4 -> 28.7), and so was ``C`` tap by tap (lecture decoder
+    3 1.8 -> 2.3).
+    """
+    kernel_size, channels = kernel_shape[:-2], kernel_shape[-2]
+    taps = math.prod(kernel_size)
+    if geometry.groups > 1 or taps == 1 or all(n == 1 for n in y.shape[1:-1]):
+        return False
+    if channels == 1 and taps <= PER_TAP_MAX_TAPS or len(kernel_size) == 1 and channels > 1:
+        return False
+    return (
+        _windows_of_x_copy_less(y, kernel_shape, geometry)
+        and _fits(_direct_columns(y, kernel_size, channels), x.dtype)
+        and not _row_blocks_wanted(x, y, kernel_size, geometry)
+    )
+
+
 def _kernel_grad_by_phases(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> jax.Array:
     """``R`` in the phase domain of :func:`_by_phases`.
 
@@ -759,15 +820,36 @@ def _matmul_t(columns: jax.Array, other: jax.Array) -> jax.Array:
     8.4, Mask R-CNN (1024, 256) 15.1 -> 13.6. Slower with 512 channels or more (MelGAN up 1
     5.3 -> 7.2, pix2pix 16 -> 30) and, by a few per cent, at twice the depth (MelGAN up 3).
     """
-    rows, depth = math.prod(other.shape[:-1]), math.prod(columns.shape[other.ndim - 1 :])
-    columns, other = columns.reshape(rows, depth), other.reshape(rows, other.shape[-1])
-    channels = other.shape[-1]
-    by_rows = (channels <= NN_MAX_CHANNELS and depth >= NN_MIN_DEPTH) or (
-        channels <= NN_WIDE_MAX_CHANNELS and depth >= NN_WIDE_DEPTH_RATIO * channels
-    )
-    if not by_rows:
+    columns, other = _as_rows(columns, other)
+    if not _by_rows(*columns.shape[1:], *other.shape[1:]):
         return columns.T @ other
     return _xla_conv(other.T[None], columns[None], (1,), (1,), 1)[0].T
+
+
+def _matmul_and_t(columns: jax.Array, other: jax.Array, kernel: jax.Array):
+    """``(columns kernel, columns^T other)``, ``columns`` and ``other`` flattened to
+    ``(rows, -1)``, ``kernel`` to ``(depth, -1)``: :func:`_matmul_t` and a product that
+    reads ``columns`` in the same form (a 1-wide conv where that goes by rows). XLA:CPU
+    writes an im2col out once per form it is read in, not once in all."""
+    columns, other = _as_rows(columns, other)
+    kernel = kernel.reshape(columns.shape[1], -1)
+    if not _by_rows(*columns.shape[1:], *other.shape[1:]):
+        return columns @ kernel, columns.T @ other
+    conv = functools.partial(_xla_conv, strides=(1,), dilation=(1,), groups=1)
+    return conv(columns[None], kernel[None])[0], conv(other.T[None], columns[None])[0].T
+
+
+def _as_rows(columns: jax.Array, other: jax.Array) -> tuple[jax.Array, jax.Array]:
+    rows, depth = math.prod(other.shape[:-1]), math.prod(columns.shape[other.ndim - 1 :])
+    return columns.reshape(rows, depth), other.reshape(rows, other.shape[-1])
+
+
+def _by_rows(depth: int, channels: int) -> bool:
+    """Whether :func:`_matmul_t` of an im2col ``depth`` deep against ``channels`` goes by
+    rows."""
+    return (channels <= NN_MAX_CHANNELS and depth >= NN_MIN_DEPTH) or (
+        channels <= NN_WIDE_MAX_CHANNELS and depth >= NN_WIDE_DEPTH_RATIO * channels
+    )
 
 
 # ----------------------------------------------------------------------------------
@@ -799,10 +881,15 @@ def _conv_jvp(geometry, primals, tangents):
 
 
 def _conv_transpose_jvp(geometry, primals, tangents):
-    """``dT = C^T(dy) + R(., y)^T(dK)``: reverse mode gives ``C(g)`` and ``R(g, y)``."""
+    """``dT = C^T(dy) + R(., y)^T(dK)``: reverse mode gives ``C(g)`` and ``R(g, y)``, from
+    one im2col of ``g`` where :func:`_shared_windows_wanted`."""
     y, kernel = primals
     dy, dkernel = tangents
     out = _transposed(y, kernel, geometry)
+    both_wanted = not (_is_zero(dy) or _is_zero(dkernel))
+    if both_wanted and _shared_windows_wanted(out, y, kernel.shape, geometry):
+        both = functools.partial(_input_and_kernel_grads, y=y, kernel=kernel, geometry=geometry)
+        return out, _transpose(both, out.shape, (dy, dkernel))
     terms = []
     if not _is_zero(dy):
         terms.append(_transpose(lambda g: _strided(g, kernel, geometry), out.shape, dy))
@@ -821,7 +908,7 @@ def _transpose(linear_fun: Callable, shape: tuple[int, ...], tangent: jax.Array)
 
     Transposed again (reverse mode), these operations become ``linear_fun``'s own.
     """
-    example = jax.ShapeDtypeStruct(shape, tangent.dtype)
+    example = jax.ShapeDtypeStruct(shape, jax.tree.leaves(tangent)[0].dtype)
     return jax.linear_transpose(linear_fun, example)(tangent)[0]
 
 
@@ -837,7 +924,7 @@ def _sum(terms: list[jax.Array], like: jax.Array) -> jax.Array:
 # Batch chunks
 
 
-def _by_chunks(fn: Callable, arrays: tuple, columns_per_image: int, summed: bool = False):
+def _by_chunks(fn: Callable, arrays: tuple, columns_per_image: int, summed=False):
     """``fn(*arrays)``, an im2col and a matmul, over chunks of the batch (leading axis).
 
     A chunk's im2col, at most ``CHUNK_BYTES``, is written and read back in cache
@@ -846,16 +933,19 @@ def _by_chunks(fn: Callable, arrays: tuple, columns_per_image: int, summed: bool
     half of it; otherwise chunks of that size and a smaller rest. Chunks are
     rematerialised: reverse mode recomputes a chunk's im2col rather than keeping
     every chunk's. ``summed``: the chunks' results are added (a kernel gradient),
-    else concatenated along the batch; a kernel gradient whose whole im2col is within
-    two chunks goes over the whole batch (forward+backward, medians of paired rounds:
-    DCGAN G3 21.9 -> 18.7 ms, Mask R-CNN 17.0 -> 14.8, four other layers and the train
-    step unchanged; the kernel gradient alone unchanged).
+    else concatenated along the batch (for a tuple of results, one flag each); a
+    kernel gradient whose whole im2col is within two chunks goes over the whole batch
+    (forward+backward, medians of paired rounds: DCGAN G3 21.9 -> 18.7 ms, Mask R-CNN
+    17.0 -> 14.8, four other layers and the train step unchanged; the kernel gradient
+    alone unchanged).
     """
     whole = jax.checkpoint(fn)
     batch = arrays[0].shape[0]
     image_bytes = max(1, columns_per_image * arrays[0].dtype.itemsize)
     target = max(1, CHUNK_BYTES // image_bytes)
-    if target >= batch or (summed and batch * image_bytes <= 2 * CHUNK_BYTES):
+    one = isinstance(summed, bool)
+    flags = (summed,) if one else summed
+    if target >= batch or (any(flags) and batch * image_bytes <= 2 * CHUNK_BYTES):
         return whole(*arrays)
     chunk = max(d for d in range(1, target + 1) if batch % d == 0)
     chunk = chunk if 2 * chunk > target else target
@@ -868,21 +958,27 @@ def _by_chunks(fn: Callable, arrays: tuple, columns_per_image: int, summed: bool
         a[: count * chunk].reshape(count, *(n for n in shape if n != 1))
         for a, shape in zip(arrays, shapes)
     ]
-    step = jax.checkpoint(lambda *chunks: fn(*(c.reshape(s) for c, s in zip(chunks, shapes))))
-    if summed:  # added up in the loop: a sum of the stacked results ran as a slow reduce
-        total = jax.eval_shape(step, *(h[0] for h in heads))
-        out, _ = lax.scan(
-            lambda total, chunks: (total + step(*chunks), None),
-            jnp.zeros(total.shape, total.dtype),
-            heads,
-        )
-    else:
-        out = lax.map(lambda chunks: step(*chunks), heads)
-        out = out.reshape(count * chunk, *out.shape[2:])
-    if count * chunk == batch:
-        return out
-    rest = whole(*(a[count * chunk :] for a in arrays))
-    return out + rest if summed else jnp.concatenate([out, rest])
+
+    @jax.checkpoint
+    def step(*chunks):
+        results = fn(*(c.reshape(s) for c, s in zip(chunks, shapes)))
+        return (results,) if one else results
+
+    def add_or_stack(totals, chunks):  # added up in the loop: a sum of stacked results ran
+        results = step(*chunks)  # as a slow reduce
+        added = [r for r, f in zip(results, flags) if f]
+        return [t + r for t, r in zip(totals, added)], [r for r, f in zip(results, flags) if not f]
+
+    shaped = jax.eval_shape(step, *(h[0] for h in heads))
+    zeros = [jnp.zeros(r.shape, r.dtype) for r, f in zip(shaped, flags) if f]
+    totals, stacked = lax.scan(add_or_stack, zeros, heads)
+    totals, stacked = iter(totals), iter(s.reshape(count * chunk, *s.shape[2:]) for s in stacked)
+    out = [next(totals) if f else next(stacked) for f in flags]
+    if count * chunk < batch:
+        rest = whole(*(a[count * chunk :] for a in arrays))
+        rest = (rest,) if one else rest
+        out = [o + r if f else jnp.concatenate([o, r]) for o, r, f in zip(out, rest, flags)]
+    return out[0] if one else tuple(out)
 
 
 # ----------------------------------------------------------------------------------

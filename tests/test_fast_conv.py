@@ -661,6 +661,78 @@ def test_batch_chunks_give_the_whole_batch_result(summed, monkeypatch):
     _close(chunked(x), fn(x))
 
 
+def test_chunks_give_a_tuple_of_results_each_added_or_concatenated(monkeypatch):
+    """``summed=(False, True)``: the first result concatenated along the batch, the second
+    added, over chunks of 2 and a rest of 1."""
+    monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 2 * 3 * 4)
+    x = _normal((5, 3))
+    weights = jnp.arange(6.0).reshape(3, 2)
+
+    def fn(x):
+        return x @ weights, x.T @ x
+
+    chunked = jax.jit(lambda x: fast_conv._by_chunks(fn, (x,), 3, summed=(False, True)))
+    assert "while" in chunked.lower(x).as_text()
+    for got, expected in zip(chunked(x), fn(x)):
+        _close(got, expected)
+
+
+# one group, 2-D, 300 outputs of C in the batch: C(g) would be XLA's strided conv
+SHARED_WINDOWS = dict(features=8, kernel_size=3, stride=2, padding=1, output_padding=1)
+
+
+def _derivatives(layer, params, x, dx):
+    """The gradients in the parameters and input, the gradient of the input gradient's
+    norm, the kernel's Hessian and a jvp in both."""
+
+    def grad_norm(params, x):
+        return jnp.sum(jax.grad(lambda x: _loss(layer, params, x))(x) ** 2)
+
+    kernel_hessian = jax.hessian(lambda k: _loss(layer, {**params, "kernel": k}, x))(
+        params["kernel"]
+    )
+    dparams = jax.tree.map(jnp.ones_like, params)
+    jvp = jax.jvp(lambda p, x: layer.apply({"params": p}, x), (params, x), (dparams, dx))
+    return _forward_and_vjp(layer, params, x), jax.grad(grad_norm, (0, 1))(params, x), (
+        kernel_hessian, jvp)  # fmt: skip
+
+
+# the whole batch, and chunks of 2 images (an im2col of 100 x 72 numbers each) and a rest of 1
+@pytest.mark.parametrize("chunk_bytes", [1 << 30, 2 * 100 * 72 * 4])
+def test_a_transposed_convs_gradients_share_one_im2col_of_the_cotangent(
+    chunk_bytes, monkeypatch
+):
+    """Reverse mode takes the input gradient ``C(g)`` from the im2col that the kernel
+    gradient ``R(g, y)`` reads, not by XLA's strided conv; every derivative agrees."""
+    monkeypatch.setattr(fast_conv, "CHUNK_BYTES", chunk_bytes)
+    x = _normal((5, 10, 10, 8))
+    layers = _layers(jnn.ConvTranspose, **SHARED_WINDOWS)
+    params = _params(layers["reference"], x)
+    convs = _convs(lambda p, x: jax.grad(_loss, (1, 2))(layers["fast"], p, x), params, x)
+    assert convs and all(max(c.params["window_strides"]) == 1 for c in convs)
+    _fast_agrees(_derivatives, layers, params, x, _normal(x.shape, seed=1), rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "shape, kwargs",
+    [
+        ((2, 200, 8), dict(features=8, kernel_size=4, stride=2, padding=1)),  # 1-D, 8 channels
+        ((2, 20, 20, 8), dict(features=1, kernel_size=3, stride=2, padding=1)),  # C tap by tap
+    ],
+)
+def test_where_the_cotangents_im2col_is_not_shared_the_input_gradient_is_c(
+    shape, kwargs, monkeypatch
+):
+    """A 1-D layer of several channels, and one of one output channel and 9 taps: the
+    input gradient is ``C``'s own (XLA's strided conv; tap by tap), which measured faster."""
+    shared = []
+    monkeypatch.setattr(fast_conv, "_input_and_kernel_grads", lambda *a, **k: shared.append(1))
+    x = _normal(shape)
+    layers = _layers(jnn.ConvTranspose, **kwargs)
+    _fast_agrees(_forward_and_vjp, layers, _params(layers["reference"], x), x)
+    assert not shared
+
+
 @pytest.mark.parametrize("shape, chunk", [((4, 8, 8, 16), 1), ((8, 8, 8, 1), 2)])
 def test_chunks_with_a_unit_axis_are_read_where_they_are(shape, chunk, monkeypatch):
     """Chunks of one image, or of one channel: the loop reads the batch in place, with no
