@@ -328,6 +328,24 @@ def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
         _close(got, expected)
 
 
+def test_a_3d_kernel_gradient_of_windows_that_do_not_overlap_transposes_no_im2col():
+    """k <= s on every axis (k2 s2, k1 s3, k3 s3 with pads): slabs of ``x`` against ``y``,
+    one per tap of the leading axes, no transposition of ``x`` into an im2col; equal to
+    XLA's."""
+    geometry = fast_conv.Geometry((2, 3, 3), ((0, 0), (1, 1), (1, 1)), (1, 1, 1))
+    kernel_shape = (2, 1, 3, 2, 3)
+    x, y, xla_kernel_grad = _kernel_gradient_problem((2, 6, 5, 7, 2), kernel_shape, geometry)
+
+    def ours(x, y):
+        return fast_conv._kernel_grad_direct(x, y, kernel_shape, geometry)
+
+    transposed = [
+        e.invars[0].aval.shape for e in _equations(ours, x, y) if e.primitive.name == "transpose"
+    ]
+    assert not [shape for shape in transposed if len(shape) > 2]
+    _close(ours(x, y), xla_kernel_grad(x, y))
+
+
 def test_a_depthwise_kernel_gradient_sums_once_per_shift_not_per_tap():
     """k4 s2 p1, 8 groups of one channel: 16 taps in 4 shifts of 2x2 phases, so 4 sums and
     no strided slice; equal to XLA's."""
