@@ -701,7 +701,9 @@ def _kernel_grad_direct(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> j
     return _windows_t(x, *window, y, geometry.groups).reshape(kernel_shape)
 
 
-def _input_and_kernel_grads(x: jax.Array, y: jax.Array, kernel: jax.Array, geometry: Geometry):
+def _input_and_kernel_grads(
+    x: jax.Array, y: jax.Array, kernel: jax.Array, geometry: Geometry
+) -> tuple[jax.Array, jax.Array]:
     """``(C(x, K), R(x, y))`` from one im2col of the padded ``x`` (``C``'s windows are those
     of :func:`_kernel_grad_direct`), over the whole batch or by chunks as ``R`` alone: in
     reverse mode, a transposed conv's input and kernel gradients (``x`` its cotangent)."""
@@ -853,7 +855,9 @@ def _matmul_t(columns: jax.Array, other: jax.Array) -> jax.Array:
     return _xla_conv(other.T[None], columns[None], (1,), (1,), 1)[0].T
 
 
-def _matmul_and_t(columns: jax.Array, other: jax.Array, kernel: jax.Array):
+def _matmul_and_t(
+    columns: jax.Array, other: jax.Array, kernel: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """``(columns kernel, columns^T other)``, ``columns`` and ``other`` flattened to
     ``(rows, -1)``, ``kernel`` to ``(depth, -1)``: :func:`_matmul_t` and a product that
     reads ``columns`` in the same form (a 1-wide conv where that goes by rows). XLA:CPU
@@ -951,7 +955,9 @@ def _sum(terms: list[jax.Array], like: jax.Array) -> jax.Array:
 # Batch chunks
 
 
-def _by_chunks(fn: Callable, arrays: tuple, columns_per_image: int, summed=False):
+def _by_chunks(
+    fn: Callable, arrays: tuple, columns_per_image: int, summed: bool | tuple[bool, ...] = False
+):
     """``fn(*arrays)``, an im2col and a matmul, over chunks of the batch (leading axis).
 
     A chunk's im2col, at most ``CHUNK_BYTES``, is written and read back in cache
@@ -991,8 +997,9 @@ def _by_chunks(fn: Callable, arrays: tuple, columns_per_image: int, summed=False
         results = fn(*(c.reshape(s) for c, s in zip(chunks, shapes)))
         return (results,) if one else results
 
-    def add_or_stack(totals, chunks):  # added up in the loop: a sum of stacked results ran
-        results = step(*chunks)  # as a slow reduce
+    # summed results are added up in the loop: a sum of stacked results ran as a slow reduce
+    def add_or_stack(totals, chunks):
+        results = step(*chunks)
         added = [r for r, f in zip(results, flags) if f]
         return [t + r for t, r in zip(totals, added)], [r for r, f in zip(results, flags) if not f]
 
