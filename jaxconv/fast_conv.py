@@ -648,10 +648,11 @@ def _block_edges(kernel_size, geometry: Geometry) -> tuple[int, int]:
     return lo, d * (k - 1) + 1 - s - lo
 
 
-def _kernel_grad_by_row_blocks(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> jax.Array:
+def _kernel_grad_by_row_blocks(x: jax.Array, y: jax.Array, kernel_shape, geometry, kernel=None):
     """``R`` as a sum over blocks of ``y``'s rows (its first spatial axis), one
     :func:`_kernel_grad_direct` per block in a loop. A block's im2col is within
-    ``CHUNK_BYTES``, and the blocks are as few as that allows.
+    ``CHUNK_BYTES``, and the blocks are as few as that allows. Given ``kernel``, ``(C(x,
+    K), R)``: each block's im2col also gives its rows of ``C`` (:func:`_one_im2col`).
 
     Block ``b`` of ``B`` rows of ``y`` reads ``x``'s rows ``b*B*s - lo`` up to ``(b+1)*B*s +
     tail`` (``tail = d(k-1) + 1 - s - lo``, cropping where negative): its own ``B*s``
@@ -685,14 +686,21 @@ def _kernel_grad_by_row_blocks(x: jax.Array, y: jax.Array, kernel_shape, geometr
         parts = [edges["head"]] if lo else []
         parts += [own_rows, edges["tail"]] if tail > 0 else [own_rows]
         x_block = jnp.concatenate(parts)[None]
-        return _kernel_grad_direct(x_block, y_block[None], kernel_shape, inner)
+        if kernel is None:
+            return None, _kernel_grad_direct(x_block, y_block[None], kernel_shape, inner)
+        out, grad = _one_im2col(x_block, y_block[None], kernel, inner)
+        return out[0], grad
 
-    total, _ = lax.scan(
-        lambda total, block: (total + one(*block), None),
-        jnp.zeros(kernel_shape, x.dtype),
-        (jnp.arange(batch * count), edges, y_blocks),
+    def add(total, block):
+        out, grad = one(*block)
+        return total + grad, out
+
+    total, outs = lax.scan(
+        add, jnp.zeros(kernel_shape, x.dtype), (jnp.arange(batch * count), edges, y_blocks)
     )
-    return total
+    if kernel is None:
+        return total
+    return outs.reshape(batch, count * block, *y.shape[2:])[:, :rows], total
 
 
 def _kernel_grad_direct(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> jax.Array:
@@ -705,32 +713,42 @@ def _input_and_kernel_grads(
     x: jax.Array, y: jax.Array, kernel: jax.Array, geometry: Geometry
 ) -> tuple[jax.Array, jax.Array]:
     """``(C(x, K), R(x, y))`` from one im2col of the padded ``x`` (``C``'s windows are those
-    of :func:`_kernel_grad_direct`), over the whole batch or by chunks as ``R`` alone: in
-    reverse mode, a transposed conv's input and kernel gradients (``x`` its cotangent)."""
-    kernel_size, rows = kernel.shape[:-2], y.shape[1:-1]
-
-    def both(x, y):
-        columns = _windows(
-            _pad(x, geometry.pads), kernel_size, geometry.strides, geometry.dilation, rows
-        )
-        out, grad = _matmul_and_t(columns, y, kernel)
-        return out.reshape(y.shape), grad.reshape(kernel.shape)
-
+    of :func:`_kernel_grad_direct`), over the whole batch, by chunks or by row blocks as
+    ``R`` alone: in reverse mode, a transposed conv's input and kernel gradients (``x``
+    its cotangent)."""
+    kernel_size = kernel.shape[:-2]
+    if _row_blocks_wanted(x, y, kernel_size, geometry):
+        return _kernel_grad_by_row_blocks(x, y, kernel.shape, geometry, kernel)
+    both = functools.partial(_one_im2col, kernel=kernel, geometry=geometry)
     columns_per_image = _direct_columns(y, kernel_size, x.shape[-1])
     if _whole_batch_wanted(x, y, columns_per_image):
         return jax.checkpoint(both)(x, y)
     return _by_chunks(both, (x, y), columns_per_image, summed=(False, True))
 
 
+def _one_im2col(
+    x: jax.Array, y: jax.Array, kernel: jax.Array, geometry: Geometry
+) -> tuple[jax.Array, jax.Array]:
+    """``(C(x, K), R(x, y))``: the windows of the padded ``x`` times ``K``, and against
+    ``y`` (:func:`_matmul_and_t`)."""
+    kernel_size, rows = kernel.shape[:-2], y.shape[1:-1]
+    columns = _windows(
+        _pad(x, geometry.pads), kernel_size, geometry.strides, geometry.dilation, rows
+    )
+    out, grad = _matmul_and_t(columns, y, kernel)
+    return out.reshape(y.shape), grad.reshape(kernel.shape)
+
+
 def _shared_windows_wanted(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> bool:
     """Whether the reverse mode of ``T(y)`` (``x``: its cotangent) takes ``C(x)`` and ``R(x,
     y)`` from one im2col (:func:`_input_and_kernel_grads`): where ``R`` takes the im2col of
-    ``x`` whole or by chunks (one group, not by row blocks) and ``C`` would be XLA's conv
-    or its own im2col (not tap by tap); in 1-D only for one channel of ``x``.
+    ``x`` (one group) and ``C`` would be XLA's conv or its own im2col (not tap by tap); in
+    1-D only for one channel of ``x``.
 
     Forward+backward, medians of paired rounds (ms): lecture decoder 2 6.7 -> 5.1, seg
     U-Net 12.0 -> 10.2, DCGAN G3 17.6 -> 15.7, G5 21.1 -> 16.1, FSRCNN 39.5 -> 33.3, Mask
-    R-CNN 14.6 -> 12.8, 3-D U-Net 33.6 -> 29.6. In 1-D with several channels XLA's conv
+    R-CNN 14.6 -> 12.8, 3-D U-Net 33.6 -> 29.6; by row blocks, ENet 35.7 -> 33.9 and 35.3
+    -> 33.5 in a second run. In 1-D with several channels XLA's conv
     was faster than the shared im2col's product and the copy of its chunks (HiFi-GAN
     14.2 -> 17.1, MelGAN up 3 25.4 -> 28.7), and so was ``C`` tap by tap (lecture decoder
     3 1.8 -> 2.3).
@@ -741,10 +759,8 @@ def _shared_windows_wanted(x: jax.Array, y: jax.Array, kernel_shape, geometry) -
         return False
     if channels == 1 and taps <= PER_TAP_MAX_TAPS or len(kernel_size) == 1 and channels > 1:
         return False
-    return (
-        _windows_of_x_copy_less(y, kernel_shape, geometry)
-        and _fits(_direct_columns(y, kernel_size, channels), x.dtype)
-        and not _row_blocks_wanted(x, y, kernel_size, geometry)
+    return _windows_of_x_copy_less(y, kernel_shape, geometry) and _fits(
+        _direct_columns(y, kernel_size, channels), x.dtype
     )
 
 

@@ -731,6 +731,25 @@ def test_a_transposed_convs_gradients_share_one_im2col_of_the_cotangent(
     _fast_agrees(_derivatives, layers, params, x, _normal(x.shape, seed=1), rtol=1e-4)
 
 
+def test_by_row_blocks_the_input_gradient_too_comes_from_each_blocks_im2col(monkeypatch):
+    """An image's im2col (10 rows of 10 x 72 numbers) over two chunks of 6 KiB: blocks of
+    2 rows of ``y`` give both gradients, with no strided conv; they agree."""
+    monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 6 << 10)
+    blocked = []
+    by_row_blocks = fast_conv._kernel_grad_by_row_blocks
+    monkeypatch.setattr(
+        fast_conv,
+        "_kernel_grad_by_row_blocks",
+        lambda *a: blocked.append(len(a)) or by_row_blocks(*a),
+    )
+    x = _normal((2, 10, 10, 8))
+    layers = _layers(jnn.ConvTranspose, **SHARED_WINDOWS)
+    params = _params(layers["reference"], x)
+    convs = _convs(lambda p, x: jax.grad(_loss, (1, 2))(layers["fast"], p, x), params, x)
+    assert blocked == [5] and all(max(c.params["window_strides"]) == 1 for c in convs)
+    _fast_agrees(_forward_and_vjp, layers, params, x)
+
+
 @pytest.mark.parametrize(
     "shape, kwargs",
     [
