@@ -216,7 +216,7 @@ def _padded_conv(x, pads, kernel, strides, dilation, groups) -> jax.Array:
     return _by_chunks(im2col_matmul, (x,), columns_per_image)
 
 
-def _group_by_group(fn: Callable, groups: int, *operands: jax.Array) -> jax.Array:
+def _group_by_group(fn: Callable, groups: int, *operands: jax.Array, added: bool = False):
     """``fn`` on each group's part of every operand's last axis (``groups`` equal parts),
     in one loop (``lax.fori_loop``): its result is that group's part of the output's
     last axis.
@@ -224,11 +224,18 @@ def _group_by_group(fn: Callable, groups: int, *operands: jax.Array) -> jax.Arra
     A group's parts are sliced inside ``jax.checkpoint``, so that reverse mode slices
     them again rather than keeping every group's copy (StyleGAN2's forward+backward 86
     -> 61 ms: its kernel's parts, 38 MB, were stacked for the transposed loop).
+    ``added``: each result is added into its part of a zero output (a scatter-add) rather
+    than written over it. Use it for a kernel gradient, which reverse mode computes
+    transposed twice: an overwritten part transposes to a part zeroed, so the written
+    output came back as a pass zeroing each part and a pass adding to it (StyleGAN2's
+    kernel gradient 35.2 -> 28.9 ms, its forward+backward 67.3 -> 57.3). A forward writes
+    (the ``grouped g=4`` op case 54.6 ms written, 72.5 added).
     """
     parts = [
         jax.ShapeDtypeStruct((*a.shape[:-1], a.shape[-1] // groups), a.dtype) for a in operands
     ]
     part = jax.eval_shape(fn, *parts)
+    width, ndim = part.shape[-1], len(part.shape)
 
     @jax.checkpoint
     def group(i, *operands):
@@ -238,13 +245,20 @@ def _group_by_group(fn: Callable, groups: int, *operands: jax.Array) -> jax.Arra
         ]
         return fn(*args)
 
-    def one_group(i, out):
-        return lax.dynamic_update_slice_in_dim(
-            out, group(i, *operands), i * part.shape[-1], axis=-1
+    def written(i, out):
+        return lax.dynamic_update_slice_in_dim(out, group(i, *operands), i * width, axis=-1)
+
+    into_last_axis = lax.ScatterDimensionNumbers(tuple(range(ndim)), (), (ndim - 1,))
+
+    def add(i, out):
+        start = jnp.reshape(i * width, (1,))
+        result = group(i, *operands)
+        return lax.scatter_add(
+            out, start, result, into_last_axis, indices_are_sorted=True, unique_indices=True
         )
 
-    out = jnp.zeros((*part.shape[:-1], groups * part.shape[-1]), part.dtype)
-    return lax.fori_loop(0, groups, one_group, out)
+    out = jnp.zeros((*part.shape[:-1], groups * width), part.dtype)
+    return lax.fori_loop(0, groups, add if added else written, out)
 
 
 def _per_tap_conv(x: jax.Array, pads, kernel: jax.Array, strides, dilation, rows) -> jax.Array:
@@ -551,7 +565,7 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
             kernel_shape=(*kernel_shape[:-1], kernel_shape[-1] // geometry.groups),
             geometry=geometry._replace(groups=1),
         )
-        return _group_by_group(one, geometry.groups, x, y)
+        return _group_by_group(one, geometry.groups, x, y, added=True)
     if _fits(columns_per_image, x.dtype):
         windows_of_x = grad is _kernel_grad_direct
         if windows_of_x and _row_blocks_wanted(x, y, kernel_size, geometry):
