@@ -216,7 +216,9 @@ def _padded_conv(x, pads, kernel, strides, dilation, groups) -> jax.Array:
     return _by_chunks(im2col_matmul, (x,), columns_per_image)
 
 
-def _group_by_group(fn: Callable, groups: int, *operands: jax.Array, added: bool = False):
+def _group_by_group(
+    fn: Callable, groups: int, *operands: jax.Array, added: bool = False
+) -> jax.Array:
     """``fn`` on each group's part of every operand's last axis (``groups`` equal parts),
     in one loop (``lax.fori_loop``): its result is that group's part of the output's
     last axis.
@@ -567,12 +569,9 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
         )
         return _group_by_group(one, geometry.groups, x, y, added=True)
     if _fits(columns_per_image, x.dtype):
-        windows_of_x = grad is _kernel_grad_direct
-        if windows_of_x and _row_blocks_wanted(x, y, kernel_size, geometry):
-            return _kernel_grad_by_row_blocks(x, y, kernel_shape, geometry)
+        if grad is _kernel_grad_direct:
+            return _by_windows_of_x(x, y, kernel_shape, geometry)
         grad = functools.partial(grad, kernel_shape=kernel_shape, geometry=geometry)
-        if windows_of_x and _whole_batch_wanted(x, y, columns_per_image):
-            return jax.checkpoint(grad)(x, y)
         return _by_chunks(grad, (x, y), columns_per_image, summed=True)
     padded = _pad(x, geometry.pads)
     xla = functools.partial(
@@ -727,17 +726,26 @@ def _input_and_kernel_grads(
     x: jax.Array, y: jax.Array, kernel: jax.Array, geometry: Geometry
 ) -> tuple[jax.Array, jax.Array]:
     """``(C(x, K), R(x, y))`` from one im2col of the padded ``x`` (``C``'s windows are those
-    of :func:`_kernel_grad_direct`), over the whole batch, by chunks or by row blocks as
-    ``R`` alone: in reverse mode, a transposed conv's input and kernel gradients (``x``
-    its cotangent)."""
-    kernel_size = kernel.shape[:-2]
+    of :func:`_kernel_grad_direct`): in reverse mode, a transposed conv's input and kernel
+    gradients (``x`` its cotangent)."""
+    return _by_windows_of_x(x, y, kernel.shape, geometry, kernel)
+
+
+def _by_windows_of_x(x: jax.Array, y: jax.Array, kernel_shape, geometry, kernel=None):
+    """``R(x, y)`` by the im2col of ``x`` (given ``kernel``, ``(C(x, K), R(x, y))`` from it,
+    :func:`_one_im2col`): by row blocks, over the whole batch or by chunks."""
+    kernel_size = kernel_shape[:-2]
     if _row_blocks_wanted(x, y, kernel_size, geometry):
-        return _kernel_grad_by_row_blocks(x, y, kernel.shape, geometry, kernel)
-    both = functools.partial(_one_im2col, kernel=kernel, geometry=geometry)
+        return _kernel_grad_by_row_blocks(x, y, kernel_shape, geometry, kernel)
+    if kernel is None:
+        fn = functools.partial(_kernel_grad_direct, kernel_shape=kernel_shape, geometry=geometry)
+        summed = True
+    else:
+        fn, summed = functools.partial(_one_im2col, kernel=kernel, geometry=geometry), (False, True)
     columns_per_image = _direct_columns(y, kernel_size, x.shape[-1])
     if _whole_batch_wanted(x, y, columns_per_image):
-        return jax.checkpoint(both)(x, y)
-    return _by_chunks(both, (x, y), columns_per_image, summed=(False, True))
+        return jax.checkpoint(fn)(x, y)
+    return _by_chunks(fn, (x, y), columns_per_image, summed=summed)
 
 
 def _one_im2col(
@@ -762,10 +770,9 @@ def _shared_windows_wanted(x: jax.Array, y: jax.Array, kernel_shape, geometry) -
     Forward+backward, medians of paired rounds (ms): lecture decoder 2 6.7 -> 5.1, seg
     U-Net 12.0 -> 10.2, DCGAN G3 17.6 -> 15.7, G5 21.1 -> 16.1, FSRCNN 39.5 -> 33.3, Mask
     R-CNN 14.6 -> 12.8, 3-D U-Net 33.6 -> 29.6; by row blocks, ENet 35.7 -> 33.9 and 35.3
-    -> 33.5 in a second run. In 1-D with several channels XLA's conv
-    was faster than the shared im2col's product and the copy of its chunks (HiFi-GAN
-    14.2 -> 17.1, MelGAN up 3 25.4 -> 28.7), and so was ``C`` tap by tap (lecture decoder
-    3 1.8 -> 2.3).
+    -> 33.5 in a second run. In 1-D with several channels XLA's conv was faster than the
+    shared im2col's product and the copy of its chunks (HiFi-GAN 14.2 -> 17.1, MelGAN up 3
+    25.4 -> 28.7), and so was ``C`` tap by tap (lecture decoder 3 1.8 -> 2.3).
     """
     kernel_size, channels = kernel_shape[:-2], kernel_shape[-2]
     taps = math.prod(kernel_size)
@@ -964,8 +971,9 @@ _conv.defjvp(_conv_jvp, symbolic_zeros=True)
 _conv_transpose.defjvp(_conv_transpose_jvp, symbolic_zeros=True)
 
 
-def _transpose(linear_fun: Callable, shape: tuple[int, ...], tangent: jax.Array) -> jax.Array:
-    """The transpose of ``linear_fun`` (of inputs ``shape``) applied to ``tangent``.
+def _transpose(linear_fun: Callable, shape: tuple[int, ...], tangent) -> jax.Array:
+    """The transpose of ``linear_fun`` (of inputs ``shape``) applied to ``tangent`` (an
+    array, or a tuple of one per output of ``linear_fun``).
 
     Transposed again (reverse mode), these operations become ``linear_fun``'s own.
     """

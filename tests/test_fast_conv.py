@@ -527,11 +527,13 @@ def test_both_transposed_conv_lowerings_agree_with_xla(
         _close(got, expected)
 
 
-def _grouped_transposed_conv(y_shape=(2, 5, 5, 8), kernel_shape=(3, 3, 2, 8), groups=4):
-    """``T``, stride 2, of ``y`` in ``groups`` groups of several channels, and its operands."""
-    geometry = fast_conv.Geometry((2, 2), ((1, 0), (1, 0)), (1, 1), groups)
-    y, kernel = _normal(y_shape), _normal(kernel_shape, seed=1)
-    return functools.partial(fast_conv._conv_transpose, geometry=geometry), y, kernel
+GROUPED_TRANSPOSED = fast_conv.Geometry((2, 2), ((1, 0), (1, 0)), (1, 1), 4)
+
+
+def _grouped_transposed_conv():
+    """``T`` (``GROUPED_TRANSPOSED``: stride 2, 4 groups of 2 channels) and its operands."""
+    y, kernel = _normal((2, 5, 5, 8)), _normal((3, 3, 2, 8), seed=1)
+    return functools.partial(fast_conv._conv_transpose, geometry=GROUPED_TRANSPOSED), y, kernel
 
 
 def test_a_grouped_transposed_conv_by_overlap_add_goes_group_by_group():
@@ -558,10 +560,10 @@ def test_a_grouped_kernel_gradient_in_reverse_mode_writes_each_part_once():
         e for e in _equations(kernel_grad, y, kernel) if e.primitive.name == "dynamic_update_slice"
     ]
     assert not [e for e in updates if e.invars[0].aval.shape == kernel.shape]
-    geometry = fast_conv.Geometry((2, 2), ((1, 0), (1, 0)), (1, 1), 4)
 
     def xla_transposed(k):  # T as the transpose of XLA's conv in its input
-        return jax.linear_transpose(lambda x: _xla_conv(x, k, geometry), cotangent)(y)[0]
+        conv = functools.partial(_xla_conv, kernel=k, geometry=GROUPED_TRANSPOSED)
+        return jax.linear_transpose(conv, cotangent)(y)[0]
 
     expected = jax.grad(lambda k: jnp.vdot(xla_transposed(k), cotangent))(kernel)
     _close(kernel_grad(y, kernel), expected)
@@ -742,6 +744,12 @@ def _derivatives(layer, params, x, dx):
         kernel_hessian, jvp)  # fmt: skip
 
 
+def _gradient_convs(layer, params, x):
+    """The conv_general_dilated equations of ``layer``'s gradients in its parameters and
+    input."""
+    return _convs(lambda p, x: jax.grad(_loss, (1, 2))(layer, p, x), params, x)
+
+
 # the whole batch, and chunks of 2 images (an im2col of 100 x 72 numbers each) and a rest of 1
 @pytest.mark.parametrize("chunk_bytes", [1 << 30, 2 * 100 * 72 * 4])
 def test_a_transposed_convs_gradients_share_one_im2col_of_the_cotangent(
@@ -753,7 +761,7 @@ def test_a_transposed_convs_gradients_share_one_im2col_of_the_cotangent(
     x = _normal((5, 10, 10, 8))
     layers = _layers(jnn.ConvTranspose, **SHARED_WINDOWS)
     params = _params(layers["reference"], x)
-    convs = _convs(lambda p, x: jax.grad(_loss, (1, 2))(layers["fast"], p, x), params, x)
+    convs = _gradient_convs(layers["fast"], params, x)
     assert convs and all(max(c.params["window_strides"]) == 1 for c in convs)
     _fast_agrees(_derivatives, layers, params, x, _normal(x.shape, seed=1), rtol=1e-4)
 
@@ -766,7 +774,7 @@ def test_by_row_blocks_the_input_gradient_too_comes_from_each_blocks_im2col(monk
     x = _normal((2, 10, 10, 8))
     layers = _layers(jnn.ConvTranspose, **SHARED_WINDOWS)
     params = _params(layers["reference"], x)
-    convs = _convs(lambda p, x: jax.grad(_loss, (1, 2))(layers["fast"], p, x), params, x)
+    convs = _gradient_convs(layers["fast"], params, x)
     with_kernel = [len(args) == 5 for args in blocked]
     assert with_kernel == [True] and all(max(c.params["window_strides"]) == 1 for c in convs)
     _fast_agrees(_forward_and_vjp, layers, params, x)
