@@ -39,7 +39,11 @@ loop nest. Here instead:
   bound, 15 MiB: jax#31662's 13.5 MiB gain 22x; at 16 MiB (MelGAN up 3, HiFi-GAN up 4,
   3-D U-Net, V-Net) the phases took 0.82-1.04 of the overlap-add's forward time in
   two full benchmark runs.
-- ``C`` as ``lax.pad`` and a 'VALID' strided conv.
+- ``C`` as ``lax.pad`` and a 'VALID' strided conv; or, where each kernel size is a
+  multiple ``t*s`` of its stride, by blocks (:func:`_by_blocks`): ``x`` cut into blocks
+  of ``s`` times the kernel arranged ``(s * in, t * out)``, one matmul, and each output
+  sums its ``t`` tap blocks' products (the adjoint of ``T``'s overlap-add). FCN-8s's input
+  gradient (k16 s8) 190 -> 29 ms.
 - A 'VALID' conv is XLA's own, or im2col (the kernel's windows stacked) and one
   matmul where XLA:CPU's conv is slower (measured): 3-D, a contraction of at most
   ``IM2COL_MAX_DEPTH`` (``taps * in``, e.g. one input channel), a single window (the
@@ -112,6 +116,7 @@ IM2COL_MAX_BYTES = 1 << 30  # the largest im2col of one image; past it, XLA's co
 CHUNK_BYTES = 4 << 20  # the im2col of one batch chunk (see _by_chunks)
 WHOLE_BATCH_MAX_BYTES = 16 << 20  # see _whole_batch_wanted
 OVERLAP_ADD_MAX_BYTES = 15 << 20  # T's products (float32) for the overlap-add at most
+BLOCKS_MIN_DEPTH, BLOCKS_MAX_KERNEL_BYTES = 64, 8 << 20  # C by blocks: see _blocks_wanted
 NN_MAX_CHANNELS, NN_MIN_DEPTH = 64, 64  # a kernel gradient's product by rows: see _matmul_t
 NN_WIDE_MAX_CHANNELS, NN_WIDE_DEPTH_RATIO = 256, 4  # and by rows with more channels
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
@@ -171,13 +176,77 @@ def conv_transpose(
 
 
 def _strided(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
-    """``C(x, K)``: a 'VALID' conv with the strides of ``x`` padded by the pads."""
+    """``C(x, K)``: a 'VALID' conv with the strides of ``x`` padded by the pads, by
+    :func:`_by_blocks` where :func:`_blocks_wanted`."""
     if geometry.groups > 1 and kernel.shape[-2] > 1:
         one = functools.partial(_strided, geometry=geometry._replace(groups=1))
         return _group_by_group(one, geometry.groups, x, kernel)
+    if _blocks_wanted(x, kernel, geometry):
+        return _by_blocks(x, kernel, geometry)
     return _padded_conv(
         x, geometry.pads, kernel, geometry.strides, geometry.dilation, geometry.groups
     )
+
+
+def _blocks_wanted(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> bool:
+    """Whether ``C`` goes by :func:`_by_blocks`: one group, 2-D or 3-D, strided, undilated,
+    each kernel size a multiple of its stride, blocks of at least ``BLOCKS_MIN_DEPTH``
+    numbers (``s**n * in``), a kernel within ``BLOCKS_MAX_KERNEL_BYTES`` and ``x`` in
+    blocks within ``IM2COL_MAX_BYTES`` per image.
+
+    Measured, the input gradient of the suite's transposed convs alone (``C`` of the
+    cotangent; ms, medians of paired rounds, two runs): FCN-8s (k16 s8, 21 channels) 194
+    -> 26 and 190 -> 29, FCN-32s (k64 s32) 159 -> 41 and 149 -> 42, Mask R-CNN (k2 s2)
+    11.8 -> 9.5 and 12.0 -> 9.1; DCGAN G3 (k4 s2), U-Net 16->32, 3-D U-Net and V-Net
+    within noise; forward+backward FCN-8s 222 -> 110, FCN-32s 213 -> 117. Slower with a
+    large kernel, which the matmul reads rearranged (pix2pix, 32 MB: 12 -> 38), shallow
+    blocks (DCGAN G5, 4 x 3 channels: 11 -> 45) and in 1-D (MelGAN, HiFi-GAN, WaveGAN:
+    1.1-19x).
+    """
+    kernel_size, strides = kernel.shape[:-2], geometry.strides
+    return (
+        geometry.groups == 1
+        and len(strides) > 1
+        and any(s > 1 for s in strides)
+        and all(d == 1 for d in geometry.dilation)
+        and all(k % s == 0 for k, s in zip(kernel_size, strides))
+        and math.prod(strides) * kernel.shape[-2] >= BLOCKS_MIN_DEPTH
+        and kernel.size * kernel.dtype.itemsize <= BLOCKS_MAX_KERNEL_BYTES
+        and _fits(math.prod(x.shape[1:]), x.dtype)
+    )
+
+
+def _by_blocks(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
+    """``C`` (one group, ``k = t*s``, no dilation) as one matmul and an overlap-add: the
+    adjoint of :func:`_by_overlap_add`.
+
+    The padded ``x`` cut into blocks of ``s`` (space-to-depth, ``q + t - 1`` blocks for
+    ``q`` outputs) times the kernel arranged ``(s * in, t * out)`` gives every block's
+    product with each tap block ``a < t``, ``P[b, a]``; output ``i`` sums ``P[i + a, a]``.
+    No window is copied (an im2col of ``k = 2s`` copies ``x`` ``2**n`` times) and XLA:CPU's
+    strided conv is not called.
+    """
+    kernel_size, (channels, out_channels) = kernel.shape[:-2], kernel.shape[-2:]
+    ndim, batch, dtype, strides = len(kernel_size), x.shape[0], x.dtype, geometry.strides
+    x = _pad(x, geometry.pads)
+    rows = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], kernel_size, strides)]
+    taps = [k // s for k, s in zip(kernel_size, strides)]
+    blocks = [q + t - 1 for q, t in zip(rows, taps)]
+    x = _in_rows_of_strides(x, blocks, strides)
+    x = x.transpose(0, *range(1, 2 * ndim, 2), *range(2, 2 * ndim + 1, 2), 2 * ndim + 1)
+    x = x.reshape(batch * math.prod(blocks), math.prod(strides) * channels)
+    split = (n for t, s in zip(taps, strides) for n in (t, s))
+    k = kernel.reshape(*split, channels, out_channels)
+    k = k.transpose(*range(1, 2 * ndim, 2), 2 * ndim, *range(0, 2 * ndim, 2), 2 * ndim + 1)
+    k = k.reshape(math.prod(strides) * channels, math.prod(taps) * out_channels)
+    wide = jnp.promote_types(dtype, jnp.float32)
+    products = lax.dot_general(x, k, (((1,), (0,)), ((), ())), preferred_element_type=wide)
+    products = products.reshape(batch, *blocks, *taps, out_channels)
+    terms = [
+        products[(slice(None), *(slice(a, a + q) for a, q in zip(tap, rows)), *tap)]
+        for tap in itertools.product(*map(range, taps))
+    ]
+    return sum(terms[1:], terms[0]).astype(dtype)
 
 
 def _padded_conv(x, pads, kernel, strides, dilation, groups) -> jax.Array:

@@ -7,6 +7,7 @@ First-order parity with PyTorch, for every implementation, is in test_parity_tor
 
 import functools
 import itertools
+import math
 import re
 
 import jax
@@ -525,6 +526,87 @@ def test_both_transposed_conv_lowerings_agree_with_xla(
     expected, ours = transposed(y, kernel)
     for got in ours:
         _close(got, expected)
+
+
+BLOCKS = [
+    # k16 s8 (FCN-8s's), rows of x not a multiple of the stride; k4 s2 and k2 s2 with pads;
+    # 3-D k2 s2 and k4 s2 with an unstrided axis
+    ((2, 29, 21, 3), (16, 16, 3, 5), fast_conv.Geometry((8, 8), ((4, 4), (4, 3)), (1, 1))),
+    ((3, 9, 8, 16), (4, 4, 16, 6), fast_conv.Geometry((2, 2), ((1, 1), (1, 1)), (1, 1))),
+    ((2, 6, 7, 16), (2, 2, 16, 3), fast_conv.Geometry((2, 2), ((0, 0), (1, 1)), (1, 1))),
+    ((1, 4, 6, 4, 8), (2, 2, 2, 8, 3), fast_conv.Geometry((2, 2, 2), ((0, 0),) * 3, (1,) * 3)),
+    ((2, 5, 8, 4, 16), (4, 3, 2, 16, 3),
+     fast_conv.Geometry((2, 1, 2), ((1, 1), (1, 1), (0, 0)), (1,) * 3)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("x_shape, kernel_shape, geometry", BLOCKS)
+def test_a_strided_conv_of_a_kernel_a_multiple_of_its_stride_is_one_matmul_of_blocks(
+    x_shape, kernel_shape, geometry
+):
+    """C with ``k = t*s``: one matmul of ``x`` cut into blocks of ``s`` (``s**n * in`` deep,
+    not an im2col's ``k**n * in``) and no conv; equal to XLA's."""
+    x, kernel = _normal(x_shape), _normal(kernel_shape, seed=1)
+    equations = _equations(lambda x, k: fast_conv._strided(x, k, geometry), x, kernel)
+    depths = [e.invars[0].aval.shape[-1] for e in equations if e.primitive.name == "dot_general"]
+    assert depths == [math.prod(geometry.strides) * kernel_shape[-2]]
+    assert not [e for e in equations if e.primitive.name == "conv_general_dilated"]
+    both = jax.jit(lambda x, k: (fast_conv._strided(x, k, geometry), _xla_conv(x, k, geometry)))
+    _close(*both(x, kernel))
+
+
+@pytest.mark.parametrize(
+    "kernel_shape, geometry",
+    [
+        ((3, 3, 32, 4), fast_conv.Geometry((2, 2), ((1, 1),) * 2, (1, 1))),  # k not t*s
+        ((4, 4, 3, 4), fast_conv.Geometry((2, 2), ((1, 1),) * 2, (1, 1))),  # blocks 4 x 3 deep
+        ((4, 32, 4), fast_conv.Geometry((2,), ((1, 1),), (1,))),  # 1-D
+        ((4, 4, 32, 4), fast_conv.Geometry((2, 2), ((3, 3),) * 2, (2, 2))),  # dilated
+        ((2, 2, 16, 8), fast_conv.Geometry((2, 2), ((0, 0),) * 2, (1, 1), 2)),  # groups
+    ],
+)
+def test_a_strided_conv_goes_by_blocks_only_where_that_was_faster(kernel_shape, geometry):
+    ndim = len(kernel_shape) - 2
+    x = jax.ShapeDtypeStruct((1, *(16,) * ndim, kernel_shape[-2] * geometry.groups), jnp.float32)
+    kernel = jax.ShapeDtypeStruct(kernel_shape, jnp.float32)
+    assert not fast_conv._blocks_wanted(x, kernel, geometry)
+
+
+def test_a_strided_conv_goes_by_blocks_only_with_a_kernel_within_bounds(monkeypatch):
+    """A large kernel, which the matmul reads rearranged (pix2pix's 32 MB was 3x slower),
+    and past ``IM2COL_MAX_BYTES`` (XLA's convs only) not."""
+    geometry = fast_conv.Geometry((2, 2), ((1, 1),) * 2, (1, 1))
+    x = jax.ShapeDtypeStruct((1, 16, 16, 32), jnp.float32)
+    kernel = jax.ShapeDtypeStruct((4, 4, 32, 8), jnp.float32)
+    assert fast_conv._blocks_wanted(x, kernel, geometry)
+    monkeypatch.setattr(fast_conv, "BLOCKS_MAX_KERNEL_BYTES", 4 * 4 * 32 * 8 * 4 - 1)
+    assert not fast_conv._blocks_wanted(x, kernel, geometry)
+    monkeypatch.undo()
+    monkeypatch.setattr(fast_conv, "IM2COL_MAX_BYTES", 0)
+    assert not fast_conv._blocks_wanted(x, kernel, geometry)
+
+
+BLOCK_LAYERS = pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (jnn.Conv, dict(features=5, kernel_size=4, stride=2, padding=1)),
+        (jnn.ConvTranspose, dict(features=16, kernel_size=(4, 2), stride=2, padding=1)),
+    ],
+)
+
+
+@BLOCK_LAYERS
+def test_by_blocks_every_derivative_agrees(cls, kwargs):
+    """A conv by blocks, and a transposed conv whose input gradient (and forward-mode
+    tangent) goes by blocks: forward, reverse and forward mode, against the reference."""
+    x = _normal((2, 6, 8, 16))
+    layers = _layers(cls, **kwargs)
+
+    def derivatives(layer, params, x, dx):
+        tangent = jax.jvp(lambda x: layer.apply({"params": params}, x), (x,), (dx,))
+        return _forward_and_vjp(layer, params, x), tangent
+
+    _fast_agrees(derivatives, layers, _params(layers["reference"], x), x, _normal(x.shape, 1))
 
 
 GROUPED_TRANSPOSED = fast_conv.Geometry((2, 2), ((1, 0), (1, 0)), (1, 1), 4)
