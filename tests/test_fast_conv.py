@@ -609,6 +609,38 @@ def test_by_blocks_every_derivative_agrees(cls, kwargs):
     _fast_agrees(derivatives, layers, _params(layers["reference"], x), x, _normal(x.shape, 1))
 
 
+# k8 s4: C of the cotangent by blocks 4 * 4 * 16 deep, R by phases (they copy less than its
+# im2col); p2 cuts both alike, p0 with output_padding 1 (hi = -1) does not
+SHARED_BLOCKS = dict(features=16, kernel_size=8, stride=4)
+
+
+def _cotangent_transposes(layer, params, x) -> int:
+    """The spatial transpositions (not of a matrix, which XLA folds into its product) of a
+    whole cotangent or more in ``layer``'s backward pass."""
+    y, backward = jax.vjp(lambda p, x: layer.apply({"params": p}, x), params, x)
+    transposed = [
+        e.invars[0].aval
+        for e in _equations(backward, jnp.zeros(y.shape))
+        if e.primitive.name == "transpose"
+    ]
+    return sum(a.ndim > 2 and a.size >= y.size for a in transposed)
+
+
+def test_where_c_goes_by_blocks_and_r_by_phases_the_cotangent_is_cut_into_blocks_once():
+    layer = jnn.ConvTranspose(impl="fast", padding=2, **SHARED_BLOCKS)
+    x = _normal((2, 3, 3, 4))
+    assert _cotangent_transposes(layer, _params(layer, x), x) == 1
+
+
+@pytest.mark.parametrize("padding, output_padding", [(2, 0), (0, 1)])
+def test_gradients_from_one_cut_into_blocks_agree(padding, output_padding):
+    layers = _layers(
+        jnn.ConvTranspose, padding=padding, output_padding=output_padding, **SHARED_BLOCKS
+    )
+    x = _normal((2, 3, 3, 4))
+    _fast_agrees(_forward_and_vjp, layers, _params(layers["reference"], x), x)
+
+
 GROUPED_TRANSPOSED = fast_conv.Geometry((2, 2), ((1, 0), (1, 0)), (1, 1), 4)
 
 
