@@ -219,7 +219,7 @@ def _blocks_wanted(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> bool:
 
 
 def _by_blocks(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
-    """``C`` (one group, ``k = t*s``, no dilation) as one matmul and an overlap-add: the
+    """``C`` (one group, ``k = t*s``, no dilation) as matmuls and an overlap-add: the
     adjoint of :func:`_by_overlap_add`.
 
     The padded ``x`` cut into blocks of ``s`` (:func:`_in_blocks`) times the kernel
@@ -228,37 +228,74 @@ def _by_blocks(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array
     is copied (an im2col of ``k = 2s`` copies ``x`` ``2**n`` times) and XLA:CPU's strided
     conv is not called.
     """
-    return _blocks_times(*_in_blocks(x, kernel.shape[:-2], geometry), kernel, geometry)
+    split = _split_axes(x, kernel)
+    parts, rows = _in_blocks(x, kernel.shape[:-2], geometry, split)
+    return _blocks_times(parts, rows, kernel, geometry, split)
 
 
-def _in_blocks(x: jax.Array, kernel_size, geometry: Geometry) -> tuple[jax.Array, list[int]]:
-    """``x`` padded by the pads and cut into blocks of ``s`` (space-to-depth), ``(B,
-    *blocks, s**n * c)`` with ``q + k/s - 1`` blocks for ``C``'s ``q`` rows, and ``q``."""
-    ndim, batch, strides = len(kernel_size), x.shape[0], geometry.strides
+def _in_blocks(
+    x: jax.Array, kernel_size, geometry: Geometry, split: int
+) -> tuple[list[jax.Array], list]:
+    """``x`` padded by the pads and cut into blocks of ``s`` (``q + k/s - 1`` blocks for
+    ``C``'s ``q`` rows), as one part per phase ``r`` of the first ``split`` axes, ``(B,
+    *blocks, prod(s[split:]) * c)`` (:func:`_split_axes`); and ``q``."""
+    ndim, strides = len(kernel_size), geometry.strides
     x = _pad(x, geometry.pads)
     rows = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], kernel_size, strides)]
     blocks = [q + k // s - 1 for q, k, s in zip(rows, kernel_size, strides)]
-    x = _in_rows_of_strides(x, blocks, strides)
-    x = x.transpose(0, *range(1, 2 * ndim, 2), *range(2, 2 * ndim + 1, 2), 2 * ndim + 1)
-    return x.reshape(batch, *blocks, -1), rows
+    x = _in_rows_of_strides(x, blocks, strides)  # (B, b0, s0, b1, s1, ..., c)
+    kept = [*range(1 + 2 * split, 2 * ndim, 2), *range(2 + 2 * split, 2 * ndim + 1, 2)]
+    parts = []
+    for lead in itertools.product(*map(range, strides[:split])):
+        part = x[(slice(None), *(i for r in lead for i in (slice(None), r)))]
+        # axes left: B, the blocks of the split axes, then (block, phase) pairs, c
+        part = part.transpose(0, *range(1, 1 + split), *(a - split for a in kept), -1)
+        parts.append(part.reshape(x.shape[0], *blocks, -1))
+    return parts, rows
 
 
-def _blocks_times(blocks: jax.Array, rows, kernel: jax.Array, geometry: Geometry) -> jax.Array:
-    """``C`` from ``x`` in blocks (:func:`_in_blocks`): see :func:`_by_blocks`."""
+def _split_axes(x: jax.Array, kernel: jax.Array) -> int:
+    """The leading axes whose phases :func:`_in_blocks` splits into parts: in 2-D the
+    first where the kernel is at most half the size of ``x``, else none.
+
+    A part is ``x`` in rows of ``s`` sliced at a phase, contiguous runs of it, where one
+    part is a space-to-depth transposition, 4-5x slower than a copy in XLA:CPU (FCN-8s's
+    27 MB: 16 against 3.4 ms), but each part reads its own rows of the kernel, a copy of
+    it in all. Input gradients (ms, medians of paired rounds, two runs): FCN-8s 31.8 -> 25.2
+    and 26.1 -> 16.8, FCN-32s 35.4 -> 16.5 and 47.9 -> 31.4, Mask R-CNN 9.1 -> 8.3 and 7.8
+    -> 7.7; forward+backward FCN-32s 136 -> 112 and 135 -> 113 (FCN-8s 116 -> 106 and 109 ->
+    103, near the A/A spread). Slower split with a kernel larger than ``x`` (U-Net 16->32,
+    8 MB against 2 MB: 12.8 -> 14.5; equal unsplit) and in 3-D over two axes (V-Net 16.5 ->
+    42.9).
+    """
+    return 1 if x.ndim == 4 and 2 * kernel.size <= x.size else 0
+
+
+def _blocks_times(parts: list[jax.Array], rows, kernel: jax.Array, geometry: Geometry, split):
+    """``C`` from ``x`` in blocks (:func:`_in_blocks`, ``split``): each part's matmul with its
+    rows of the arranged kernel, added; see :func:`_by_blocks`."""
     kernel_size, (channels, out_channels) = kernel.shape[:-2], kernel.shape[-2:]
-    ndim, strides, dtype = len(kernel_size), geometry.strides, blocks.dtype
+    ndim, strides, dtype = len(kernel_size), geometry.strides, parts[0].dtype
     taps = [k // s for k, s in zip(kernel_size, strides)]
-    split = (n for t, s in zip(taps, strides) for n in (t, s))
-    k = kernel.reshape(*split, channels, out_channels)
-    k = k.transpose(*range(1, 2 * ndim, 2), 2 * ndim, *range(0, 2 * ndim, 2), 2 * ndim + 1)
-    k = k.reshape(math.prod(strides) * channels, math.prod(taps) * out_channels)
+    k = kernel.reshape(*(n for t, s in zip(taps, strides) for n in (t, s)), channels, out_channels)
+    # after the split axes' phases are taken: their taps, then (tap, phase) pairs, c, o
+    tap_axes = [*range(split), *range(split, 2 * ndim - split, 2)]
+    phase_axes = range(split + 1, 2 * ndim - split, 2)
     wide = jnp.promote_types(dtype, jnp.float32)
-    products = lax.dot_general(
-        blocks.reshape(-1, k.shape[0]), k, (((1,), (0,)), ((), ())), preferred_element_type=wide
-    )
-    products = products.reshape(*blocks.shape[:-1], *taps, out_channels)
+    products = []
+    for lead, part in zip(itertools.product(*map(range, strides[:split])), parts):
+        k_part = k[tuple(i for r in lead for i in (slice(None), r))]
+        last = k_part.ndim - 1
+        k_part = k_part.transpose(*phase_axes, last - 1, *tap_axes, last)
+        products.append(
+            lax.dot_general(
+                part.reshape(-1, part.shape[-1]), k_part.reshape(part.shape[-1], -1),
+                (((1,), (0,)), ((), ())), preferred_element_type=wide,
+            )
+        )  # fmt: skip
+    total = sum(products[1:], products[0]).reshape(*parts[0].shape[:-1], *taps, out_channels)
     terms = [
-        products[(slice(None), *(slice(a, a + q) for a, q in zip(tap, rows)), *tap)]
+        total[(slice(None), *(slice(a, a + q) for a, q in zip(tap, rows)), *tap)]
         for tap in itertools.product(*map(range, taps))
     ]
     return sum(terms[1:], terms[0]).astype(dtype)
@@ -872,14 +909,15 @@ def _shared_windows_wanted(x: jax.Array, y: jax.Array, kernel_shape, geometry) -
 def _input_and_kernel_grads_by_blocks(
     x: jax.Array, y: jax.Array, kernel: jax.Array, geometry: Geometry
 ) -> tuple[jax.Array, jax.Array]:
-    """``(C(x, K), R(x, y))`` from one space-to-depth of ``x``: ``C`` by blocks
+    """``(C(x, K), R(x, y))`` from one cut of ``x`` into blocks: ``C`` by blocks
     (:func:`_blocks_times`) and ``R`` by phases (:func:`_kernel_grad_by_phases`), whose
     phases are those blocks where :func:`_shared_blocks_wanted`; by chunks of the batch."""
 
     def both(x, y):
-        blocks, rows = _in_blocks(x, kernel.shape[:-2], geometry)
-        grad = _kernel_grad_by_phases(x, y, kernel.shape, geometry, phases=blocks)
-        return _blocks_times(blocks, rows, kernel, geometry), grad
+        split = _split_axes(x, kernel)
+        parts, rows = _in_blocks(x, kernel.shape[:-2], geometry, split)
+        grad = _kernel_grad_by_phases(x, y, kernel.shape, geometry, parts=parts)
+        return _blocks_times(parts, rows, kernel, geometry, split), grad
 
     columns_per_image = _phase_columns(y, kernel.shape, geometry) + math.prod(x.shape[1:])
     return _by_chunks(both, (x, y), columns_per_image, summed=(False, True))
@@ -903,21 +941,25 @@ def _shared_blocks_wanted(x: jax.Array, y: jax.Array, kernel: jax.Array, geometr
 
 
 def _kernel_grad_by_phases(
-    x: jax.Array, y: jax.Array, kernel_shape, geometry, phases: jax.Array | None = None
+    x: jax.Array, y: jax.Array, kernel_shape, geometry, parts: list | None = None
 ) -> jax.Array:
     """``R`` in the phase domain of :func:`_by_phases`.
 
     ``T``'s windows of the padded ``y`` (im2col) against ``x`` taken back to phases
-    (the transpose of :func:`_to_space`: space-to-depth; or ``phases`` given), then the
-    transpose of :func:`_phase_kernel`.
+    (the transpose of :func:`_to_space`: space-to-depth), then the transpose of
+    :func:`_phase_kernel`. Or, given ``x``'s phases as the parts of :func:`_in_blocks`
+    (one group), the windows against each part, concatenated.
     """
     plan = _phase_plan(y.shape[1:-1], kernel_shape[:-2], geometry)
     unit = (1,) * len(plan.rows)
-    phase_shape = (y.shape[0], *plan.rows, x.shape[-1] * math.prod(geometry.strides))
-    if phases is None:
-        phases = _transpose(lambda p: _to_space(p, plan, geometry), phase_shape, x)
     window = (plan.pads, plan.taps, unit, plan.rhs_dilation)
-    phase_kernel = _windows_t(y, *window, phases, geometry.groups)
+    if parts is None:
+        phase_shape = (y.shape[0], *plan.rows, x.shape[-1] * math.prod(geometry.strides))
+        phases = _transpose(lambda p: _to_space(p, plan, geometry), phase_shape, x)
+        phase_kernel = _windows_t(y, *window, phases, geometry.groups)
+    else:
+        columns = _windows(_pad(y, plan.pads), *window[1:], plan.rows)
+        phase_kernel = jnp.concatenate([_matmul_t(columns, part) for part in parts], axis=-1)
     phase_kernel = phase_kernel.reshape(*plan.taps, kernel_shape[-1] // geometry.groups, -1)
     return _transpose(lambda k: _phase_kernel(k, geometry), kernel_shape, phase_kernel)
 

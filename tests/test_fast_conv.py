@@ -529,8 +529,10 @@ def test_both_transposed_conv_lowerings_agree_with_xla(
 
 
 BLOCKS = [
-    # k16 s8 (FCN-8s's), rows of x not a multiple of the stride; k4 s2 and k2 s2 with pads;
-    # 3-D k2 s2 and k4 s2 with an unstrided axis
+    # k16 s8 (FCN-8s's), rows of x not a multiple of the stride, split by phases of the first
+    # axis (a kernel at most half of x) or not; k4 s2 and k2 s2 with pads; 3-D k2 s2 and k4
+    # s2 with an unstrided axis
+    ((2, 45, 37, 3), (16, 16, 3, 5), fast_conv.Geometry((8, 8), ((4, 4), (4, 3)), (1, 1))),
     ((2, 29, 21, 3), (16, 16, 3, 5), fast_conv.Geometry((8, 8), ((4, 4), (4, 3)), (1, 1))),
     ((3, 9, 8, 16), (4, 4, 16, 6), fast_conv.Geometry((2, 2), ((1, 1), (1, 1)), (1, 1))),
     ((2, 6, 7, 16), (2, 2, 16, 3), fast_conv.Geometry((2, 2), ((0, 0), (1, 1)), (1, 1))),
@@ -541,18 +543,36 @@ BLOCKS = [
 
 
 @pytest.mark.parametrize("x_shape, kernel_shape, geometry", BLOCKS)
-def test_a_strided_conv_of_a_kernel_a_multiple_of_its_stride_is_one_matmul_of_blocks(
+def test_a_strided_conv_of_a_kernel_a_multiple_of_its_stride_is_matmuls_of_blocks(
     x_shape, kernel_shape, geometry
 ):
-    """C with ``k = t*s``: one matmul of ``x`` cut into blocks of ``s`` (``s**n * in`` deep,
-    not an im2col's ``k**n * in``) and no conv; equal to XLA's."""
+    """C with ``k = t*s``: ``x`` cut into blocks of ``s``, one matmul ``s**n * in`` deep (not
+    an im2col's ``k**n * in``), or one per phase of the first axis ``s_1 * in`` deep where
+    :func:`jaxconv.fast_conv._split_axes`; no conv; equal to XLA's."""
     x, kernel = _normal(x_shape), _normal(kernel_shape, seed=1)
     equations = _equations(lambda x, k: fast_conv._strided(x, k, geometry), x, kernel)
     depths = [e.invars[0].aval.shape[-1] for e in equations if e.primitive.name == "dot_general"]
-    assert depths == [math.prod(geometry.strides) * kernel_shape[-2]]
+    split = fast_conv._split_axes(x, kernel)
+    parts = math.prod(geometry.strides[:split])
+    assert depths == [math.prod(geometry.strides) * kernel_shape[-2] // parts] * parts
     assert not [e for e in equations if e.primitive.name == "conv_general_dilated"]
     both = jax.jit(lambda x, k: (fast_conv._strided(x, k, geometry), _xla_conv(x, k, geometry)))
     _close(*both(x, kernel))
+
+
+@pytest.mark.parametrize(
+    "x_shape, kernel_shape, split",
+    [
+        ((2, 45, 37, 3), (16, 16, 3, 5), 1),  # a kernel at most half of x
+        ((2, 29, 21, 3), (16, 16, 3, 5), 0),  # larger (U-Net 16->32's was slower split)
+        ((2, 8, 8, 8, 4), (2, 2, 2, 4, 4), 0),  # 3-D (V-Net's was slower split)
+    ],
+)
+def test_blocks_split_by_phases_of_the_first_axis_in_2d_with_a_small_kernel(
+    x_shape, kernel_shape, split
+):
+    x, kernel = jnp.zeros(x_shape), jnp.zeros(kernel_shape)
+    assert fast_conv._split_axes(x, kernel) == split
 
 
 @pytest.mark.parametrize(
@@ -586,20 +606,26 @@ def test_a_strided_conv_goes_by_blocks_only_with_a_kernel_within_bounds(monkeypa
     assert not fast_conv._blocks_wanted(x, kernel, geometry)
 
 
+CONV_BLOCKS = dict(features=5, kernel_size=4, stride=2, padding=1)
+TRANSPOSED_BLOCKS = dict(features=16, kernel_size=(4, 2), stride=2, padding=1)
+# the first of each pair in one part, the second split by phases of the first axis
 BLOCK_LAYERS = pytest.mark.parametrize(
-    "cls, kwargs",
+    "cls, kwargs, x_shape",
     [
-        (jnn.Conv, dict(features=5, kernel_size=4, stride=2, padding=1)),
-        (jnn.ConvTranspose, dict(features=16, kernel_size=(4, 2), stride=2, padding=1)),
+        (jnn.Conv, CONV_BLOCKS, (2, 6, 8, 16)),
+        (jnn.Conv, CONV_BLOCKS, (2, 12, 16, 16)),
+        (jnn.ConvTranspose, TRANSPOSED_BLOCKS, (2, 4, 4, 48)),
+        (jnn.ConvTranspose, TRANSPOSED_BLOCKS, (2, 6, 8, 16)),
     ],
 )
 
 
 @BLOCK_LAYERS
-def test_by_blocks_every_derivative_agrees(cls, kwargs):
+def test_by_blocks_every_derivative_agrees(cls, kwargs, x_shape):
     """A conv by blocks, and a transposed conv whose input gradient (and forward-mode
-    tangent) goes by blocks: forward, reverse and forward mode, against the reference."""
-    x = _normal((2, 6, 8, 16))
+    tangent) goes by blocks, split by phases and not: forward, reverse and forward mode,
+    against the reference."""
+    x = _normal(x_shape)
     layers = _layers(cls, **kwargs)
 
     def derivatives(layer, params, x, dx):
@@ -626,18 +652,29 @@ def _cotangent_transposes(layer, params, x) -> int:
     return sum(a.ndim > 2 and a.size >= y.size for a in transposed)
 
 
-def test_where_c_goes_by_blocks_and_r_by_phases_the_cotangent_is_cut_into_blocks_once():
+# a cotangent of 2 x 12 x 12 x 16 against a kernel of 8 x 8 x 16 x 4: blocks in one part, a
+# transposition; of 2 x 24 x 24 x 16: split by phases of the first axis (slices)
+CUT_INTO_BLOCKS = pytest.mark.parametrize(
+    "x_shape, transpositions", [((2, 3, 3, 4), 1), ((2, 6, 6, 4), 0)]
+)
+
+
+@CUT_INTO_BLOCKS
+def test_where_c_goes_by_blocks_and_r_by_phases_the_cotangent_is_cut_into_blocks_once(
+    x_shape, transpositions
+):
     layer = jnn.ConvTranspose(impl="fast", padding=2, **SHARED_BLOCKS)
-    x = _normal((2, 3, 3, 4))
-    assert _cotangent_transposes(layer, _params(layer, x), x) == 1
+    x = _normal(x_shape)
+    assert _cotangent_transposes(layer, _params(layer, x), x) == transpositions
 
 
+@CUT_INTO_BLOCKS
 @pytest.mark.parametrize("padding, output_padding", [(2, 0), (0, 1)])
-def test_gradients_from_one_cut_into_blocks_agree(padding, output_padding):
+def test_gradients_from_one_cut_into_blocks_agree(x_shape, transpositions, padding, output_padding):
     layers = _layers(
         jnn.ConvTranspose, padding=padding, output_padding=output_padding, **SHARED_BLOCKS
     )
-    x = _normal((2, 3, 3, 4))
+    x = _normal(x_shape)
     _fast_agrees(_forward_and_vjp, layers, _params(layers["reference"], x), x)
 
 
