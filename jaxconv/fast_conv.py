@@ -41,8 +41,9 @@ loop nest. Here instead:
   two full benchmark runs.
 - ``C`` as ``lax.pad`` and a 'VALID' strided conv; or, where each kernel size is a
   multiple ``t*s`` of its stride, by blocks (:func:`_by_blocks`): ``x`` cut into blocks
-  of ``s`` times the kernel arranged ``(s * in, t * out)``, one matmul, and each output
-  sums its ``t`` tap blocks' products (the adjoint of ``T``'s overlap-add). FCN-8s's input
+  of ``s`` times the kernel arranged ``(s * in, t * out)`` (one matmul, or in 2-D one per
+  phase of the first axis: :func:`_split_axes`), and each output sums its ``t`` tap
+  blocks' products (the adjoint of ``T``'s overlap-add). FCN-8s's input
   gradient (k16 s8) 190 -> 29 ms.
 - A 'VALID' conv is XLA's own, or im2col (the kernel's windows stacked) and one
   matmul where XLA:CPU's conv is slower (measured): 3-D, a contraction of at most
@@ -77,7 +78,7 @@ loop nest. Here instead:
   that of ``C`` the phase-decomposed ``T``, and both kernel gradients are ``R``. Where
   ``R`` of ``T`` takes the im2col of the cotangent, ``C`` is that im2col's product
   with the kernel: one im2col for both gradients (:func:`_shared_windows_wanted`); where
-  ``C`` goes by blocks and ``R`` by phases, one space-to-depth of the cotangent for both
+  ``C`` goes by blocks and ``R`` by phases, one cut of the cotangent into blocks for both
   (:func:`_shared_blocks_wanted`).
   Forward mode and higher derivatives follow JAX's rules for those operations.
 - Groups (channels ordered (group, channel)), in one program whatever their number.
@@ -925,7 +926,7 @@ def _input_and_kernel_grads_by_blocks(
 
 def _shared_blocks_wanted(x: jax.Array, y: jax.Array, kernel: jax.Array, geometry) -> bool:
     """Whether the reverse mode of ``T(y)`` (``x``: its cotangent) takes ``C(x)`` and ``R(x,
-    y)`` from one space-to-depth of ``x`` (:func:`_input_and_kernel_grads_by_blocks`):
+    y)`` from one cut of ``x`` into blocks (:func:`_input_and_kernel_grads_by_blocks`):
     where ``C`` goes by blocks, ``R`` by phases, and the two cut ``x`` alike (pads ``0 <=
     lo, hi < s``: the phases start at the first block and end at the last).
 
