@@ -790,36 +790,34 @@ def _kernel_grad_by_row_blocks(x: jax.Array, y: jax.Array, kernel_shape, geometr
     K), R)``: each block's im2col also gives its rows of ``C`` (:func:`_one_im2col`).
 
     Block ``b`` of ``B`` rows of ``y`` reads ``x``'s rows ``b*B*s - lo`` up to ``(b+1)*B*s +
-    tail`` (``tail = d(k-1) + 1 - s - lo``, cropping where negative): its own ``B*s``
-    rows, a view of ``x`` cut into blocks by a reshape, and its head (``lo`` rows before)
-    and tail, the only rows copied (zeros past the ends of ``x``). ``y`` is padded with
-    zero rows to whole blocks; ``x`` is copied only where its rows are not those of whole
-    blocks and a tail.
+    tail`` (``tail = d(k-1) + 1 - s - lo``, cropping where negative), zeros past the ends
+    of ``x``: its head (``lo`` rows before its own ``B*s``), sliced in the loop, then its
+    own rows and tail, one slice of ``x``. ``y`` is padded with zero rows to whole blocks;
+    ``x`` is copied only where its rows are not those of whole blocks and a tail.
     """
     kernel_size, rows = kernel_shape[:-2], y.shape[1]
     count = -(-rows // _row_block(x, y, kernel_size))
     block = -(-rows // count)  # as even as can be: the padding is less than a row per block
     own = block * geometry.strides[0]
     lo, tail = _block_edges(kernel_size, geometry)
-    batch, rest = x.shape[0], x.shape[2:]
+    rest = x.shape[2:]
     x = _pad(x, [(0, count * own + max(tail, 0) - x.shape[1])])
-    blocks = x[:, : count * own].reshape(batch, count, own, *rest)
-    edges = {}
-    if lo:
-        edges["head"] = _pad(blocks[:, :-1, own - lo :], [(1, 0)])
-    if tail > 0:
-        edges["tail"] = jnp.concatenate([blocks[:, 1:, :tail], x[:, None, count * own :]], 1)
-    edges = {name: part.reshape(batch * count, *part.shape[2:]) for name, part in edges.items()}
-    blocks = blocks.reshape(batch * count, own, *rest)
     # no unit axis (batch * count, 1, block, ...): see _by_chunks
-    y_blocks = _pad(y, [(0, count * block - rows)]).reshape(batch * count, block, *y.shape[2:])
+    y_blocks = _pad(y, [(0, count * block - rows)]).reshape(-1, block, *y.shape[2:])
     inner = geometry._replace(pads=((0, 0), *geometry.pads[1:]))
 
+    def x_rows(image, first, extent):
+        return lax.dynamic_slice(x, (image, first) + (0,) * len(rest), (1, extent, *rest))[0]
+
+    # edges sliced in the loop: sliced before it (scanned), XLA:CPU scheduled them while a
+    # transposed conv's forward outputs were live, adding to the program's peak memory
     @jax.checkpoint
-    def one(index, edges, y_block):
-        own_rows = lax.dynamic_index_in_dim(blocks, index, keepdims=False)[: own + min(tail, 0)]
-        parts = [edges["head"]] if lo else []
-        parts += [own_rows, edges["tail"]] if tail > 0 else [own_rows]
+    def one(index, y_block):
+        image, start = index // count, index % count * own
+        parts = [x_rows(image, start, own + tail)]
+        if lo:
+            head = x_rows(image, jnp.maximum(start - lo, 0), lo)
+            parts.insert(0, jnp.where(start > 0, head, jnp.zeros_like(head)))
         x_block = jnp.concatenate(parts)[None]
         if kernel is None:
             return None, _kernel_grad_direct(x_block, y_block[None], kernel_shape, inner)
@@ -831,11 +829,11 @@ def _kernel_grad_by_row_blocks(x: jax.Array, y: jax.Array, kernel_shape, geometr
         return total + grad, out
 
     total, outs = lax.scan(
-        add, jnp.zeros(kernel_shape, x.dtype), (jnp.arange(batch * count), edges, y_blocks)
+        add, jnp.zeros(kernel_shape, x.dtype), (jnp.arange(len(y_blocks)), y_blocks)
     )
     if kernel is None:
         return total
-    return outs.reshape(batch, count * block, *y.shape[2:])[:, :rows], total
+    return outs.reshape(y.shape[0], count * block, *y.shape[2:])[:, :rows], total
 
 
 def _kernel_grad_direct(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> jax.Array:
