@@ -1046,31 +1046,37 @@ def _tap_sums(x, pads, kernel_size, strides, dilation, other, groups: int) -> ja
 def _matmul_t(columns: jax.Array, other: jax.Array) -> jax.Array:
     """``columns^T other``, both flattened to ``(rows, -1)``: a contraction over rows.
 
-    As ``(other^T columns)^T`` with ``other^T`` written out and the product a 1-wide
-    conv, where ``other`` has at most ``NN_MAX_CHANNELS`` columns and ``columns`` at
-    least ``NN_MIN_DEPTH``, or ``other`` at most ``NN_WIDE_MAX_CHANNELS`` and ``columns``
-    ``NN_WIDE_DEPTH_RATIO`` times as many. XLA folds the transposition of a dot's operand
-    into the dot, and its kernel for a contraction over the operands' rows was slower on
-    those shapes than for ``other^T`` written out (a dot by rows); a conv keeps the
-    transposition. Measured (ms, medians of paired rounds): per chunk, seg U-Net ``4096 x
-    144 x 32`` 0.54 -> 0.40; kernel gradients, 3-D U-Net (``1024`` deep, 128 channels)
-    14.2 -> 10.7, CycleGAN (1152, 256) 4.1 -> 3.8, their forward+backward CycleGAN 10.0 ->
-    8.4, Mask R-CNN (1024, 256) 15.1 -> 13.6. Slower with 512 channels or more (MelGAN up 1
-    5.3 -> 7.2, pix2pix 16 -> 30) and, by a few per cent, at twice the depth (MelGAN up 3).
+    By rows (:func:`_by_rows`: ``other`` of at most ``NN_MAX_CHANNELS`` columns and
+    ``columns`` at least ``NN_MIN_DEPTH`` deep, or ``other`` at most
+    ``NN_WIDE_MAX_CHANNELS`` and ``columns`` ``NN_WIDE_DEPTH_RATIO`` times as deep) as
+    ``(other^T columns)^T``: XLA folds a transposition of either operand, or of the
+    product, into its dot, and its kernel for ``columns^T other`` was slower on those
+    shapes than for ``other^T columns``, whose small product is transposed after an
+    optimization barrier. Measured (ms, medians of paired rounds): before, as a 1-wide
+    conv of ``other^T`` written out, per chunk seg U-Net ``4096 x 144 x 32`` 0.54 -> 0.40,
+    kernel gradients 3-D U-Net (``1024`` deep, 128 channels) 14.2 -> 10.7, CycleGAN (1152,
+    256) 4.1 -> 3.8, Mask R-CNN (1024, 256) 15.1 -> 13.6; then as this dot, with no copy
+    of ``other``, HiFi-GAN up 4 6.6 -> 5.7 (forward+backward 16.3 -> 14.7), ENet 5.6 ->
+    5.3, seg U-Net 3.5 -> 3.3, the rest equal. Slower by rows with 512 channels or more
+    (MelGAN up 1 5.3 -> 7.2, pix2pix 16 -> 30) and, by a few per cent, at twice the depth
+    (MelGAN up 3).
     """
     columns, other = _as_rows(columns, other)
+    rows = (((0,), (0,)), ((), ()))
     if not _by_rows(*columns.shape[1:], *other.shape[1:]):
-        return columns.T @ other
-    return _xla_conv(other.T[None], columns[None], (1,), (1,), 1)[0].T
+        return lax.dot_general(columns, other, rows)
+    return lax.optimization_barrier(lax.dot_general(other, columns, rows)).T
 
 
 def _matmul_and_t(
     columns: jax.Array, other: jax.Array, kernel: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """``(columns kernel, columns^T other)``, ``columns`` and ``other`` flattened to
-    ``(rows, -1)``, ``kernel`` to ``(depth, -1)``: :func:`_matmul_t` and a product that
-    reads ``columns`` in the same form (a 1-wide conv where that goes by rows). XLA:CPU
-    writes an im2col out once per form it is read in, not once in all."""
+    ``(rows, -1)``, ``kernel`` to ``(depth, -1)``: where :func:`_matmul_t` goes by rows,
+    two 1-wide convs that read ``columns`` in the same form (the second of ``other^T``
+    written out). XLA:CPU writes an im2col out once per form it is read in, not once in
+    all; beside the first conv, :func:`_matmul_t`'s dot was slower (forward+backward,
+    lecture decoder 2 4.9 -> 6.2 ms, seg U-Net 11.6 -> 12.6, 3-D U-Net 24.7 -> 27.1)."""
     columns, other = _as_rows(columns, other)
     kernel = kernel.reshape(columns.shape[1], -1)
     if not _by_rows(*columns.shape[1:], *other.shape[1:]):

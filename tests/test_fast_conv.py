@@ -126,6 +126,16 @@ def _convs(f, *args):
     return [e for e in _equations(f, *args) if e.primitive.name == "conv_general_dilated"]
 
 
+def _products_by_rows(f, *args):
+    """The shapes ``(channels, depth)`` of :func:`_matmul_t`'s products by rows in ``f``'s
+    jaxpr (``y^T columns``, each held by an optimization barrier)."""
+    return [
+        e.invars[0].aval.shape
+        for e in _equations(f, *args)
+        if e.primitive.name == "optimization_barrier"
+    ]
+
+
 @BOTH_LAYERS
 def test_fast_training_convolves_no_dilated_input(cls, kwargs):
     """The reference's transposed conv, or a strided conv's input gradient, dilates
@@ -208,12 +218,13 @@ def test_one_window_paths_agree_with_the_reference(cls, shape, kwargs):
 
 def test_a_one_pixel_inputs_kernel_gradient_is_a_product_by_rows():
     """A 1x1 input of 100 channels to 4x4x64 (DCGAN's first layer, fewer outputs): the
-    kernel gradient, 1024 deep, is :func:`_matmul_t`'s product by rows (a 1-wide conv),
-    not XLA's dot with its wide operand transposed (DCGAN G1: 3.0 -> 1.6 ms)."""
+    kernel gradient, 1024 deep, is :func:`_matmul_t`'s product by rows, ``(x^T g)^T``,
+    not XLA's dot of ``g^T x``, the wide operand transposed (DCGAN G1: 3.0 -> 1.6 ms)."""
     x = _normal((8, 1, 1, 100))
     layers = _layers(jnn.ConvTranspose, features=64, kernel_size=4)
     params = _params(layers["reference"], x)
-    assert len(_gradient_convs(layers["fast"], params, x)) == 1
+    gradients = functools.partial(jax.grad(_loss, (1, 2)), layers["fast"])
+    assert _products_by_rows(gradients, params, x) == [(100, 1024)]
     _fast_agrees(_forward_and_vjp, layers, params, x)
 
 
@@ -411,8 +422,8 @@ def test_a_kernel_gradient_within_two_chunks_goes_over_the_whole_batch(
 
 @pytest.mark.parametrize("by_rows", [False, True])
 def test_a_kernel_gradient_by_rows_or_by_columns_agrees_with_xla(by_rows, monkeypatch):
-    """``columns^T y`` as a dot over both operands' rows, or by rows of ``y^T`` written
-    out (a 1-wide conv), in both of ``R``'s domains."""
+    """``columns^T y`` as a dot over both operands' rows, or by rows as ``(y^T
+    columns)^T``, in both of ``R``'s domains."""
     monkeypatch.setattr(fast_conv, "NN_MAX_CHANNELS", 1 << 30 if by_rows else 0)
     monkeypatch.setattr(fast_conv, "NN_WIDE_MAX_CHANNELS", 0)
     monkeypatch.setattr(fast_conv, "NN_MIN_DEPTH", 0)
@@ -420,8 +431,8 @@ def test_a_kernel_gradient_by_rows_or_by_columns_agrees_with_xla(by_rows, monkey
     kernel_shape = (3, 3, 4, 5)
     x, y, xla_kernel_grad = _kernel_gradient_problem((2, 9, 8, 4), kernel_shape, geometry)
     grads = [fast_conv._kernel_grad_direct, fast_conv._kernel_grad_by_phases]
-    convs = _convs(lambda x, y: grads[0](x, y, kernel_shape, geometry), x, y)
-    assert len(convs) == by_rows
+    products = _products_by_rows(lambda x, y: grads[0](x, y, kernel_shape, geometry), x, y)
+    assert products == ([(5, 36)] if by_rows else [])
 
     @functools.partial(jax.jit, compiler_options=QUICK_COMPILE)
     def gradients(x, y):
@@ -444,11 +455,12 @@ def test_a_kernel_gradient_by_rows_or_by_columns_agrees_with_xla(by_rows, monkey
 def test_a_kernel_gradient_goes_by_rows_of_y_where_its_im2col_is_the_deeper(
     depth, channels, by_rows
 ):
-    """``columns^T y`` by rows of ``y^T`` written out (a 1-wide conv) with at most 64
-    channels in ``y``, or at most 256 and an im2col at least 4x as deep; else one dot."""
+    """``columns^T y`` by rows, as ``(y^T columns)^T``, with at most 64 channels in ``y``,
+    or at most 256 and an im2col at least 4x as deep; else as it is."""
     columns, other = _normal((8, depth)), _normal((8, channels), seed=1)
     got = fast_conv._matmul_t(columns, other)
-    assert len(_convs(fast_conv._matmul_t, columns, other)) == by_rows
+    products = _products_by_rows(fast_conv._matmul_t, columns, other)
+    assert products == ([(channels, depth)] if by_rows else [])
     _close(got, columns.T @ other)
 
 
