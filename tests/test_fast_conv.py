@@ -127,8 +127,9 @@ def _convs(f, *args):
 
 
 def _products_by_rows(f, *args):
-    """The shapes ``(channels, depth)`` of :func:`_matmul_t`'s products by rows in ``f``'s
-    jaxpr (``y^T columns``, each held by an optimization barrier)."""
+    """The shapes held by optimization barriers in ``f``'s jaxpr: those of
+    :func:`_matmul_t`'s products by rows ``y^T columns``, ``(channels, depth)``, each
+    after its ``y^T``, ``(channels, rows)``, where that is written out."""
     return [
         e.invars[0].aval.shape
         for e in _equations(f, *args)
@@ -224,7 +225,7 @@ def test_a_one_pixel_inputs_kernel_gradient_is_a_product_by_rows():
     layers = _layers(jnn.ConvTranspose, features=64, kernel_size=4)
     params = _params(layers["reference"], x)
     gradients = functools.partial(jax.grad(_loss, (1, 2)), layers["fast"])
-    assert _products_by_rows(gradients, params, x) == [(100, 1024)]
+    assert _products_by_rows(gradients, params, x) == [(100, 8), (100, 1024)]
     _fast_agrees(_forward_and_vjp, layers, params, x)
 
 
@@ -460,7 +461,20 @@ def test_a_kernel_gradient_goes_by_rows_of_y_where_its_im2col_is_the_deeper(
     columns, other = _normal((8, depth)), _normal((8, channels), seed=1)
     got = fast_conv._matmul_t(columns, other)
     products = _products_by_rows(fast_conv._matmul_t, columns, other)
-    assert products == ([(channels, depth)] if by_rows else [])
+    assert products == ([(channels, 8), (channels, depth)] if by_rows else [])
+    _close(got, columns.T @ other)
+
+
+@pytest.mark.parametrize("rows, written", [(72, True), (73, False)])
+def test_a_product_by_rows_writes_y_transposed_out_where_its_rows_are_at_most_half_the_depth(
+    rows, written
+):
+    """``(y^T columns)^T`` with ``y^T`` written out for a contraction at most half as long
+    as the im2col is deep (DCGAN G3's 1024 rows, 2048 deep), else folded into the dot."""
+    columns, other = _normal((rows, 144)), _normal((rows, 32), seed=1)
+    got = fast_conv._matmul_t(columns, other)
+    products = _products_by_rows(fast_conv._matmul_t, columns, other)
+    assert products == [(32, rows), (32, 144)] if written else [(32, 144)]
     _close(got, columns.T @ other)
 
 
