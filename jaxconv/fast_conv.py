@@ -122,6 +122,7 @@ OVERLAP_ADD_MAX_BYTES = 15 << 20  # T's products (float32) for the overlap-add a
 BLOCKS_MIN_DEPTH, BLOCKS_MAX_KERNEL_BYTES = 64, 8 << 20  # C by blocks: see _blocks_wanted
 NN_MAX_CHANNELS, NN_MIN_DEPTH = 64, 64  # a kernel gradient's product by rows: see _matmul_t
 NN_WIDE_MAX_CHANNELS, NN_WIDE_DEPTH_RATIO = 256, 4  # and by rows with more channels
+NN_ALONE_DEPTH_RATIO, NN_WRITTEN_MIN_CHANNELS = 2, 128  # _matmul_t's own: see there
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
@@ -1046,31 +1047,33 @@ def _tap_sums(x, pads, kernel_size, strides, dilation, other, groups: int) -> ja
 def _matmul_t(columns: jax.Array, other: jax.Array) -> jax.Array:
     """``columns^T other``, both flattened to ``(rows, -1)``: a contraction over rows.
 
-    By rows (:func:`_by_rows`: ``other`` of at most ``NN_MAX_CHANNELS`` columns and
-    ``columns`` at least ``NN_MIN_DEPTH`` deep, or ``other`` at most
-    ``NN_WIDE_MAX_CHANNELS`` and ``columns`` ``NN_WIDE_DEPTH_RATIO`` times as deep) as
-    ``(other^T columns)^T``: XLA folds a transposition of either operand, or of the
-    product, into its dot, and its kernel for ``columns^T other`` was slower on those
-    shapes than for ``other^T columns``, whose small product is transposed after an
-    optimization barrier. Measured (ms, medians of paired rounds): before, as a 1-wide
-    conv of ``other^T`` written out, per chunk seg U-Net ``4096 x 144 x 32`` 0.54 -> 0.40,
-    kernel gradients 3-D U-Net (``1024`` deep, 128 channels) 14.2 -> 10.7, CycleGAN (1152,
-    256) 4.1 -> 3.8, Mask R-CNN (1024, 256) 15.1 -> 13.6; then as this dot, with no copy
-    of ``other``, HiFi-GAN up 4 6.6 -> 5.7 (forward+backward 16.3 -> 14.7), ENet 5.6 ->
-    5.3, seg U-Net 3.5 -> 3.3, the rest equal. Where the rows are at most half the depth,
-    ``other^T`` is written out first (behind a barrier, or XLA folds it into the dot): DCGAN
-    G3 (1024 rows, 2048 deep, 256 channels) 10.1 -> 8.4, lecture decoder 1 (256, 1568, 64)
-    0.61 -> 0.52, DCGAN G1 (128, 8192, 100) equal; alone, CycleGAN's ``1024 x 1152 x 256``
-    was slower so (4.1 -> 4.3) and longer rows (ENet, seg U-Net) slower still. Slower by
-    rows with 512 channels or more
-    (MelGAN up 1 5.3 -> 7.2, pix2pix 16 -> 30) and, by a few per cent, at twice the depth
-    (MelGAN up 3).
+    XLA folds a transposition of either operand, or of the product, into its dot; its
+    kernel for ``columns^T other`` is slower on some shapes than for ``other^T columns``.
+    So the product goes by rows, as ``(other^T columns)^T`` (the small product transposed
+    after an optimization barrier), where :func:`_by_rows` says with a depth ratio of
+    ``NN_ALONE_DEPTH_RATIO``; there ``other^T`` is written out first, behind a barrier,
+    where the rows are at most half the depth or ``other`` has at least
+    ``NN_WRITTEN_MIN_CHANNELS`` columns. Kernel gradients, ms, medians of paired rounds:
+
+    - by rows, then as a 1-wide conv of ``other^T`` written out: per chunk seg U-Net
+      ``4096 x 144 x 32`` 0.54 -> 0.40; 3-D U-Net (``1024`` deep, 128 channels) 14.2 ->
+      10.7, CycleGAN (1152, 256) 4.1 -> 3.8, Mask R-CNN (1024, 256) 15.1 -> 13.6; slower
+      with 512 channels or more (MelGAN up 1 5.3 -> 7.2, pix2pix 16 -> 30);
+    - as the dot of ``other^T columns``, no copy of ``other``: HiFi-GAN up 4 6.6 -> 5.7
+      (forward+backward 16.3 -> 14.7), ENet 5.6 -> 5.3, seg U-Net 3.5 -> 3.3;
+    - ``other^T`` written out: DCGAN G3 (1024 rows, 2048 deep, 256 channels) 10.1 -> 8.4
+      and 10.0 -> 7.8, lecture decoder 1 (256, 1568, 64) 0.52 -> 0.43, Mask R-CNN 7.0 ->
+      6.3 and 7.5 -> 6.9; and by rows at twice the depth, written out: 3-D U-Net (256, 128)
+      11.8 -> 10.6 and 11.0 -> 9.2, MelGAN up 3 11.3 -> 10.9 and 10.8 -> 10.3. Written
+      out, HiFi-GAN's product (8192 rows, 128 deep, 64 channels) was slower alone (1.2
+      -> 1.4 ms), as were ENet's and seg U-Net's.
     """
     columns, other = _as_rows(columns, other)
+    (count, depth), channels = columns.shape, other.shape[1]
     rows = (((0,), (0,)), ((), ()))
-    if not _by_rows(*columns.shape[1:], *other.shape[1:]):
+    if not _by_rows(depth, channels, NN_ALONE_DEPTH_RATIO):
         return lax.dot_general(columns, other, rows)
-    if 2 * len(columns) <= columns.shape[1]:  # a short contraction: other^T written out
+    if 2 * count <= depth or channels >= NN_WRITTEN_MIN_CHANNELS:
         product = lax.optimization_barrier(other.T) @ columns
     else:
         product = lax.dot_general(other, columns, rows)
@@ -1088,7 +1091,7 @@ def _matmul_and_t(
     lecture decoder 2 4.9 -> 6.2 ms, seg U-Net 11.6 -> 12.6, 3-D U-Net 24.7 -> 27.1)."""
     columns, other = _as_rows(columns, other)
     kernel = kernel.reshape(columns.shape[1], -1)
-    if not _by_rows(*columns.shape[1:], *other.shape[1:]):
+    if not _by_rows(*columns.shape[1:], *other.shape[1:], NN_WIDE_DEPTH_RATIO):
         return columns @ kernel, columns.T @ other
     conv = functools.partial(_xla_conv, strides=(1,), dilation=(1,), groups=1)
     return conv(columns[None], kernel[None])[0], conv(other.T[None], columns[None])[0].T
@@ -1099,11 +1102,12 @@ def _as_rows(columns: jax.Array, other: jax.Array) -> tuple[jax.Array, jax.Array
     return columns.reshape(rows, depth), other.reshape(rows, other.shape[-1])
 
 
-def _by_rows(depth: int, channels: int) -> bool:
-    """Whether :func:`_matmul_t` of an im2col ``depth`` deep against ``channels`` goes by
-    rows."""
+def _by_rows(depth: int, channels: int, wide_ratio: int) -> bool:
+    """Whether a product ``columns^T other`` of an im2col ``depth`` deep against
+    ``channels`` goes by rows: at most ``NN_MAX_CHANNELS`` and at least ``NN_MIN_DEPTH``
+    deep, or at most ``NN_WIDE_MAX_CHANNELS`` and ``wide_ratio`` times as deep."""
     return (channels <= NN_MAX_CHANNELS and depth >= NN_MIN_DEPTH) or (
-        channels <= NN_WIDE_MAX_CHANNELS and depth >= NN_WIDE_DEPTH_RATIO * channels
+        channels <= NN_WIDE_MAX_CHANNELS and depth >= wide_ratio * channels
     )
 
 

@@ -448,8 +448,8 @@ def test_a_kernel_gradient_by_rows_or_by_columns_agrees_with_xla(by_rows, monkey
     "depth, channels, by_rows",
     [
         (144, 32, True),  # few channels (seg U-Net)
-        (1024, 128, True),  # an im2col 4x deeper than up to 256 channels (3-D U-Net)
-        (256, 128, False),  # only 2x deeper (MelGAN up 3)
+        (256, 128, True),  # an im2col 2x deeper than up to 256 channels (MelGAN up 3)
+        (192, 128, False),  # only 1.5x deeper
         (4096, 512, False),  # over 256 channels (MelGAN up 1)
     ],
 )
@@ -457,7 +457,8 @@ def test_a_kernel_gradient_goes_by_rows_of_y_where_its_im2col_is_the_deeper(
     depth, channels, by_rows
 ):
     """``columns^T y`` by rows, as ``(y^T columns)^T``, with at most 64 channels in ``y``,
-    or at most 256 and an im2col at least 4x as deep; else as it is."""
+    or at most 256 and an im2col at least 2x as deep; else as it is. (Over 8 rows, ``y^T``
+    is written out.)"""
     columns, other = _normal((8, depth)), _normal((8, channels), seed=1)
     got = fast_conv._matmul_t(columns, other)
     products = _products_by_rows(fast_conv._matmul_t, columns, other)
@@ -465,16 +466,20 @@ def test_a_kernel_gradient_goes_by_rows_of_y_where_its_im2col_is_the_deeper(
     _close(got, columns.T @ other)
 
 
-@pytest.mark.parametrize("rows, written", [(72, True), (73, False)])
-def test_a_product_by_rows_writes_y_transposed_out_where_its_rows_are_at_most_half_the_depth(
-    rows, written
+@pytest.mark.parametrize(
+    "rows, depth, channels, written",
+    [(72, 144, 32, True), (73, 144, 32, False), (600, 256, 128, True)],
+)
+def test_a_product_by_rows_writes_y_transposed_out_for_short_rows_or_many_channels(
+    rows, depth, channels, written
 ):
     """``(y^T columns)^T`` with ``y^T`` written out for a contraction at most half as long
-    as the im2col is deep (DCGAN G3's 1024 rows, 2048 deep), else folded into the dot."""
-    columns, other = _normal((rows, 144)), _normal((rows, 32), seed=1)
+    as the im2col is deep (DCGAN G3's 1024 rows, 2048 deep) or ``y`` of at least 128
+    channels (3-D U-Net's 128), else folded into the dot."""
+    columns, other = _normal((rows, depth)), _normal((rows, channels), seed=1)
     got = fast_conv._matmul_t(columns, other)
     products = _products_by_rows(fast_conv._matmul_t, columns, other)
-    assert products == [(32, rows), (32, 144)] if written else [(32, 144)]
+    assert products == [(channels, rows)] * written + [(channels, depth)]
     _close(got, columns.T @ other)
 
 
