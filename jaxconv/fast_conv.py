@@ -670,9 +670,9 @@ def _to_space(phases: jax.Array, plan: _PhasePlan, geometry: Geometry) -> jax.Ar
 def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -> jax.Array:
     """``R(x, y) = d<C(x, K), y>/dK = d<T(y, K), x>/dK``, one matmul.
 
-    A 1x1 ``y`` takes the transpose of :func:`_from_one_pixel` (a matmul, by
-    :func:`_matmul_t` in one group: DCGAN G1's ``128``-deep ``8192 x 100``, 3.0 -> 1.6
-    ms, its ``x`` the wider operand folded into XLA's dot transposed); otherwise
+    A 1x1 ``y`` takes the transpose of :func:`_from_one_pixel` (a matmul; in one group
+    :func:`_matmul_t` of ``x`` at the taps against ``y``: DCGAN G1's, 128 rows by 8192 x
+    100, 3.0 -> 1.7 ms against the transpose's own dot, of ``x`` transposed); otherwise
     :func:`_kernel_grad_direct` or :func:`_kernel_grad_by_phases`, whichever copies
     less, or XLA's own where the im2col would be over ``IM2COL_MAX_BYTES``. With
     groups, ``x`` of one channel per group goes by :func:`_tap_sums`, image by image;
