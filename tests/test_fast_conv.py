@@ -594,7 +594,7 @@ def test_a_strided_conv_of_a_kernel_a_multiple_of_its_stride_is_matmuls_of_block
     x, kernel = _normal(x_shape), _normal(kernel_shape, seed=1)
     equations = _equations(lambda x, k: fast_conv._strided(x, k, geometry), x, kernel)
     depths = [e.invars[0].aval.shape[-1] for e in equations if e.primitive.name == "dot_general"]
-    split = fast_conv._split_axes(x, kernel)
+    split = fast_conv._split_axes(x, kernel.shape)
     parts = math.prod(geometry.strides[:split])
     assert depths == [math.prod(geometry.strides) * kernel_shape[-2] // parts] * parts
     assert not [e for e in equations if e.primitive.name == "conv_general_dilated"]
@@ -614,7 +614,7 @@ def test_blocks_split_by_phases_of_the_first_axis_in_2d_with_a_small_kernel(
     x_shape, kernel_shape, split
 ):
     x, kernel = jnp.zeros(x_shape), jnp.zeros(kernel_shape)
-    assert fast_conv._split_axes(x, kernel) == split
+    assert fast_conv._split_axes(x, kernel.shape) == split
 
 
 @pytest.mark.parametrize(
@@ -718,6 +718,26 @@ def test_gradients_from_one_cut_into_blocks_agree(x_shape, transpositions, paddi
     )
     x = _normal(x_shape)
     _fast_agrees(_forward_and_vjp, layers, _params(layers["reference"], x), x)
+
+
+# k8 s4 p2: x of 3 x 12 x 12 x 4 in phases by a transposition; of 3 x 24 x 24 x 4 (at least
+# twice the kernel's size), by phases of the first axis (slices)
+@pytest.mark.parametrize("x_shape, transpositions", [((3, 12, 12, 4), 1), ((3, 24, 24, 4), 0)])
+def test_a_kernel_gradient_by_phases_that_are_blocks_cuts_x_by_slices(x_shape, transpositions):
+    """R by phases alone (FCN's kernel gradient) takes ``x`` cut as C by blocks cuts it: in
+    2-D with a kernel at most half of ``x``, one part per phase of the first axis."""
+    geometry = fast_conv.Geometry((4, 4), ((2, 2), (2, 2)), (1, 1))
+    kernel_shape = (8, 8, 4, 6)
+    x, y, xla_kernel_grad = _kernel_gradient_problem(x_shape, kernel_shape, geometry)
+
+    def by_phases(x, y):
+        return fast_conv._kernel_grad_by_phases(x, y, kernel_shape, geometry)
+
+    transposed = [
+        e.invars[0].aval for e in _equations(by_phases, x, y) if e.primitive.name == "transpose"
+    ]  # of x (its batch first), not of the phase kernel (its taps first)
+    assert sum(a.shape[0] == 3 and a.size >= x.size for a in transposed) == transpositions
+    _close(jax.jit(by_phases)(x, y), xla_kernel_grad(x, y))
 
 
 GROUPED_TRANSPOSED = fast_conv.Geometry((2, 2), ((1, 0), (1, 0)), (1, 1), 4)
