@@ -207,13 +207,11 @@ def _blocks_wanted(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> bool:
     blocks (DCGAN G5, 4 x 3 channels: 11 -> 45) and in 1-D (MelGAN, HiFi-GAN, WaveGAN:
     1.1-19x).
     """
-    kernel_size, strides = kernel.shape[:-2], geometry.strides
+    strides = geometry.strides
     return (
-        geometry.groups == 1
+        _cuts_into_blocks(kernel.shape[:-2], geometry)
         and len(strides) > 1
         and any(s > 1 for s in strides)
-        and all(d == 1 for d in geometry.dilation)
-        and all(k % s == 0 for k, s in zip(kernel_size, strides))
         and math.prod(strides) * kernel.shape[-2] >= BLOCKS_MIN_DEPTH
         and kernel.size * kernel.dtype.itemsize <= BLOCKS_MAX_KERNEL_BYTES
         and _fits(math.prod(x.shape[1:]), x.dtype)
@@ -273,16 +271,22 @@ def _split_axes(x: jax.Array, kernel_shape) -> int:
     return 1 if x.ndim == 4 and 2 * math.prod(kernel_shape) <= x.size else 0
 
 
-def _phases_are_blocks(kernel_size, geometry: Geometry) -> bool:
-    """Whether ``R``'s phases of ``x`` (:func:`_kernel_grad_by_phases`) are the blocks of
-    :func:`_in_blocks`: one group, no dilation, each kernel size a multiple of its stride,
-    and pads ``0 <= lo, hi < s`` (the phases start at the first block and end at the
-    last)."""
+def _cuts_into_blocks(kernel_size, geometry: Geometry) -> bool:
+    """Whether ``C``'s input can be cut into blocks of ``s`` (:func:`_in_blocks`): one
+    group, no dilation, each kernel size a multiple of its stride."""
     return (
         geometry.groups == 1
         and all(d == 1 for d in geometry.dilation)
         and all(k % s == 0 for k, s in zip(kernel_size, geometry.strides))
-        and all(0 <= p < s for pads, s in zip(geometry.pads, geometry.strides) for p in pads)
+    )
+
+
+def _phases_are_blocks(kernel_size, geometry: Geometry) -> bool:
+    """Whether ``R``'s phases of ``x`` (:func:`_kernel_grad_by_phases`) are the blocks of
+    :func:`_in_blocks`: ``x`` cuts into blocks (:func:`_cuts_into_blocks`), and pads ``0 <=
+    lo, hi < s`` (the phases start at the first block and end at the last)."""
+    return _cuts_into_blocks(kernel_size, geometry) and all(
+        0 <= p < s for pads, s in zip(geometry.pads, geometry.strides) for p in pads
     )
 
 
@@ -1091,13 +1095,13 @@ def _matmul_t(columns: jax.Array, other: jax.Array) -> jax.Array:
     """
     columns, other = _as_rows(columns, other)
     (count, depth), channels = columns.shape, other.shape[1]
-    rows = (((0,), (0,)), ((), ()))
+    over_rows = (((0,), (0,)), ((), ()))  # dot_general's dimension numbers
     if not _by_rows(depth, channels, NN_ALONE_DEPTH_RATIO):
-        return lax.dot_general(columns, other, rows)
+        return lax.dot_general(columns, other, over_rows)
     if 2 * count <= depth or channels >= NN_WRITTEN_MIN_CHANNELS:
         product = lax.optimization_barrier(other.T) @ columns
     else:
-        product = lax.dot_general(other, columns, rows)
+        product = lax.dot_general(other, columns, over_rows)
     return lax.optimization_barrier(product).T
 
 
