@@ -63,7 +63,8 @@ loop nest. Here instead:
   channels against a deep im2col it goes by rows instead (:func:`_matmul_t`).
 - Every im2col and its matmul run over chunks of the batch (``lax.map``; a kernel
   gradient's chunks are added up in the loop) whose im2col is at most
-  ``CHUNK_BYTES`` (a kernel gradient within two chunks goes whole), so that it is
+  ``CHUNK_BYTES`` (a kernel gradient of at least ``WHOLE_MIN_ADDED_BYTES`` within two
+  chunks goes whole), so that it is
   written and read back in cache: memory here moves a few GB/s into freshly
   allocated buffers, and an unchunked im2col (e.g. 29 MB
   for a kernel gradient at batch 256) made that gradient 4x slower (measured). A
@@ -118,6 +119,7 @@ PER_TAP_MAX_TAPS = 9  # a conv of one input channel (no groups) tap by tap up to
 IM2COL_MAX_BYTES = 1 << 30  # the largest im2col of one image; past it, XLA's conv
 CHUNK_BYTES = 4 << 20  # the im2col of one batch chunk (see _by_chunks)
 WHOLE_BATCH_MAX_BYTES = 16 << 20  # see _whole_batch_wanted
+WHOLE_MIN_ADDED_BYTES = 512 << 10  # a kernel gradient this large within two chunks goes whole
 OVERLAP_ADD_MAX_BYTES = 15 << 20  # T's products (float32) for the overlap-add at most
 BLOCKS_MIN_DEPTH, BLOCKS_MAX_KERNEL_BYTES = 64, 8 << 20  # C by blocks: see _blocks_wanted
 NN_MAX_CHANNELS, NN_MIN_DEPTH = 64, 64  # a kernel gradient's product by rows: see _matmul_t
@@ -1227,9 +1229,12 @@ def _by_chunks(
     every chunk's. ``summed``: the chunks' results are added (a kernel gradient),
     else concatenated along the batch (for a tuple of results, one flag each); a
     kernel gradient whose whole im2col is within two chunks goes over the whole batch
-    (forward+backward, medians of paired rounds: DCGAN G3 21.9 -> 18.7 ms, Mask R-CNN
-    17.0 -> 14.8, four other layers and the train step unchanged; the kernel gradient
-    alone unchanged).
+    where it is at least ``WHOLE_MIN_ADDED_BYTES``, as adding it up costs a pass over it
+    per chunk (forward+backward, medians of paired rounds: DCGAN G3, 2 MiB, 21.9 -> 18.7
+    ms, Mask R-CNN, 1 MiB, 17.0 -> 14.8; four other layers and the train step unchanged;
+    the kernel gradient alone unchanged). A smaller one goes by chunks, its im2col in
+    cache: lecture decoder 2's, 18 KiB (an im2col of 6.9 MiB, two chunks), 1.20 -> 0.92
+    ms alone and 1.42 -> 1.29 in forward+backward.
     """
     whole = jax.checkpoint(fn)
     batch = arrays[0].shape[0]
@@ -1237,7 +1242,10 @@ def _by_chunks(
     target = max(1, CHUNK_BYTES // image_bytes)
     one = isinstance(summed, bool)
     flags = (summed,) if one else summed
-    if target >= batch or (any(flags) and batch * image_bytes <= 2 * CHUNK_BYTES):
+    if target >= batch or (
+        batch * image_bytes <= 2 * CHUNK_BYTES
+        and _added_bytes(whole, arrays, flags) >= WHOLE_MIN_ADDED_BYTES
+    ):
         return whole(*arrays)
     chunk = max(d for d in range(1, target + 1) if batch % d == 0)
     chunk = chunk if 2 * chunk > target else target
@@ -1272,6 +1280,13 @@ def _by_chunks(
         rest = (rest,) if one else rest
         out = [o + r if f else jnp.concatenate([o, r]) for o, r, f in zip(out, rest, flags)]
     return out[0] if one else tuple(out)
+
+
+def _added_bytes(fn: Callable, arrays: tuple, flags: tuple[bool, ...]) -> int:
+    """The bytes of ``fn(*arrays)``'s results that are added up over chunks."""
+    shaped = jax.eval_shape(fn, *arrays)
+    shaped = shaped if isinstance(shaped, tuple) else (shaped,)
+    return sum(r.size * r.dtype.itemsize for r, f in zip(shaped, flags) if f)
 
 
 # ----------------------------------------------------------------------------------

@@ -411,13 +411,18 @@ def test_a_kernel_gradient_goes_by_chunks_only_where_its_im2col_outweighs_y(
     assert _one_channel_kernel_gradient_is_chunked(y_channels) == chunked
 
 
-@pytest.mark.parametrize("chunk_bytes, chunked", [(320, False), (256, True)])
-def test_a_kernel_gradient_within_two_chunks_goes_over_the_whole_batch(
-    chunk_bytes, chunked, monkeypatch
+@pytest.mark.parametrize(
+    "chunk_bytes, min_added_bytes, chunked", [(320, 40, False), (320, 41, True), (256, 0, True)]
+)
+def test_a_kernel_gradient_within_two_chunks_goes_over_the_whole_batch_where_it_is_large(
+    chunk_bytes, min_added_bytes, chunked, monkeypatch
 ):
     """4 images of an im2col of 160 bytes each, against ``y``'s 2 channels: over the whole
-    batch where its 640 bytes are at most 2 chunks."""
+    batch where its 640 bytes are at most 2 chunks and the gradient, 5 taps by 2 channels
+    (40 bytes), is at least ``WHOLE_MIN_ADDED_BYTES``; a smaller one is added up chunk by
+    chunk at little cost."""
     monkeypatch.setattr(fast_conv, "CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(fast_conv, "WHOLE_MIN_ADDED_BYTES", min_added_bytes)
     assert _one_channel_kernel_gradient_is_chunked(2) == chunked
 
 
