@@ -125,6 +125,7 @@ BLOCKS_MIN_DEPTH, BLOCKS_MAX_KERNEL_BYTES = 64, 8 << 20  # C by blocks: see _blo
 NN_MAX_CHANNELS, NN_MIN_DEPTH = 64, 64  # a kernel gradient's product by rows: see _matmul_t
 NN_WIDE_MAX_CHANNELS, NN_WIDE_DEPTH_RATIO = 256, 4  # and by rows with more channels
 NN_ALONE_DEPTH_RATIO, NN_WRITTEN_MIN_CHANNELS = 2, 128  # _matmul_t's own: see there
+NN_LONG_MAX_CHANNELS, NN_LONG_MIN_ROWS = 512, 256  # and _matmul_t's by long rows
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
@@ -1080,8 +1081,14 @@ def _matmul_t(columns: jax.Array, other: jax.Array) -> jax.Array:
     after an optimization barrier), where :func:`_by_rows` says with a depth ratio of
     ``NN_ALONE_DEPTH_RATIO``; there ``other^T`` is written out first, behind a barrier,
     where the rows are at most half the depth or ``other`` has at least
-    ``NN_WRITTEN_MIN_CHANNELS`` columns. Kernel gradients, ms, medians of paired rounds:
+    ``NN_WRITTEN_MIN_CHANNELS`` columns. It goes by rows too, ``other^T`` written out, with
+    up to ``NN_LONG_MAX_CHANNELS`` channels and ``NN_LONG_MIN_ROWS`` rows or more (and
+    the depth ratio). Kernel gradients, ms, medians of paired rounds:
 
+    - by long rows (AMD EPYC VM, 2026-12-03): MelGAN up 1 (256 rows, 4096 deep, 512
+      channels) 3.42 -> 2.91 (A/A 3.39), WaveGAN up 3 (514, 1792, 512) 3.17 -> 2.46
+      (A/A 3.31; forward+backward 5.62 -> 4.54); with XLA's YNN fusion off 3.55 -> 3.39
+      and 3.40 -> 2.94; with 64 rows (StyleGAN2, 4608 deep) slower, 17.8 -> 32.3;
     - by rows, then as a 1-wide conv of ``other^T`` written out: per chunk seg U-Net
       ``4096 x 144 x 32`` 0.54 -> 0.40; 3-D U-Net (``1024`` deep, 128 channels) 14.2 ->
       10.7, CycleGAN (1152, 256) 4.1 -> 3.8, Mask R-CNN (1024, 256) 15.1 -> 13.6; slower
@@ -1098,7 +1105,12 @@ def _matmul_t(columns: jax.Array, other: jax.Array) -> jax.Array:
     columns, other = _as_rows(columns, other)
     (count, depth), channels = columns.shape, other.shape[1]
     over_rows = (((0,), (0,)), ((), ()))  # dot_general's dimension numbers
-    if not _by_rows(depth, channels, NN_ALONE_DEPTH_RATIO):
+    long_rows = (
+        count >= NN_LONG_MIN_ROWS
+        and channels <= NN_LONG_MAX_CHANNELS
+        and depth >= NN_ALONE_DEPTH_RATIO * channels
+    )
+    if not (long_rows or _by_rows(depth, channels, NN_ALONE_DEPTH_RATIO)):
         return lax.dot_general(columns, other, over_rows)
     if 2 * count <= depth or channels >= NN_WRITTEN_MIN_CHANNELS:
         product = lax.optimization_barrier(other.T) @ columns

@@ -455,7 +455,7 @@ def test_a_kernel_gradient_by_rows_or_by_columns_agrees_with_xla(by_rows, monkey
         (144, 32, True),  # few channels (seg U-Net)
         (256, 128, True),  # an im2col 2x deeper than up to 256 channels (MelGAN up 3)
         (192, 128, False),  # only 1.5x deeper
-        (4096, 512, False),  # over 256 channels (MelGAN up 1)
+        (4096, 512, False),  # over 256 channels, 8 rows
     ],
 )
 def test_a_kernel_gradient_goes_by_rows_of_y_where_its_im2col_is_the_deeper(
@@ -468,6 +468,27 @@ def test_a_kernel_gradient_goes_by_rows_of_y_where_its_im2col_is_the_deeper(
     got = fast_conv._matmul_t(columns, other)
     products = _products_by_rows(fast_conv._matmul_t, columns, other)
     assert products == ([(channels, 8), (channels, depth)] if by_rows else [])
+    _close(got, columns.T @ other)
+
+
+@pytest.mark.parametrize(
+    "rows, depth, channels, by_rows",
+    [
+        (256, 1024, 512, True),  # MelGAN up 1: 256 rows, 4096 deep
+        (255, 1024, 512, False),
+        (256, 1023, 512, False),  # under twice as deep
+        (256, 1026, 513, False),
+    ],
+)
+def test_a_product_of_up_to_512_channels_goes_by_rows_where_they_are_long(
+    rows, depth, channels, by_rows
+):
+    """Up to 512 channels, ``columns^T y`` goes by rows, ``y^T`` written out, over at
+    least 256 rows and an im2col at least 2x as deep."""
+    columns, other = _normal((rows, depth)), _normal((rows, channels), seed=1)
+    got = fast_conv._matmul_t(columns, other)
+    products = _products_by_rows(fast_conv._matmul_t, columns, other)
+    assert products == ([(channels, rows), (channels, depth)] if by_rows else [])
     _close(got, columns.T @ other)
 
 
