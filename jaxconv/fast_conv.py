@@ -1086,9 +1086,10 @@ def _matmul_t(columns: jax.Array, other: jax.Array) -> jax.Array:
     the depth ratio). Kernel gradients, ms, medians of paired rounds:
 
     - by long rows (AMD EPYC VM, 2026-12-03): MelGAN up 1 (256 rows, 4096 deep, 512
-      channels) 3.42 -> 2.91 (A/A 3.39), WaveGAN up 3 (514, 1792, 512) 3.17 -> 2.46
-      (A/A 3.31; forward+backward 5.62 -> 4.54); with XLA's YNN fusion off 3.55 -> 3.39
-      and 3.40 -> 2.94; with 64 rows (StyleGAN2, 4608 deep) slower, 17.8 -> 32.3;
+      channels) 3.47 -> 2.84 (A/A 3.53), WaveGAN up 3 (514, 1792, 512) 3.03 -> 2.35
+      (A/A 3.06; forward+backward 5.04 -> 4.28, A/A 5.04); with XLA's YNN fusion off
+      3.55 -> 3.39 and 3.40 -> 2.94; with 64 rows (StyleGAN2, 4608 deep) slower, 17.8 ->
+      32.3;
     - by rows, then as a 1-wide conv of ``other^T`` written out: per chunk seg U-Net
       ``4096 x 144 x 32`` 0.54 -> 0.40; 3-D U-Net (``1024`` deep, 128 channels) 14.2 ->
       10.7, CycleGAN (1152, 256) 4.1 -> 3.8, Mask R-CNN (1024, 256) 15.1 -> 13.6; slower

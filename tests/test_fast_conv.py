@@ -477,7 +477,7 @@ def test_a_kernel_gradient_goes_by_rows_of_y_where_its_im2col_is_the_deeper(
         (256, 1024, 512, True),  # MelGAN up 1: 256 rows, 4096 deep
         (255, 1024, 512, False),
         (256, 1023, 512, False),  # under twice as deep
-        (256, 1026, 513, False),
+        (256, 1026, 513, False),  # over 512 channels
     ],
 )
 def test_a_product_of_up_to_512_channels_goes_by_rows_where_they_are_long(
