@@ -38,7 +38,8 @@ loop nest. Here instead:
   XLA's conv slow; up to 5x slower where ``Z`` is far over 16 MB (ENet, FCN). The
   bound, 15 MiB: jax#31662's 13.5 MiB gain 22x; at 16 MiB (MelGAN up 3, HiFi-GAN up 4,
   3-D U-Net, V-Net) the phases took 0.82-1.04 of the overlap-add's forward time in
-  two full benchmark runs.
+  two full benchmark runs. Where XLA:CPU runs its dots itself (its YNN fusion off), a
+  kernel of far more rows than ``y`` goes first in the product (:func:`_matmul_nt`).
 - ``C`` as ``lax.pad`` and a 'VALID' strided conv; or, where each kernel size is a
   multiple ``t*s`` of its stride, by blocks (:func:`_by_blocks`): ``x`` cut into blocks
   of ``s`` times the kernel arranged ``(s * in, t * out)`` (one matmul, or in 2-D one per
@@ -126,6 +127,7 @@ NN_MAX_CHANNELS, NN_MIN_DEPTH = 64, 64  # a kernel gradient's product by rows: s
 NN_WIDE_MAX_CHANNELS, NN_WIDE_DEPTH_RATIO = 256, 4  # and by rows with more channels
 NN_ALONE_DEPTH_RATIO, NN_WRITTEN_MIN_CHANNELS = 2, 128  # _matmul_t's own: see there
 NN_LONG_MAX_CHANNELS, NN_LONG_MIN_ROWS = 512, 256  # and _matmul_t's by long rows
+EIGEN_LARGER_FIRST_RATIO = 4  # see _matmul_nt
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
@@ -553,12 +555,7 @@ def _by_overlap_add(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.
     kernel_size, spatial = kernel.shape[:-2], y.shape[1:-1]
     pixels, taps, channels = math.prod(y.shape[:-1]), math.prod(kernel_size), kernel.shape[-2]
     wide = jnp.promote_types(y.dtype, jnp.float32)
-    z = lax.dot_general(  # one plain matmul (an einsum adds copies)
-        y.reshape(pixels, y.shape[-1]),
-        kernel.reshape(taps * channels, kernel.shape[-1]),
-        (((1,), (1,)), ((), ())),
-        preferred_element_type=wide,
-    )
+    z = _matmul_nt(y.reshape(pixels, -1), kernel.reshape(taps * channels, -1), wide)
     z = z.reshape(y.shape[0], *spatial, *kernel_size, channels)
     plan = _phase_plan(spatial, kernel_size, geometry)
     q_lo = [lo // s for (lo, _), s in zip(geometry.pads, geometry.strides)]
@@ -578,6 +575,40 @@ def _by_overlap_add(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.
     stacked = jnp.stack(every, axis=-2).astype(y.dtype)
     stacked = stacked.reshape(*empty.shape[:-1], len(every) * empty.shape[-1])
     return _to_space(stacked, plan, geometry)
+
+
+def _matmul_nt(a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+    """``a b^T`` in ``dtype``: one dot contracting both operands' last axes (an einsum adds
+    copies).
+
+    Where XLA:CPU runs its dots itself (:func:`_dots_by_eigen`) and ``b`` has at least
+    ``EIGEN_LARGER_FIRST_RATIO`` times as many rows, the dot is ``b a^T``, transposed after
+    an optimization barrier: Eigen's kernel for this dot is slow with the much smaller
+    operand first. Forwards with the YNN fusion off, medians of paired rounds (ms; rows
+    of ``a`` against ``b``): U-Net up-conv 16->32 (256 against 2048) 15.5 -> 4.6, pix2pix
+    8->16 (64, 8192) 14.3 -> 4.4, MelGAN up 1 (256, 4096) 10.7 -> 3.9, StyleGAN2 (per
+    group, 64, 4608) 17.0 -> 10.0, WaveGAN up 3 (512, 3200) 4.9 -> 3.4; no faster with
+    twice the rows (DCGAN G3, 4.8 -> 4.9), slower with fewer (CycleGAN, 1024 against 1152:
+    2.7 -> 3.1; DCGAN G5, 4096 against 48: 2.4 -> 7.6), and so with the fusion on, where
+    YNNPACK runs the dot as it is.
+    """
+    over_last = (((1,), (1,)), ((), ()))
+    if _dots_by_eigen() and b.shape[0] >= EIGEN_LARGER_FIRST_RATIO * a.shape[0]:
+        product = lax.dot_general(b, a, over_last, preferred_element_type=dtype)
+        return lax.optimization_barrier(product).T
+    return lax.dot_general(a, b, over_last, preferred_element_type=dtype)
+
+
+@functools.cache
+def _dots_by_eigen() -> bool:
+    """Whether XLA runs matrix products on the CPU in its own (Eigen) kernels: its
+    default backend is the CPU and a plain matmul compiles to no YNNPACK fusion (XLA's
+    YNN fusion off, as the ``jaxconv`` commands set it: ``XLA_FLAGS`` is read once, when
+    the backend starts)."""
+    if jax.default_backend() != "cpu":
+        return False
+    operand = jax.ShapeDtypeStruct((64, 64), jnp.float32)
+    return "__ynn_fusion" not in jax.jit(jnp.matmul).lower(operand, operand).compile().as_text()
 
 
 def _from_one_pixel(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:

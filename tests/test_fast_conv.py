@@ -8,7 +8,10 @@ First-order parity with PyTorch, for every implementation, is in test_parity_tor
 import functools
 import itertools
 import math
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.extend
@@ -21,6 +24,7 @@ from jaxconv import fast_conv, ops
 from jaxconv import nn as jnn
 
 KEY = jax.random.key(0)
+_YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="  # XLA:CPU's YNN fusion off
 
 TRANSPOSED = dict(
     features=4, kernel_size=(3, 2), stride=(2, 3), padding=(1, 0), output_padding=(1, 2),
@@ -328,8 +332,11 @@ def _kernel_gradient_problem(x_shape, kernel_shape, geometry: fast_conv.Geometry
         ((2, 11, 9, 4), (3, 3, 1, 4), fast_conv.Geometry((3, 2), ((1, 2), (0, 0)), (2, 1), 4)),
         ((2, 9, 4), (3, 1, 4), fast_conv.Geometry((2,), ((1, -1),), (1,), 4)),
         ((3, 17, 2), (5, 1, 2), fast_conv.Geometry((4,), ((3, 1),), (2,), 2)),
-        ((1, 6, 5, 4, 3), (2, 3, 2, 1, 3),
-         fast_conv.Geometry((2, 1, 2), ((0, 0), (1, 1), (0, 0)), (1, 1, 1), 3)),
+        (
+            (1, 6, 5, 4, 3),
+            (2, 3, 2, 1, 3),
+            fast_conv.Geometry((2, 1, 2), ((0, 0), (1, 1), (0, 0)), (1, 1, 1), 3),
+        ),
     ],
 )
 def test_both_kernel_gradients_agree_with_xla(x_shape, kernel_shape, geometry):
@@ -594,6 +601,49 @@ def test_both_transposed_conv_lowerings_agree_with_xla(
     expected, ours = transposed(y, kernel)
     for got in ours:
         _close(got, expected)
+
+
+@pytest.mark.parametrize(
+    "y_shape, kernel_shape, kernel_first",
+    [
+        # 2x2 pixels against 4 taps x 4 channels: the kernel's 16 rows first
+        ((1, 2, 2, 5), (2, 2, 4, 5), True),
+        # 2x2 pixels against 4 taps x 3 channels, 12 rows: y first, as with YNNPACK
+        ((1, 2, 2, 5), (2, 2, 3, 5), False),
+    ],
+)
+def test_the_overlap_add_product_puts_a_far_larger_kernel_first_where_xla_runs_dots_itself(
+    y_shape, kernel_shape, kernel_first, monkeypatch
+):
+    """With XLA:CPU's own dots (:func:`_dots_by_eigen`), the overlap-add's product of
+    ``y`` and the kernel, both contracted over their last axis, has the kernel first
+    where it has at least 4x as many rows; its result is the same (against the transpose
+    of XLA's conv)."""
+    geometry = fast_conv.Geometry((2, 2), ((0, 0), (0, 0)), (1, 1))
+    y, kernel = _normal(y_shape), _normal(kernel_shape, seed=1)
+    monkeypatch.setattr(fast_conv, "_dots_by_eigen", lambda: True)
+    equations = _equations(
+        functools.partial(fast_conv._by_overlap_add, geometry=geometry), y, kernel
+    )
+    (dot,) = [e for e in equations if e.primitive.name == "dot_general"]
+    rows = math.prod(kernel_shape[:-1]) if kernel_first else math.prod(y_shape[:-1])
+    assert dot.invars[0].aval.shape == (rows, y_shape[-1])
+    x = jax.ShapeDtypeStruct((1, *(2 * n for n in y_shape[1:3]), kernel_shape[-2]), y.dtype)
+    expected = jax.linear_transpose(lambda x: _xla_conv(x, kernel, geometry), x)(y)[0]
+    _close(fast_conv._by_overlap_add(y, kernel, geometry), expected)
+
+
+@pytest.mark.parametrize("flags, by_eigen", [("", False), (_YNN_OFF, True)])
+def test_xla_running_its_own_dots_is_read_from_a_compiled_matmul(flags, by_eigen):
+    """:func:`_dots_by_eigen`, in a process started with ``XLA_FLAGS`` as given: XLA:CPU
+    hands plain matmuls to YNNPACK by default, to its own kernels with the fusion off."""
+    code = "from jaxconv import fast_conv; print(fast_conv._dots_by_eigen())"
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(by_eigen)
 
 
 BLOCKS = [
@@ -991,9 +1041,7 @@ def _gradient_convs(layer, params, x):
 
 # the whole batch, and chunks of 2 images (an im2col of 100 x 72 numbers each) and a rest of 1
 @pytest.mark.parametrize("chunk_bytes", [1 << 30, 2 * 100 * 72 * 4])
-def test_a_transposed_convs_gradients_share_one_im2col_of_the_cotangent(
-    chunk_bytes, monkeypatch
-):
+def test_a_transposed_convs_gradients_share_one_im2col_of_the_cotangent(chunk_bytes, monkeypatch):
     """Reverse mode takes the input gradient ``C(g)`` from the im2col that the kernel
     gradient ``R(g, y)`` reads, not by XLA's strided conv; every derivative agrees."""
     monkeypatch.setattr(fast_conv, "CHUNK_BYTES", chunk_bytes)
@@ -1031,9 +1079,7 @@ def test_enets_forward_backward_needs_no_memory_beside_its_forwards_two_outputs(
 
     def forward_backward(x, kernel, r):
         def loss(x, kernel):
-            y = ops.conv_transpose(
-                x, kernel, impl="fast", stride=2, padding=1, output_padding=1
-            )
+            y = ops.conv_transpose(x, kernel, impl="fast", stride=2, padding=1, output_padding=1)
             return jnp.vdot(y, r)
 
         return jax.value_and_grad(loss, (0, 1))(x, kernel)
