@@ -555,7 +555,9 @@ def _by_overlap_add(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.
     kernel_size, spatial = kernel.shape[:-2], y.shape[1:-1]
     pixels, taps, channels = math.prod(y.shape[:-1]), math.prod(kernel_size), kernel.shape[-2]
     wide = jnp.promote_types(y.dtype, jnp.float32)
-    z = _matmul_nt(y.reshape(pixels, -1), kernel.reshape(taps * channels, -1), wide)
+    z = _matmul_nt(
+        y.reshape(pixels, y.shape[-1]), kernel.reshape(taps * channels, kernel.shape[-1]), wide
+    )
     z = z.reshape(y.shape[0], *spatial, *kernel_size, channels)
     plan = _phase_plan(spatial, kernel_size, geometry)
     q_lo = [lo // s for (lo, _), s in zip(geometry.pads, geometry.strides)]
