@@ -604,6 +604,38 @@ def test_both_transposed_conv_lowerings_agree_with_xla(
 
 
 @pytest.mark.parametrize(
+    "x_shape, kernel_shape, geometry, transposed",
+    [
+        # 1-D, dilated, stride 3: taps reach two rows of the stride past their own
+        ((2, 20, 1), (4, 1, 3), fast_conv.Geometry((3,), ((2, 0),), (2,)), True),
+        # 3-D k3 s2 (jax#31662's windows)
+        (
+            (1, 9, 7, 5, 1),
+            (3, 3, 3, 1, 4),
+            fast_conv.Geometry((2,) * 3, ((1, 1),) * 3, (1,) * 3),
+            True,
+        ),
+        # 2-D: the im2col as it is, rows first
+        ((2, 9, 9, 1), (3, 3, 1, 4), fast_conv.Geometry((2, 2), ((1, 1),) * 2, (1, 1)), False),
+    ],
+)
+def test_a_kernel_gradient_of_one_channel_in_1d_or_3d_takes_its_windows_transposed(
+    x_shape, kernel_shape, geometry, transposed
+):
+    """``R`` of ``x`` of one channel: in 1-D and 3-D one plain matmul of the windows
+    transposed, ``(taps, rows)``, against ``y``; in 2-D not; equal to XLA's."""
+    x, y, xla_kernel_grad = _kernel_gradient_problem(x_shape, kernel_shape, geometry)
+    grad = functools.partial(
+        fast_conv._kernel_grad_direct, kernel_shape=kernel_shape, geometry=geometry
+    )
+    (dot,) = [e for e in _equations(grad, x, y) if e.primitive.name == "dot_general"]
+    windows_t = (math.prod(kernel_shape[:-2]), math.prod(y.shape[:-1]))
+    plain = dot.params["dimension_numbers"] == (((1,), (0,)), ((), ()))
+    assert (dot.invars[0].aval.shape == windows_t and plain) == transposed
+    _close(jax.jit(grad)(x, y), xla_kernel_grad(x, y))
+
+
+@pytest.mark.parametrize(
     "y_shape, kernel_shape, kernel_first",
     [
         # 2x2 pixels against 4 taps x 4 channels: the kernel's 16 rows first
