@@ -1065,17 +1065,16 @@ def _windows_of_one_channel_t(x, kernel_size, strides, dilation, rows) -> jax.Ar
     ``x`` cut into rows of ``s`` and transposed phases first, ``(s..., B, rows of s...)``
     (one pass over ``x``); with ``j*d = a_j*s + b_j``, tap ``j``'s row of the im2col is
     phase ``b_j`` from row ``a_j`` on, runs of whole rows along the last axis. Kernel
-    gradients, medians of paired rounds (ms): WaveGAN up 5
-    (1-D, 25 taps, 64 channels) 2.50 -> 2.16 (A/A 2.42), jax#31662 (3-D, 27 taps, 64) 7.35
-    -> 5.15 (A/A 7.48), a first conv layer on audio (k4 s2, 64 channels) 2.12 -> 1.71;
-    other 1-D and 3-D first layers equal (MONAI's 3-D stem, 16 and 32 channels). Not in
-    2-D, where it was slower: lecture decoder 3 0.31 -> 0.45, FSRCNN 3.95 -> 6.98.
+    gradients, medians of paired rounds (ms): WaveGAN up 5 (1-D, 25 taps, 64 channels)
+    2.50 -> 2.16 (A/A 2.42), jax#31662 (3-D, 27 taps, 64) 7.35 -> 5.15 (A/A 7.48), a first
+    conv layer on audio (k4 s2, 64 channels) 2.12 -> 1.71; other 1-D and 3-D first layers
+    equal (MONAI's 3-D stem, 16 and 32 channels). Not in 2-D, where it was slower: lecture
+    decoder 3 0.31 -> 0.45, FSRCNN 3.95 -> 6.98.
     """
     batch, ndim = x.shape[0], len(rows)
     reach = [d * (k - 1) // s for k, s, d in zip(kernel_size, strides, dilation)]
-    phase_rows = [q + r for q, r in zip(rows, reach)]
-    x = _pad(x, [(0, p * s - n) for p, s, n in zip(phase_rows, strides, x.shape[1:-1])])
-    x = x.reshape(batch, *(n for p, s in zip(phase_rows, strides) for n in (p, s)))
+    x = _in_rows_of_strides(x, [q + r for q, r in zip(rows, reach)], strides)
+    x = x.reshape(x.shape[:-1])  # the one channel dropped
     x = x.transpose(*range(2, 2 * ndim + 1, 2), 0, *range(1, 2 * ndim, 2))
     taps = []
     for j in itertools.product(*map(range, kernel_size)):
