@@ -83,7 +83,9 @@ loop nest. Here instead:
   ``R`` of ``T`` takes the im2col of the cotangent, ``C`` is that im2col's product
   with the kernel: one im2col for both gradients (:func:`_shared_windows_wanted`); where
   ``C`` goes by blocks and ``R`` by phases, one cut of the cotangent into blocks for both
-  (:func:`_shared_blocks_wanted`).
+  (:func:`_shared_blocks_wanted`). Likewise a 2-D ``C`` differentiated in its kernel
+  takes its forward from the im2col that ``R`` reads where the batch's is within
+  ``CHUNK_BYTES`` (:func:`_windows_shared`): XLA computes those windows once.
   Forward mode and higher derivatives follow JAX's rules for those operations.
 - Groups (channels ordered (group, channel)), in one program whatever their number.
   Where each group contracts one channel (depthwise: ``C`` with ``a = g``, ``T``
@@ -327,17 +329,14 @@ def _blocks_times(parts: list[jax.Array], rows, kernel: jax.Array, geometry: Geo
     return sum(terms[1:], terms[0]).astype(dtype)
 
 
-def _padded_conv(x, pads, kernel, strides, dilation, groups) -> jax.Array:
+def _padded_conv(x, pads, kernel, strides, dilation, groups, im2col: bool = False) -> jax.Array:
     """A 'VALID' conv of ``x`` padded by ``pads`` (``lax.pad``): XLA's, or im2col and a
-    matmul where XLA:CPU's conv is slower; tap by tap with groups of one input channel,
-    and for one input channel and at most ``PER_TAP_MAX_TAPS`` taps (the lecture
-    encoder's first conv at batch 1024: 18 -> 2 ms; with 25-81 taps, 2-3x slower than
-    im2col)."""
+    matmul where XLA:CPU's conv is slower or ``im2col`` asks for it; tap by tap with
+    groups of one input channel, and for one input channel and at most
+    ``PER_TAP_MAX_TAPS`` taps (the lecture encoder's first conv at batch 1024: 18 -> 2 ms;
+    with 25-81 taps, 2-3x slower than im2col)."""
     kernel_size, depth = kernel.shape[:-2], math.prod(kernel.shape[:-1])
-    rows = [
-        (n + lo + hi - d * (k - 1) - 1) // s + 1
-        for n, (lo, hi), k, s, d in zip(x.shape[1:-1], pads, kernel_size, strides, dilation)
-    ]
+    rows = _conv_rows(x.shape[1:-1], pads, kernel_size, strides, dilation)
     one_channel = kernel.shape[-2] == 1  # per group
     if one_channel and groups > 1:
         return _per_tap_conv(x, pads, kernel, strides, dilation, rows)
@@ -346,7 +345,8 @@ def _padded_conv(x, pads, kernel, strides, dilation, groups) -> jax.Array:
         return _per_tap_conv(x, ((0, 0),) * len(rows), kernel, strides, dilation, rows)
     positions = x.shape[0] * math.prod(rows)
     wanted = math.prod(kernel_size) > 1 and (
-        len(rows) == 3
+        im2col
+        or len(rows) == 3
         or depth <= IM2COL_MAX_DEPTH
         or math.prod(rows) == 1
         or positions <= IM2COL_MAX_POSITIONS
@@ -361,6 +361,15 @@ def _padded_conv(x, pads, kernel, strides, dilation, groups) -> jax.Array:
         return out.reshape(x.shape[0], *rows, kernel.shape[-1])
 
     return _by_chunks(im2col_matmul, (x,), columns_per_image)
+
+
+def _conv_rows(spatial, pads, kernel_size, strides, dilation) -> list[int]:
+    """The rows of a 'VALID' conv of ``spatial`` padded by ``pads``: ``(n + lo + hi -
+    d(k-1) - 1) // s + 1``."""
+    return [
+        (n + lo + hi - d * (k - 1) - 1) // s + 1
+        for n, (lo, hi), k, s, d in zip(spatial, pads, kernel_size, strides, dilation)
+    ]
 
 
 def _group_by_group(
@@ -1235,7 +1244,11 @@ def _conv_jvp(geometry, primals, tangents):
     """``dC = T^T(dx) + R(x, .)^T(dK)``: reverse mode gives ``T(g)`` and ``R(x, g)``."""
     x, kernel = primals
     dx, dkernel = tangents
-    out = _strided(x, kernel, geometry)
+    if not _is_zero(dkernel) and _windows_shared(x, kernel, geometry):
+        pads, strides, dilation = geometry.pads, geometry.strides, geometry.dilation
+        out = _padded_conv(x, pads, kernel, strides, dilation, 1, im2col=True)
+    else:
+        out = _strided(x, kernel, geometry)
     terms = []
     if not _is_zero(dx):
         terms.append(_transpose(lambda g: _transposed(g, kernel, geometry), out.shape, dx))
@@ -1243,6 +1256,35 @@ def _conv_jvp(geometry, primals, tangents):
         grad = functools.partial(_kernel_grad, x, kernel_shape=kernel.shape, geometry=geometry)
         terms.append(_transpose(grad, out.shape, dkernel))
     return out, _sum(terms, out)
+
+
+def _windows_shared(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> bool:
+    """Whether ``C(x, K)``, differentiated in ``K``, goes by the im2col that ``R(x, .)``
+    reads, so that XLA computes those windows once for both: 2-D, one group, not by
+    blocks, several input channels and taps, ``R`` by the im2col of ``x`` (not of ``y``)
+    and the whole batch's within ``CHUNK_BYTES`` (one piece for both, not chunks).
+
+    Forward+backward, medians of paired rounds (ms; XLA's conv, which YNNPACK runs,
+    against the shared im2col): the lecture encoder's second conv (14x14x16 to 7x7x32,
+    k3 s2) at batch 128 2.04 -> 1.62 (A/A 2.23), at 64 0.91 -> 0.75; a k3 s1 conv of
+    16x16x32 at batch 8 0.94 -> 0.81; with XLA's YNN fusion off 1.98 -> 1.58 and 0.83 ->
+    0.68. The lecture's train step at batch 256: 19.4k -> 20.8k images/s (A/A 19.4k), off
+    23.8k -> 25.5k (A/A 23.7k). Slower in 1-D (k3 s1, 8x512x32: 0.78 -> 1.03). Alone,
+    XLA's conv is faster (0.39 against 0.60 ms), and stays the forward where ``K`` has no
+    tangent.
+    """
+    kernel_size, channels = kernel.shape[:-2], kernel.shape[-2]
+    taps = math.prod(kernel_size)
+    if len(kernel_size) != 2 or geometry.groups > 1 or channels == 1 or taps == 1:
+        return False
+    if _blocks_wanted(x, kernel, geometry):
+        return False
+    rows = _conv_rows(
+        x.shape[1:-1], geometry.pads, kernel_size, geometry.strides, geometry.dilation
+    )
+    y = jax.ShapeDtypeStruct((x.shape[0], *rows, kernel.shape[-1]), x.dtype)
+    whole = x.shape[0] * _direct_columns(y, kernel_size, channels) * x.dtype.itemsize
+    return _windows_of_x_copy_less(y, kernel.shape, geometry) and whole <= CHUNK_BYTES
 
 
 def _conv_transpose_jvp(geometry, primals, tangents):
