@@ -983,6 +983,25 @@ def test_a_pointwise_phase_conv_is_xlas_conv(monkeypatch):
     _close(*both(y, kernel))
 
 
+@pytest.mark.parametrize(
+    "forward, flat_shape",
+    [
+        # a 1x1 conv, and a k2 s2 transposed conv by phases (its phase conv is 1x1)
+        (lambda impl, x, k: ops.conv(x, k.reshape(1, 1, 5, 12), impl=impl), (2, 30, 5)),
+        (lambda impl, x, k: ops.conv_transpose(x, k, stride=2, impl=impl), (2, 30, 5)),
+    ],
+)
+def test_a_2d_pointwise_conv_is_xlas_conv_of_its_rows_in_1d(forward, flat_shape, monkeypatch):
+    """XLA makes a 1-D 1x1 conv its own matmul; a 2-D one went to YNNPACK's conv, 1.7-3x
+    slower. A 2-D pointwise conv is XLA's conv of the rows flattened to 1-D."""
+    monkeypatch.setattr(fast_conv, "OVERLAP_ADD_MAX_BYTES", 0)
+    x, kernel = _normal((2, 5, 6, 5)), _normal((2, 2, 3, 5), seed=1)
+    convs = _convs(functools.partial(forward, "fast"), x, kernel)
+    assert [e.invars[0].aval.shape for e in convs] == [flat_shape]
+    both = jax.jit(lambda *a: [forward(impl, *a) for impl in ("fast", "reference")])
+    _close(*both(x, kernel))
+
+
 @BOTH_LAYERS
 def test_without_im2col_xla_convs_agree(cls, kwargs, monkeypatch):
     """Past ``IM2COL_MAX_BYTES`` (here 0) every conv and kernel gradient is XLA's."""
