@@ -41,7 +41,8 @@ loop nest. Here instead:
   two full benchmark runs. Where XLA:CPU runs its dots itself (its YNN fusion off), a
   kernel of far more rows than ``y`` goes first in the product (:func:`_matmul_nt`).
 - ``C`` as ``lax.pad`` and a 'VALID' strided conv; or, where each kernel size is a
-  multiple ``t*s`` of its stride, by blocks (:func:`_by_blocks`): ``x`` cut into blocks
+  multiple ``t*s`` of its stride and the blocks are deep enough, by blocks
+  (:func:`_by_blocks`, :func:`_blocks_wanted`): ``x`` cut into blocks
   of ``s`` times the kernel arranged ``(s * in, t * out)`` (one matmul, or in 2-D one per
   phase of the first axis: :func:`_split_axes`), and each output sums its ``t`` tap
   blocks' products (the adjoint of ``T``'s overlap-add). FCN-8s's input
@@ -127,6 +128,7 @@ WHOLE_BATCH_MAX_BYTES = 16 << 20  # see _whole_batch_wanted
 WHOLE_MIN_ADDED_BYTES = 512 << 10  # a kernel gradient this large within two chunks goes whole
 OVERLAP_ADD_MAX_BYTES = 15 << 20  # T's products (float32) for the overlap-add at most
 BLOCKS_MIN_DEPTH, BLOCKS_MAX_KERNEL_BYTES = 64, 8 << 20  # C by blocks: see _blocks_wanted
+BLOCKS_OVERLAP_MIN_DEPTH = 1024  # and where its taps overlap blocks (k > s)
 NN_MAX_CHANNELS, NN_MIN_DEPTH = 64, 64  # a kernel gradient's product by rows: see _matmul_t
 NN_WIDE_MAX_CHANNELS, NN_WIDE_DEPTH_RATIO = 256, 4  # and by rows with more channels
 NN_ALONE_DEPTH_RATIO, NN_WRITTEN_MIN_CHANNELS = 2, 128  # _matmul_t's own: see there
@@ -201,11 +203,21 @@ def _strided(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
     )
 
 
-def _blocks_wanted(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> bool:
+def _blocks_wanted(x: jax.Array, kernel: jax.Array, geometry: Geometry, shared=False) -> bool:
     """Whether ``C`` goes by :func:`_by_blocks`: one group, 2-D or 3-D, strided, undilated,
-    each kernel size a multiple of its stride, blocks of at least ``BLOCKS_MIN_DEPTH``
+    each kernel size a multiple ``t*s`` of its stride, blocks of at least ``BLOCKS_MIN_DEPTH``
     numbers (``s**n * in``), a kernel within ``BLOCKS_MAX_KERNEL_BYTES`` and ``x`` in
-    blocks within ``IM2COL_MAX_BYTES`` per image.
+    blocks within ``IM2COL_MAX_BYTES`` per image. Where the taps overlap blocks (some ``t
+    > 1``), each block's product is ``t**n`` times as wide as its output and added back
+    shifted, so the blocks must be ``BLOCKS_OVERLAP_MIN_DEPTH`` deep, unless ``shared``:
+    ``R`` takes the same cut (:func:`_shared_blocks_wanted`).
+
+    Measured, forwards of k4 s2 convs (ms, medians of paired rounds; blocks against XLA's
+    conv, which YNNPACK runs): PyTorch's DCGAN discriminator at batch 64, 32x32x64 -> 128
+    56.8 -> 22.1 and 61.2 -> 22.8, 16x16x128 -> 256 42.8 -> 22.4 and 49.5 -> 26.9, 8x8x256
+    -> 512 (1024 deep) 20.4 against 21.2; 8x64x64x64 -> 128 31.2 -> 11.1, 8x128x128x32 ->
+    32 28.0 -> 7.5; near equal from 128x128x64 -> 64 on (8 images 49.4 against 47.3, 32
+    images 204 and 293 against 281 and 284).
 
     Measured, the input gradient of the suite's transposed convs alone (``C`` of the
     cotangent; ms, medians of paired rounds, two runs): FCN-8s (k16 s8, 21 channels) 194
@@ -217,11 +229,13 @@ def _blocks_wanted(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> bool:
     1.1-19x).
     """
     strides = geometry.strides
+    overlap = any(k > s for k, s in zip(kernel.shape[:-2], strides))
+    min_depth = BLOCKS_OVERLAP_MIN_DEPTH if overlap and not shared else BLOCKS_MIN_DEPTH
     return (
         _cuts_into_blocks(kernel.shape[:-2], geometry)
         and len(strides) > 1
         and any(s > 1 for s in strides)
-        and math.prod(strides) * kernel.shape[-2] >= BLOCKS_MIN_DEPTH
+        and math.prod(strides) * kernel.shape[-2] >= min_depth
         and kernel.size * kernel.dtype.itemsize <= BLOCKS_MAX_KERNEL_BYTES
         and _fits(math.prod(x.shape[1:]), x.dtype)
     )
@@ -1029,7 +1043,7 @@ def _shared_blocks_wanted(x: jax.Array, y: jax.Array, kernel: jax.Array, geometr
     -> 119, FCN-32s 132 -> 124 and 128 -> 120 (the only suite layers it reaches).
     """
     return (
-        _blocks_wanted(x, kernel, geometry)
+        _blocks_wanted(x, kernel, geometry, shared=True)
         and not _windows_of_x_copy_less(y, kernel.shape, geometry)
         and _phases_are_blocks(kernel.shape[:-2], geometry)
         and _fits(_phase_columns(y, kernel.shape, geometry), x.dtype)
@@ -1262,12 +1276,20 @@ def _conv_transpose(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.
 
 
 def _conv_jvp(geometry, primals, tangents):
-    """``dC = T^T(dx) + R(x, .)^T(dK)``: reverse mode gives ``T(g)`` and ``R(x, g)``."""
+    """``dC = T^T(dx) + R(x, .)^T(dK)``: reverse mode gives ``T(g)`` and ``R(x, g)``.
+
+    Where ``K`` has a tangent, ``C`` goes by the im2col that ``R`` reads
+    (:func:`_windows_shared`), or by blocks where ``R`` goes by phases that are those
+    blocks (:func:`_shared_blocks_wanted`): XLA computes the windows, or the cut, once."""
     x, kernel = primals
     dx, dkernel = tangents
     if not _is_zero(dkernel) and _windows_shared(x, kernel, geometry):
         pads, strides, dilation = geometry.pads, geometry.strides, geometry.dilation
         out = _padded_conv(x, pads, kernel, strides, dilation, 1, im2col=True)
+    elif not _is_zero(dkernel) and _shared_blocks_wanted(
+        x, _out(x, kernel, geometry), kernel, geometry
+    ):
+        out = _by_blocks(x, kernel, geometry)
     else:
         out = _strided(x, kernel, geometry)
     terms = []
@@ -1300,12 +1322,17 @@ def _windows_shared(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> bool
         return False
     if _blocks_wanted(x, kernel, geometry):
         return False
-    rows = _conv_rows(
-        x.shape[1:-1], geometry.pads, kernel_size, geometry.strides, geometry.dilation
-    )
-    y = jax.ShapeDtypeStruct((x.shape[0], *rows, kernel.shape[-1]), x.dtype)
+    y = _out(x, kernel, geometry)
     whole = x.shape[0] * _direct_columns(y, kernel_size, channels) * x.dtype.itemsize
     return _windows_of_x_copy_less(y, kernel.shape, geometry) and whole <= CHUNK_BYTES
+
+
+def _out(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of ``C(x, K)``."""
+    rows = _conv_rows(
+        x.shape[1:-1], geometry.pads, kernel.shape[:-2], geometry.strides, geometry.dilation
+    )
+    return jax.ShapeDtypeStruct((x.shape[0], *rows, kernel.shape[-1]), x.dtype)
 
 
 def _conv_transpose_jvp(geometry, primals, tangents):
