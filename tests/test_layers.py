@@ -278,6 +278,36 @@ def test_max_pool_gives_a_tied_windows_gradient_to_its_first_maximum_as_torch(di
     np.testing.assert_array_equal(channels_first(grad), x.grad)
 
 
+def test_max_pool_gives_a_window_with_nans_gradient_to_its_last_nan_as_torch():
+    x = torch.tensor([[[[1.0, np.nan, 2.0], [np.nan, 3.0, np.nan]]]], requires_grad=True)
+    torch.nn.MaxPool2d(2, stride=1)(x).sum().backward()
+    layer = jnnx.MaxPool(2, stride=1)
+    grad = jax.jit(jax.grad(lambda x: layer(x).sum()))(jnp.asarray(channels_last(x.detach())))
+    np.testing.assert_array_equal(channels_first(grad), x.grad)
+
+
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_max_pool_gradient_is_no_scatter(dilation):
+    """The gradient is the tangent at each window's maximum, selected and placed by strided
+    pads (XLA fuses them): JAX's derivative of the maximum over windows, a select and
+    scatter (XLA:CPU expands it into a scatter of indices), took 2x2 pooling of 16 x 64 x 64
+    x 64 from 2.7 to 54 ms forward and backward."""
+    layer = jnnx.MaxPool(3, stride=2, padding=1, dilation=dilation)
+    jaxpr = jax.make_jaxpr(jax.grad(lambda x: layer(x).sum()))(jnp.zeros((2, 9, 9, 3)))
+    primitives = {e.primitive.name for e in jaxpr.jaxpr.eqns}
+    assert not {p for p in primitives if "scatter" in p or "gather" in p}
+
+
+def test_max_pool_tangent_is_the_adjoint_of_its_gradient():
+    """Forward mode: ``<J t, g> = <t, J^T g>``."""
+    layer = jnnx.MaxPool(3, stride=2, padding=1)
+    x, t = jax.random.normal(jax.random.key(0), (2, 9, 9, 3)), jnp.arange(486.0).reshape(2, 9, 9, 3)
+    y, tangent = jax.jvp(layer, (x,), (t,))
+    g = jax.random.normal(jax.random.key(1), y.shape)
+    (gradient,) = jax.vjp(layer, x)[1](g)
+    np.testing.assert_allclose(jnp.vdot(tangent, g), jnp.vdot(t, gradient), rtol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["batch", "group", "instance"])
 def test_norms_of_values_with_a_large_offset_are_exact_to_float32(kind):
     """Activations 10 +- 0.01: a plain float32 two-pass mean is off by half a unit of 10,
