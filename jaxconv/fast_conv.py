@@ -47,8 +47,10 @@ loop nest. Here instead:
   phase of the first axis: :func:`_split_axes`), and each output sums its ``t`` tap
   blocks' products (the adjoint of ``T``'s overlap-add). FCN-8s's input
   gradient (k16 s8) 190 -> 29 ms.
-- A 'VALID' conv is XLA's own, or im2col (the kernel's windows stacked) and one
-  matmul where XLA:CPU's conv is slower (measured): 3-D, a contraction of at most
+- A 'VALID' conv is XLA's own (in 2-D, where YNNPACK runs it and nothing pads its
+  input, padded by one column and cropped: :func:`_xla_conv`), or im2col (the kernel's
+  windows stacked) and one matmul where XLA:CPU's conv is slower (measured): 3-D, a
+  contraction of at most
   ``IM2COL_MAX_DEPTH`` (``taps * in``, e.g. one input channel), a single window (the
   kernel covers the padded input: a 1x1 output), or at most ``IM2COL_MAX_POSITIONS``
   outputs in the whole batch. On the suite's forward+backward (the input gradient is
@@ -370,7 +372,8 @@ def _padded_conv(x, pads, kernel, strides, dilation, groups, im2col: bool = Fals
     )
     columns_per_image = math.prod(rows) * math.prod(kernel_size) * x.shape[-1]
     if not (wanted and _fits(columns_per_image, x.dtype)):
-        return _xla_conv(x, kernel, strides, dilation, groups)
+        unpadded = all(lo <= 0 and hi <= 0 for lo, hi in pads)
+        return _xla_conv(x, kernel, strides, dilation, groups, widened=unpadded)
 
     def im2col_matmul(x):
         columns = _windows(x, kernel_size, strides, dilation, rows)
@@ -492,16 +495,53 @@ def _tap_windows(x: jax.Array, pads, kernel_size, strides, dilation, rows):
             yield j, _pad(_slice(x, starts, extents, strides), borders)
 
 
-def _xla_conv(x: jax.Array, kernel: jax.Array, strides, dilation, groups) -> jax.Array:
-    return lax.conv_general_dilated(
+def _xla_conv(
+    x: jax.Array, kernel: jax.Array, strides, dilation, groups, widened: bool = False
+) -> jax.Array:
+    """XLA's 'VALID' conv. ``widened`` (``x`` not padded before): where YNNPACK runs XLA's
+    2-D convs (:func:`_convs_by_ynn`) and the kernel has several taps, ``x`` gets one
+    column of zeros after its last axis, as conv padding, and the output any column that
+    adds is cropped: YNNPACK's conv of an unpadded input was 1.3-5x slower than with
+    that padding (:func:`_padded_conv`). Forwards, medians of paired rounds (ms): k3
+    convs of 64x32x32x64 to 128 channels 99.1 -> 52.2, of 8x64x64x32 19.9 -> 3.0, of
+    1x572x572x64 (U-Net's first, unpadded) 329 -> 107; k5 of 16x28x28x64 43.0 -> 8.9; k4
+    s2 of 64x34x34x64 to 128 59.5 -> 16.8; forward+backward 209 -> 160, 33.6 -> 16.4, 70
+    -> 27, 107 -> 64. Equal on 64x8x8x64 (1.27 against 1.10, 3.2 against 3.3); not in
+    1-D or 3-D, where it was slower (a k5 1-D conv 1.68 against 1.81, a k3 3-D one 31
+    against 34), nor with XLA's own convs (the YNN fusion off), where the unpadded conv
+    was as fast or faster (a k3 of 64x32x32x64 24 against 28).
+    """
+    ndim = x.ndim - 2
+    pads = [(0, 0)] * ndim
+    widen = widened and ndim == 2 and kernel.shape[0] * kernel.shape[1] > 1 and _convs_by_ynn()
+    if widen:
+        pads[-1] = (0, 1)
+    out = lax.conv_general_dilated(
         x,
         kernel,
         window_strides=strides,
-        padding="VALID",
+        padding=pads,
         rhs_dilation=dilation,
-        dimension_numbers=_dimension_numbers(x.ndim - 2),
+        dimension_numbers=_dimension_numbers(ndim),
         feature_group_count=groups,
     )
+    if widen:
+        columns = (x.shape[-2] - dilation[-1] * (kernel.shape[1] - 1) - 1) // strides[-1] + 1
+        out = out[:, :, :columns]
+    return out
+
+
+@functools.cache
+def _convs_by_ynn() -> bool:
+    """Whether XLA hands its 2-D convs to YNNPACK: its default backend is the CPU and a
+    2-D conv of 32 channels compiles to a YNNPACK fusion (XLA's YNN fusion on: the
+    default; the ``jaxconv`` commands turn it off)."""
+    if jax.default_backend() != "cpu":
+        return False
+    x = jax.ShapeDtypeStruct((1, 8, 8, 32), jnp.float32)
+    kernel = jax.ShapeDtypeStruct((3, 3, 32, 32), jnp.float32)
+    conv = functools.partial(_xla_conv, strides=(1, 1), dilation=(1, 1), groups=1)
+    return "__ynn_fusion" in jax.jit(conv).lower(x, kernel).compile().as_text()
 
 
 def _windows(x, kernel_size, strides, dilation, rows) -> jax.Array:
