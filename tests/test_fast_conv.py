@@ -665,28 +665,27 @@ def test_the_overlap_add_product_puts_a_far_larger_kernel_first_where_xla_runs_d
     _close(fast_conv._by_overlap_add(y, kernel, geometry), expected)
 
 
+def _fast_conv_says(function: str, flags: str) -> str:
+    """What ``fast_conv.<function>()`` prints in a process started with ``XLA_FLAGS``."""
+    code = f"from jaxconv import fast_conv; print(fast_conv.{function}())"
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
 @pytest.mark.parametrize("flags, by_eigen", [("", False), (_YNN_OFF, True)])
 def test_xla_running_its_own_dots_is_read_from_a_compiled_matmul(flags, by_eigen):
     """:func:`_dots_by_eigen`, in a process started with ``XLA_FLAGS`` as given: XLA:CPU
     hands plain matmuls to YNNPACK by default, to its own kernels with the fusion off."""
-    code = "from jaxconv import fast_conv; print(fast_conv._dots_by_eigen())"
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(by_eigen)
+    assert _fast_conv_says("_dots_by_eigen", flags) == str(by_eigen)
 
 
 @pytest.mark.parametrize("flags, by_ynn", [("", True), (_YNN_OFF, False)])
 def test_xla_handing_its_2d_convs_to_ynnpack_is_read_from_a_compiled_conv(flags, by_ynn):
-    code = "from jaxconv import fast_conv; print(fast_conv._convs_by_ynn())"
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(by_ynn)
+    assert _fast_conv_says("_convs_by_ynn", flags) == str(by_ynn)
 
 
 UNPADDED = [
