@@ -52,8 +52,10 @@ loop nest. Here instead:
   windows stacked) and one matmul where XLA:CPU's conv is slower (measured): 3-D, a
   contraction of at most
   ``IM2COL_MAX_DEPTH`` (``taps * in``, e.g. one input channel), a single window (the
-  kernel covers the padded input: a 1x1 output), or at most ``IM2COL_MAX_POSITIONS``
-  outputs in the whole batch. On the suite's forward+backward (the input gradient is
+  kernel covers the padded input: a 1x1 output), at most ``IM2COL_MAX_POSITIONS``
+  outputs in the whole batch, or a strided 2-D conv at least ``IM2COL_STRIDED_MIN_DEPTH``
+  deep (PyTorch's DCGAN discriminator's 16x16x128 -> 256 k4 s2 at batch 64 19.0 -> 14.7
+  ms). On the suite's forward+backward (the input gradient is
   such a conv of the cotangent), im2col took pix2pix 8->16 from 55 to 35 ms,
   StyleGAN2 from 128 to 100 and U-Net 16->32 from 28 to 19; it was slower from
   1,024 outputs up (DCGAN G3, CycleGAN). A pointwise (1x1) conv is always XLA's, which
@@ -122,6 +124,7 @@ from jax import lax
 Pads = tuple[tuple[int, int], ...]
 IM2COL_MAX_DEPTH = 16
 IM2COL_MAX_POSITIONS = 256  # outputs in the batch (batch x rows) at most for im2col
+IM2COL_STRIDED_MIN_DEPTH = 2048  # a strided 2-D conv's contraction at least this: im2col
 ROW_BLOCK_MIN_CHANNELS = 8  # see _row_blocks_wanted
 PER_TAP_MAX_TAPS = 9  # a conv of one input channel (no groups) tap by tap up to this
 IM2COL_MAX_BYTES = 1 << 30  # the largest im2col of one image; past it, XLA's conv
@@ -131,6 +134,7 @@ WHOLE_MIN_ADDED_BYTES = 512 << 10  # a kernel gradient this large within two chu
 OVERLAP_ADD_MAX_BYTES = 15 << 20  # T's products (float32) for the overlap-add at most
 BLOCKS_MIN_DEPTH, BLOCKS_MAX_KERNEL_BYTES = 64, 8 << 20  # C by blocks: see _blocks_wanted
 BLOCKS_OVERLAP_MIN_DEPTH = 1024  # and where its taps overlap blocks (k > s)
+BLOCKS_OVERLAP_MAX_EXTRA = 1.2  # their blocks over C's outputs at most (see _blocks_wanted)
 NN_MAX_CHANNELS, NN_MIN_DEPTH = 64, 64  # a kernel gradient's product by rows: see _matmul_t
 NN_WIDE_MAX_CHANNELS, NN_WIDE_DEPTH_RATIO = 256, 4  # and by rows with more channels
 NN_ALONE_DEPTH_RATIO, NN_WRITTEN_MIN_CHANNELS = 2, 128  # _matmul_t's own: see there
@@ -211,15 +215,21 @@ def _blocks_wanted(x: jax.Array, kernel: jax.Array, geometry: Geometry, shared=F
     numbers (``s**n * in``), a kernel within ``BLOCKS_MAX_KERNEL_BYTES`` and ``x`` in
     blocks within ``IM2COL_MAX_BYTES`` per image. Where the taps overlap blocks (some ``t
     > 1``), each block's product is ``t**n`` times as wide as its output and added back
-    shifted, so the blocks must be ``BLOCKS_OVERLAP_MIN_DEPTH`` deep, unless ``shared``:
-    ``R`` takes the same cut (:func:`_shared_blocks_wanted`).
+    shifted, so the blocks must be ``BLOCKS_OVERLAP_MIN_DEPTH`` deep and at most
+    ``BLOCKS_OVERLAP_MAX_EXTRA`` times as many as the outputs (``q + t - 1`` blocks per
+    dimension for ``q`` outputs), unless ``shared``: ``R`` takes the same cut
+    (:func:`_shared_blocks_wanted`). Outside these, a conv whose windows are
+    ``IM2COL_STRIDED_MIN_DEPTH`` deep goes by im2col (:func:`_padded_conv`).
 
     Measured, forwards of k4 s2 convs (ms, medians of paired rounds; blocks against XLA's
     conv, which YNNPACK runs): PyTorch's DCGAN discriminator at batch 64, 32x32x64 -> 128
     56.8 -> 22.1 and 61.2 -> 22.8, 16x16x128 -> 256 42.8 -> 22.4 and 49.5 -> 26.9, 8x8x256
     -> 512 (1024 deep) 20.4 against 21.2; 8x64x64x64 -> 128 31.2 -> 11.1, 8x128x128x32 ->
     32 28.0 -> 7.5; near equal from 128x128x64 -> 64 on (8 images 49.4 against 47.3, 32
-    images 204 and 293 against 281 and 284).
+    images 204 and 293 against 281 and 284). Blocks against im2col, 1024 deep and more:
+    8x8x256 -> 512 (4x4 outputs, 25 blocks) at batch 64 21.2 against 14.9, 16x16x512 ->
+    512 at 16 52.1 against 35.6; 32x32x256 -> 256 at 8 (16x16, 289 blocks) 15.1 against
+    16.5, 64x64x256 -> 256 7.4 against 7.2.
 
     Measured, the input gradient of the suite's transposed convs alone (``C`` of the
     cotangent; ms, medians of paired rounds, two runs): FCN-8s (k16 s8, 21 channels) 194
@@ -230,9 +240,14 @@ def _blocks_wanted(x: jax.Array, kernel: jax.Array, geometry: Geometry, shared=F
     blocks (DCGAN G5, 4 x 3 channels: 11 -> 45) and in 1-D (MelGAN, HiFi-GAN, WaveGAN:
     1.1-19x).
     """
-    strides = geometry.strides
-    overlap = any(k > s for k, s in zip(kernel.shape[:-2], strides))
-    min_depth = BLOCKS_OVERLAP_MIN_DEPTH if overlap and not shared else BLOCKS_MIN_DEPTH
+    strides, kernel_size = geometry.strides, kernel.shape[:-2]
+    overlap = any(k > s for k, s in zip(kernel_size, strides)) and not shared
+    if overlap:
+        rows = _conv_rows(x.shape[1:-1], geometry.pads, kernel_size, strides, geometry.dilation)
+        blocks = [q + k // s - 1 for q, k, s in zip(rows, kernel_size, strides)]
+        if math.prod(blocks) > BLOCKS_OVERLAP_MAX_EXTRA * math.prod(rows):
+            return False
+    min_depth = BLOCKS_OVERLAP_MIN_DEPTH if overlap else BLOCKS_MIN_DEPTH
     return (
         _cuts_into_blocks(kernel.shape[:-2], geometry)
         and len(strides) > 1
@@ -369,6 +384,7 @@ def _padded_conv(x, pads, kernel, strides, dilation, groups, im2col: bool = Fals
         or depth <= IM2COL_MAX_DEPTH
         or math.prod(rows) == 1
         or positions <= IM2COL_MAX_POSITIONS
+        or (len(rows) == 2 and max(strides) > 1 and depth >= IM2COL_STRIDED_MIN_DEPTH)
     )
     columns_per_image = math.prod(rows) * math.prod(kernel_size) * x.shape[-1]
     if not (wanted and _fits(columns_per_image, x.dtype)):

@@ -743,9 +743,10 @@ BLOCKS = [
 
 @pytest.fixture
 def shallow_blocks(monkeypatch):
-    """C by blocks however few channels (at least ``BLOCKS_MIN_DEPTH`` deep), where the
-    taps overlap blocks too: small shapes that take the path of deep ones."""
+    """C by blocks however few channels (at least ``BLOCKS_MIN_DEPTH`` deep) and outputs,
+    where the taps overlap blocks too: small shapes that take the path of large ones."""
     monkeypatch.setattr(fast_conv, "BLOCKS_OVERLAP_MIN_DEPTH", fast_conv.BLOCKS_MIN_DEPTH)
+    monkeypatch.setattr(fast_conv, "BLOCKS_OVERLAP_MAX_EXTRA", math.inf)
 
 
 @pytest.mark.parametrize("x_shape, kernel_shape, geometry", BLOCKS)
@@ -802,7 +803,7 @@ def test_a_strided_conv_goes_by_blocks_only_with_a_kernel_within_bounds(monkeypa
     """A large kernel, which the matmul reads rearranged (pix2pix's 32 MB was 3x slower),
     and past ``IM2COL_MAX_BYTES`` (XLA's convs only) not."""
     geometry = fast_conv.Geometry((2, 2), ((1, 1),) * 2, (1, 1))
-    x = jax.ShapeDtypeStruct((1, 16, 16, 256), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, 32, 32, 256), jnp.float32)
     kernel = jax.ShapeDtypeStruct((4, 4, 256, 8), jnp.float32)
     assert fast_conv._blocks_wanted(x, kernel, geometry)
     monkeypatch.setattr(fast_conv, "BLOCKS_MAX_KERNEL_BYTES", 4 * 4 * 256 * 8 * 4 - 1)
@@ -831,6 +832,42 @@ def test_a_strided_conv_whose_taps_overlap_blocks_goes_by_blocks_only_where_they
     x = jax.ShapeDtypeStruct((8, 32, 32, channels), jnp.float32)
     kernel = jax.ShapeDtypeStruct((kernel_size, kernel_size, channels, 128), jnp.float32)
     assert fast_conv._blocks_wanted(x, kernel, geometry, shared=shared) == wanted
+
+
+@pytest.mark.parametrize("size, wanted", [(8, False), (32, True)])
+def test_a_strided_conv_whose_taps_overlap_blocks_goes_by_blocks_only_where_few_are_extra(
+    size, wanted
+):
+    """k4 s2, 1024 deep: 8x8 inputs give 4x4 outputs from 5x5 blocks (1.56 times as
+    many: DCGAN's 8x8x256 -> 512 took 21.2 ms by blocks against 14.9 by im2col); 32x32
+    give 16x16 from 17x17 (1.13: 15.1 against 16.5)."""
+    geometry = fast_conv.Geometry((2, 2), ((1, 1),) * 2, (1, 1))
+    x = jax.ShapeDtypeStruct((8, size, size, 256), jnp.float32)
+    kernel = jax.ShapeDtypeStruct((4, 4, 256, 8), jnp.float32)
+    assert fast_conv._blocks_wanted(x, kernel, geometry) == wanted
+
+
+@pytest.mark.parametrize(
+    "x_shape, kernel_size, stride, im2col",
+    [
+        ((2, 32, 32, 128), 4, 2, True),  # 2048 deep, strided
+        ((2, 32, 32, 128), 3, 2, False),  # 1152 deep
+        ((2, 16, 16, 256), 3, 1, False),  # 2304 deep, unstrided
+    ],
+)
+def test_a_deep_strided_2d_conv_goes_by_im2col(x_shape, kernel_size, stride, im2col):
+    """YNNPACK's strided conv was slower than im2col and a matmul on deep windows:
+    forwards (ms) 16x16x128 -> 256 k4 s2 at batch 64 19.2 -> 15.5, 28x28x256 -> 512 k3 s2
+    at 16 32.9 -> 25.9; not 1152 deep (16x16x128 -> 128 k3 s1, 4.2 against 5.1) nor
+    unstrided (16x16x256 -> 256 k3 s1, 7.3 against 7.6)."""
+    geometry = fast_conv.Geometry((stride, stride), ((1, 1),) * 2, (1, 1))
+    x = _normal(x_shape)
+    kernel = _normal((kernel_size, kernel_size, x_shape[-1], 8), seed=1)
+    equations = _equations(lambda x, k: fast_conv._strided(x, k, geometry), x, kernel)
+    convs = [e for e in equations if e.primitive.name == "conv_general_dilated"]
+    assert (not convs) == im2col
+    _close(jax.jit(fast_conv._strided, static_argnums=2)(x, kernel, geometry),
+           _xla_conv(x, kernel, geometry), rtol=1e-4)  # fmt: skip
 
 
 def _by_blocks_calls(monkeypatch) -> list:
