@@ -29,7 +29,8 @@ loop nest. Here instead:
   input, with ``ceil((d(k-1)+1)/s)`` taps and ``s**n`` blocks of output channels
   (``K[j]`` at tap ``a_j`` in block ``b_j``, zero where no tap lands), followed by
   depth-to-space and a crop. A 1x1 input is one matmul.
-- ``T`` by overlap-add where its products fit ``OVERLAP_ADD_MAX_BYTES`` (a bound
+- ``T`` by overlap-add where its products fit ``OVERLAP_ADD_MAX_BYTES`` or are at most
+  ``OVERLAP_ADD_KERNEL_RATIO`` times its kernel (:func:`_transposed`) (a bound
   calibrated on the benchmark suite; not depthwise): one matmul gives every useful
   product ``Z[i, j] = K[j] y[i]`` (no zero multiplied, ``K`` read where it is), and each
   output phase sums its taps' ``Z``, shifted. Measured on the suite's forwards: 1.2-19x
@@ -132,6 +133,7 @@ CHUNK_BYTES = 4 << 20  # the im2col of one batch chunk (see _by_chunks)
 WHOLE_BATCH_MAX_BYTES = 16 << 20  # see _whole_batch_wanted
 WHOLE_MIN_ADDED_BYTES = 512 << 10  # a kernel gradient this large within two chunks goes whole
 OVERLAP_ADD_MAX_BYTES = 15 << 20  # T's products (float32) for the overlap-add at most
+OVERLAP_ADD_KERNEL_RATIO = 4  # or at most this many times its kernel (see _transposed)
 BLOCKS_MIN_DEPTH, BLOCKS_MAX_KERNEL_BYTES = 64, 8 << 20  # C by blocks: see _blocks_wanted
 BLOCKS_OVERLAP_MIN_DEPTH = 1024  # and where its taps overlap blocks (k > s)
 BLOCKS_OVERLAP_MAX_EXTRA = 1.2  # their blocks over C's outputs at most (see _blocks_wanted)
@@ -632,7 +634,17 @@ def _transposed(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Arra
     """``T(y, K)``: one matmul for a 1x1 input; groups of several channels group by group
     (StyleGAN2's forward 27 -> 12 ms: an overlap-add batched over the groups copied its
     38 MB kernel groups first); else the overlap-add where its products fit
-    ``OVERLAP_ADD_MAX_BYTES`` (not depthwise); else the phase decomposition."""
+    ``OVERLAP_ADD_MAX_BYTES`` or are at most ``OVERLAP_ADD_KERNEL_RATIO`` times the
+    kernel (input positions at most that many times its channels: the phases would
+    rearrange a kernel nearly as large; not depthwise); else the phase decomposition.
+
+    Forwards of k4 s2 layers past ``OVERLAP_ADD_MAX_BYTES``, medians of paired rounds (ms,
+    the phases against the overlap-add): PyTorch's DCGAN generator's 4x4x512 -> 256 at
+    batch 64 (positions 2 times the channels) 20.5 -> 11.9, forward+backward 55.1 -> 44.8;
+    at 128 (4 times) 42.7 -> 36.0; 4x4x1024 -> 512 at 64 (once) 120 -> 60; 8x8x512 ->
+    256 at 16 (2 times) 19.0 -> 12.9. Slower at 8 times (8x8x512 -> 256 at 64: 66 against
+    73) and 16 (the generator's 8x8x256 -> 128 at 64: 15.5 against 23.9).
+    """
     depthwise = geometry.groups > 1 and kernel.shape[-1] == geometry.groups
     if all(n == 1 for n in y.shape[1:-1]):
         return _from_one_pixel(y, kernel, geometry)
@@ -640,7 +652,8 @@ def _transposed(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Arra
         one = functools.partial(_transposed, geometry=geometry._replace(groups=1))
         return _group_by_group(one, geometry.groups, y, kernel)
     products = y.size // y.shape[-1] * math.prod(kernel.shape[:-2]) * kernel.shape[-2]
-    if not depthwise and products * 4 <= OVERLAP_ADD_MAX_BYTES:
+    near_kernel = products <= OVERLAP_ADD_KERNEL_RATIO * kernel.size
+    if not depthwise and (products * 4 <= OVERLAP_ADD_MAX_BYTES or near_kernel):
         return _by_overlap_add(y, kernel, geometry)
     return _by_phases(y, kernel, geometry)
 

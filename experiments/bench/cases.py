@@ -45,7 +45,7 @@ IMPLS = ("auto", "fast", "reference")
 # tracing: the transposed conv by phases or by overlap-add; every 'VALID' conv and kernel
 # gradient XLA's own (no im2col)
 LOWERINGS = {
-    "fast: phases": {"OVERLAP_ADD_MAX_BYTES": 0},
+    "fast: phases": {"OVERLAP_ADD_MAX_BYTES": 0, "OVERLAP_ADD_KERNEL_RATIO": 0},
     "fast: overlap-add": {"OVERLAP_ADD_MAX_BYTES": 1 << 62},
     "fast: XLA convs": {"IM2COL_MAX_BYTES": 0},
 }
