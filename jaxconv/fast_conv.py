@@ -211,7 +211,9 @@ def _strided(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
     )
 
 
-def _blocks_wanted(x: jax.Array, kernel: jax.Array, geometry: Geometry, shared=False) -> bool:
+def _blocks_wanted(
+    x: jax.Array, kernel: jax.Array, geometry: Geometry, shared: bool = False
+) -> bool:
     """Whether ``C`` goes by :func:`_by_blocks`: one group, 2-D or 3-D, strided, undilated,
     each kernel size a multiple ``t*s`` of its stride, blocks of at least ``BLOCKS_MIN_DEPTH``
     numbers (``s**n * in``), a kernel within ``BLOCKS_MAX_KERNEL_BYTES`` and ``x`` in
@@ -251,7 +253,7 @@ def _blocks_wanted(x: jax.Array, kernel: jax.Array, geometry: Geometry, shared=F
             return False
     min_depth = BLOCKS_OVERLAP_MIN_DEPTH if overlap else BLOCKS_MIN_DEPTH
     return (
-        _cuts_into_blocks(kernel.shape[:-2], geometry)
+        _cuts_into_blocks(kernel_size, geometry)
         and len(strides) > 1
         and any(s > 1 for s in strides)
         and math.prod(strides) * kernel.shape[-2] >= min_depth

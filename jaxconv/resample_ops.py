@@ -112,8 +112,9 @@ def _max_pool_jvp(geometry, primals, tangents):
     (x,), (tangent,) = primals, tangents
     y = _max_pool(x, geometry)
     chosen = _chosen_offsets(x, y, geometry)
+    tangent = _padded(tangent, 0, geometry)
     selected = [
-        jnp.where(chosen == i, _at(tangent, offset, 0, geometry), 0)
+        jnp.where(chosen == i, _at(tangent, offset, geometry), 0)
         for i, offset in enumerate(_offsets(geometry))
     ]
     return y, sum(selected[1:], selected[0])
@@ -127,16 +128,21 @@ def _offsets(geometry: tuple[tuple[int, ...], ...]) -> list[tuple[int, ...]]:
     return list(itertools.product(*map(range, geometry[0])))
 
 
-def _at(x: jax.Array, offset: tuple[int, ...], fill, geometry) -> jax.Array:
-    """Position ``offset`` of every window: a strided slice of ``x`` padded with ``fill``."""
-    _, strides, dilations, pads, out = geometry
-    config = [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)]
-    padded = lax.pad(x, np.array(fill, x.dtype), config)
+def _padded(x: jax.Array, fill, geometry) -> jax.Array:
+    """``x`` padded with ``fill`` by the windows' pads."""
+    config = [(0, 0, 0), *((lo, hi, 0) for lo, hi in geometry[3]), (0, 0, 0)]
+    return lax.pad(x, np.array(fill, x.dtype), config)
+
+
+def _at(padded: jax.Array, offset: tuple[int, ...], geometry) -> jax.Array:
+    """Position ``offset`` of every window: a strided slice of the :func:`_padded` input."""
+    _, strides, dilations, _, out = geometry
     starts = [o * d for o, d in zip(offset, dilations)]
+    limits = [(m - 1) * s + a + 1 for m, s, a in zip(out, strides, starts)]
     return lax.slice(
         padded,
         (0, *starts, 0),
-        (x.shape[0], *((m - 1) * s + a + 1 for m, s, a in zip(out, strides, starts)), x.shape[-1]),
+        (padded.shape[0], *limits, padded.shape[-1]),
         (1, *strides, 1),
     )
 
@@ -147,10 +153,10 @@ def _chosen_offsets(x: jax.Array, y: jax.Array, geometry) -> jax.Array:
     is larger than all before it, or NaN; so the last NaN if any, else the first
     maximum. (An argmax over the positions, a reduction, which XLA computes once rather
     than again for each position's tangent.)"""
-    offsets = _offsets(geometry)
+    padded = _padded(x, -jnp.inf, geometry)
     scores = []
-    for i, offset in enumerate(offsets):
-        value = _at(x, offset, -jnp.inf, geometry)
+    for i, offset in enumerate(_offsets(geometry)):
+        value = _at(padded, offset, geometry)
         inside = _inside(x.shape[1:-1], offset, geometry)
         nan = jnp.isnan(value)
         hit = jnp.where(inside & (value == y), np.int8(1), np.int8(0))
@@ -385,8 +391,7 @@ def pixel_unshuffle(x: jax.Array, downscale_factor: int) -> jax.Array:
     for name, n in (("height", h), ("width", w)):
         if n % r:
             raise ValueError(
-                f"x's {name} ({n}) must be divisible by downscale_factor ({r}), got shape "
-                f"{x.shape}"
+                f"x's {name} ({n}) must be divisible by downscale_factor ({r}), got shape {x.shape}"
             )
     y = x.reshape(*batch, h // r, r, w // r, r, c)
     nb = len(batch)
