@@ -111,6 +111,7 @@ def _case(name: str, auto: float, fast: float, reference: float, torch_ms: float
     figures = {
         "ms": {impl: {"median": ms} for impl, ms in times.items()},
         "torch_over": {impl: {"median": torch_ms / times[impl]} for impl in cases.IMPLS},
+        "auto_over": {impl: {"median": auto / times[impl]} for impl in ("fast", "reference")},
         "aa": {"ratio": {"median": 1.0}},
     }
     return {
@@ -141,12 +142,27 @@ def test_suite_summary_names_the_cases_that_miss_a_criterion():
 
 def test_auto_is_checked_against_fasts_other_lowerings():
     case = _case("a", 1, 1, 3, 2)
-    case["forward"] = {**case["forward"], "ms": {**case["forward"]["ms"]}}
-    case["forward"]["ms"]["fast: phases"] = {"median": 0.9}
+    over = {**case["forward"]["auto_over"], "fast: phases": {"median": 1 / 0.9}}
+    case["forward"] = {**case["forward"], "auto_over": over}
     summary = report.suite_summary([case])
     assert summary["forward"]["auto_not_within_tolerance"] == ["a"]
     assert summary["forward"]["auto_over_fastest"]["a"] == pytest.approx(1 / 0.9)
     assert summary["forward+backward"]["auto_not_within_tolerance"] == []
+
+
+def test_auto_within_tolerance_is_judged_on_its_per_round_ratios_not_on_two_medians():
+    """Medians of different rounds: auto 1.1x phases; the same rounds paired: 1.01x."""
+    case = _case("a", 1.1, 1.1, 3, 2)
+    case["forward"] = {**case["forward"], "ms": {**case["forward"]["ms"]}}
+    case["forward"]["ms"]["fast: phases"] = {"median": 1.0}
+    case["forward"]["auto_over"] = {
+        "fast": {"median": 1.0},
+        "reference": {"median": 0.4},
+        "fast: phases": {"median": 1.01},
+    }
+    summary = report.suite_summary([case])
+    assert summary["forward"]["auto_over_fastest"]["a"] == pytest.approx(1.01)
+    assert summary["forward"]["auto_not_within_tolerance"] == []
 
 
 def _run(aa_ratios: dict[str, float], torch_threads: int = 2, xla_threads: int = 2) -> dict:
@@ -232,3 +248,12 @@ def test_a_lowering_is_timed_only_where_it_compiles_to_another_program_than_auto
     assert set(runs["one pixel"]["same_as_auto"]) == every - {"fast: XLA convs forward+backward"}
     assert "fast: phases forward" not in runs["four"]["same_as_auto"]
     assert "fast: phases" in runs["four"]["forward"]["ms"]
+
+
+def test_a_case_records_autos_per_round_ratio_to_each_other_implementation_timed():
+    layer = suite.Layer("four", (1, 4, 4, 4), 3, 3, 2)
+    run = cases.op_case(layer, rounds=2, min_round_s=1e-4, lowerings=True)
+    for mode in cases.MODES:
+        timed = {"fast", "reference", *cases.LOWERINGS} & set(run[mode]["ms"])
+        assert set(run[mode]["auto_over"]) == timed
+        assert all(ratio["rounds"] == 2 for ratio in run[mode]["auto_over"].values())

@@ -207,6 +207,11 @@ def op_case(
                 }
         if "reference" in times:
             figures["reference_over_auto"] = ratios(times["reference"], times["auto"])
+        figures["auto_over"] = {
+            name: ratios(times["auto"], times[name])
+            for name in ("fast", "reference", *LOWERINGS)
+            if name in times
+        }
         figures["ms"][aa] = figures["ms"].pop(aa)  # last, after the implementations
         result[mode] = figures
 
