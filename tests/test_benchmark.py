@@ -85,6 +85,19 @@ def test_paired_rounds_call_every_contender_once_a_round_after_varying_neighbour
     assert {name: len(ts) for name, ts in times.items()} == dict.fromkeys("abcd", 15)
 
 
+def test_every_timed_round_starts_after_a_settling_pause(monkeypatch):
+    """Torch's OpenMP threads spin for milliseconds after its work: a jaxconv round
+    right after a torch round ran 6-10 % slower (2026-12-03)."""
+    events = []
+    monkeypatch.setattr(timing.time, "sleep", lambda s: events.append(("sleep", s)))
+    fns = {name: (lambda name=name: events.append(("call", name))) for name in "ab"}
+    timing.paired_rounds(fns, rounds=3)
+    timed_calls = events[2:]  # after one warm-up call each
+    assert len(timed_calls) == 2 * 2 * 3
+    assert timed_calls[::2] == [("sleep", timing.SETTLE_S)] * 6
+    assert all(kind == "call" for kind, _ in timed_calls[1::2])
+
+
 def test_the_aa_pair_is_one_contender_timed_under_two_names_in_the_same_rounds(clock):
     contenders = {
         "auto": timing.repeated(clock.spend(0.01), timing.no_sync, 0.05),

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 
 MIN_ROUND_S = 0.1  # a round's length at least
+SETTLE_S = 0.02  # an idle pause before each round (see paired_rounds)
 MAX_CALLS = 100_000  # calls per round at most
 SLOW_S = 2.0  # a contender whose warm-up call takes longer ...
 SLOW_ROUNDS = 2  # ... runs in this many rounds only
@@ -53,8 +54,12 @@ def paired_rounds(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str
     """Seconds per call of each function, one list entry per round.
 
     Every round calls every function once, in an order shuffled afresh (seeded), so
-    that no function always runs after the same one. A function whose warm-up call
-    took over ``SLOW_S`` s runs in the first ``SLOW_ROUNDS`` rounds only.
+    that no function always runs after the same one, and each call after an idle pause
+    of ``SETTLE_S``: torch's OpenMP threads spin for milliseconds after its work, and a
+    jaxconv round of ~0.1 s that followed a torch round took 6-10 % longer (medians of
+    41 pairs, Mask R-CNN's forward, 2026-12-03), 0.98-1.03x after a 5 or 20 ms pause. A
+    function whose warm-up call took over ``SLOW_S`` s runs in the first
+    ``SLOW_ROUNDS`` rounds only.
     """
     names = list(fns)
     slow = {name for name in names if timed(fns[name]) > SLOW_S}
@@ -64,6 +69,7 @@ def paired_rounds(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str
         for name in shuffles.sample(names, len(names)):
             if name in slow and len(times[name]) >= SLOW_ROUNDS:
                 continue
+            time.sleep(SETTLE_S)
             times[name].append(timed(fns[name]))
     return times
 
