@@ -178,6 +178,13 @@ def test_auto_within_tolerance_is_judged_on_its_per_round_ratios_not_on_two_medi
     assert summary["forward"]["auto_not_within_tolerance"] == []
 
 
+def test_auto_slower_than_the_reference_is_judged_on_its_per_round_ratio():
+    """Medians of different rounds: auto 1.1x the reference; the same rounds paired: 0.99x."""
+    case = _case("a", 1.1, 1.1, 1.0, 2)
+    case["forward"] = {**case["forward"], "auto_over": {"reference": {"median": 0.99}}}
+    assert report.suite_summary([case])["auto_forward_slower_than_reference"] == []
+
+
 def _run(aa_ratios: dict[str, float], torch_threads: int = 2, xla_threads: int = 2) -> dict:
     """A report with one suite case whose forward+backward A/A ratio is as given."""
     case = _case("c", 1, 1, 1, 1)
