@@ -224,9 +224,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_timing_arguments(parser, "network and mode")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS)
-    args.min_round_s = args.min_round_s or (
-        QUICK_MIN_ROUND_S if args.quick else timing.MIN_ROUND_S
-    )
+    args.min_round_s = args.min_round_s or (QUICK_MIN_ROUND_S if args.quick else timing.MIN_ROUND_S)
     return args
 
 
@@ -336,13 +334,13 @@ def measure(name: str, network: Network, rounds: int, min_round_s: float) -> dic
         torch_mode()
         contenders = {
             "jaxconv": timing.repeated(jax_call, jax.block_until_ready, min_round_s),
-            "torch": timing.repeated(torch_call, timing.no_sync, min_round_s),
+            "torch": timing.repeated(torch_call, timing.no_sync, min_round_s, spins=True),
         }
         times = timing.time_contenders(contenders, rounds, aa="jaxconv")
         result[mode] = {
             "diff": diff[mode],
             "ms": {who: timing.summary(ts, 1e3) for who, ts in times.items()},
-            "calls_per_round": {who: n for who, (_, n) in contenders.items()},
+            "calls_per_round": {who: c.calls_per_round for who, c in contenders.items()},
             "torch_over_jaxconv": timing.ratios(times["torch"], times["jaxconv"]),
             "aa": timing.aa_check(times, "jaxconv"),
         }

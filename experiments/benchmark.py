@@ -6,9 +6,10 @@
 
 Everything is measured in one run, side by side (``experiments/bench/timing.py``):
 each round runs every contender for at least ``--min-round-s`` (repeated calls, one
-sync), every contender once per round in a shuffled order (paired, interleaved
-rounds); a figure is the median over ``--rounds`` rounds with its min-max, and a ratio
-is the median of the per-round ratios. jaxconv's contender in every group is also
+sync per block), in up to 10 cycles that each run one block of every contender in a
+shuffled order (paired rounds of interleaved blocks); a figure is the median over
+``--rounds`` rounds with its min-max, and a ratio is the median of the per-round
+ratios. jaxconv's contender in every group is also
 timed under a second name (an A/A pair): the report prints each A/A ratio, and a run
 with one outside 0.97-1.03 says it cannot resolve 5 % and that its figures are
 unreliable. torch and XLA get the same ``--threads`` (default 2): the process is

@@ -60,14 +60,21 @@ def clock(monkeypatch):
     return fake
 
 
-def test_a_round_repeats_the_call_until_it_lasts_min_round_s(clock):
-    run, n = timing.repeated(clock.spend(0.003), timing.no_sync, min_round_s=0.1)
-    assert n == math.ceil(0.1 / 0.003)
-    assert clock.timed(run) >= 0.1
+def test_a_round_repeats_the_call_in_blocks_until_it_lasts_min_round_s(clock):
+    contender = timing.repeated(clock.spend(0.003), timing.no_sync, min_round_s=0.1)
+    assert contender.blocks == timing.BLOCKS
+    assert contender.calls_per_round >= math.ceil(0.1 / 0.003)
+    assert clock.timed(contender.block) * contender.blocks >= 0.1
 
 
 def test_a_call_longer_than_a_round_runs_once_per_round(clock):
-    assert timing.repeated(clock.spend(0.5), timing.no_sync, min_round_s=0.1)[1] == 1
+    contender = timing.repeated(clock.spend(0.5), timing.no_sync, min_round_s=0.1)
+    assert (contender.calls, contender.blocks) == (1, 1)
+
+
+def test_a_round_has_fewer_blocks_where_fewer_calls_fill_it(clock):
+    contender = timing.repeated(clock.spend(0.04), timing.no_sync, min_round_s=0.1)
+    assert (contender.calls, contender.blocks) == (1, 3)
 
 
 def test_paired_rounds_call_every_contender_once_a_round_after_varying_neighbours():
@@ -85,17 +92,55 @@ def test_paired_rounds_call_every_contender_once_a_round_after_varying_neighbour
     assert {name: len(ts) for name, ts in times.items()} == dict.fromkeys("abcd", 15)
 
 
-def test_every_timed_round_starts_after_a_settling_pause(monkeypatch):
+def test_a_round_interleaves_the_contenders_blocks():
+    """The speed of these VMs drifts over seconds: an A/A pair compared block by block,
+    milliseconds apart, is steadier than in one run each a round."""
+    order = []
+
+    def contender(name: str, blocks: int) -> timing.Contender:
+        return timing.Contender(lambda: order.append(name), calls=1, blocks=blocks)
+
+    contenders = {"a": contender("a", 4), "b": contender("b", 4), "c": contender("c", 2)}
+    times = timing.paired_rounds(contenders, rounds=2)
+    timed_order = order[3:]  # after a warm-up block each
+    cycles = [
+        sorted(timed_order[i : i + n]) for i, n in zip((0, 3, 5, 8, 10, 13, 15, 18), (3, 2) * 4)
+    ]
+    assert cycles == [list("abc"), list("ab")] * 4  # c in every other cycle
+    assert {name: len(ts) for name, ts in times.items()} == dict.fromkeys("abc", 2)
+
+
+def test_a_contenders_round_time_is_the_sum_of_its_blocks(clock):
+    contenders = {
+        "a": timing.Contender(clock.spend(0.01), calls=2, blocks=5),
+        "b": timing.Contender(clock.spend(0.03), calls=1, blocks=1),
+    }
+    times = timing.time_contenders(contenders, rounds=3)
+    assert times["a"] == pytest.approx([0.05 / 10] * 3)
+    assert times["b"] == pytest.approx([0.03] * 3)
+
+
+def test_a_block_after_a_spinning_contender_starts_after_a_settling_pause(monkeypatch):
     """Torch's OpenMP threads spin for milliseconds after its work: a jaxconv round
     right after a torch round ran 6-10 % slower (2026-12-03)."""
     events = []
     monkeypatch.setattr(timing.time, "sleep", lambda s: events.append(("sleep", s)))
-    fns = {name: (lambda name=name: events.append(("call", name))) for name in "ab"}
-    timing.paired_rounds(fns, rounds=3)
-    timed_calls = events[2:]  # after one warm-up call each
-    assert len(timed_calls) == 2 * 2 * 3
-    assert timed_calls[::2] == [("sleep", timing.SETTLE_S)] * 6
-    assert all(kind == "call" for kind, _ in timed_calls[1::2])
+
+    def contender(name: str, spins: bool) -> timing.Contender:
+        return timing.Contender(lambda: events.append(name), calls=1, blocks=3, spins=spins)
+
+    timing.paired_rounds({"jax": contender("jax", False), "torch": contender("torch", True)}, 4)
+    blocks, previous, pause = [], None, None  # (the block before, the pause before)
+    for event in events[2:]:  # after one warm-up block each
+        if isinstance(event, tuple):
+            pause = event
+        else:
+            blocks.append((previous, pause))
+            previous, pause = event, None
+    assert len(blocks) == 2 * 3 * 4
+    assert {before for before, _ in blocks} == {None, "jax", "torch"}
+    for before, pause in blocks:
+        assert pause == (("sleep", timing.SETTLE_S) if before == "torch" else None)
 
 
 def test_the_aa_pair_is_one_contender_timed_under_two_names_in_the_same_rounds(clock):

@@ -26,6 +26,7 @@ from bench.profile import xla_op_profile
 from bench.suite import Layer
 from bench.timing import (
     MIN_ROUND_S,
+    Contender,
     aa_check,
     aa_name,
     cuda_sync,
@@ -57,9 +58,11 @@ def matmul_peak(n: int, rounds: int) -> dict:
     matmul = jax.jit(lambda a: a @ a)
     matmul(a).block_until_ready()
     t = torch.from_numpy(np.asarray(a).copy())
-    times = paired_rounds(
-        {"jax": lambda: matmul(a).block_until_ready(), "torch": lambda: t @ t}, rounds
-    )
+    contenders = {
+        "jax": lambda: matmul(a).block_until_ready(),
+        "torch": Contender(lambda: t @ t, calls=1, spins=True),
+    }
+    times = paired_rounds(contenders, rounds)
     flops = 2 * n**3
     gflops = {name: flops / min(ts) / 1e9 for name, ts in times.items()}
     return {"n": n, "gflops_best_round": gflops, "peak_gflops": max(gflops.values())}
@@ -189,7 +192,7 @@ def op_case(
         }
         for name, module in torch_modules.items():
             call = functools.partial(torch_fns[mode], module)
-            contenders[name] = repeated(call, sync, min_round_s)
+            contenders[name] = repeated(call, sync, min_round_s, spins=True)
         times = time_contenders(contenders, rounds, aa="auto")
         aa = aa_name("auto")
         for impl, name in timed_as.items():
@@ -197,7 +200,7 @@ def op_case(
                 times[impl] = times[name]
         figures = {
             "ms": {name: summary(ts, 1e3) for name, ts in times.items()},
-            "calls_per_round": {name: calls for name, (_, calls) in contenders.items()},
+            "calls_per_round": {name: c.calls_per_round for name, c in contenders.items()},
             "aa": aa_check(times, "auto"),
         }
         for name in ("torch", "torch.compile"):
@@ -290,7 +293,7 @@ def kernel_gradient_case(
     times = time_contenders(contenders, rounds, aa="auto")
     return {
         "ms": {name: summary(ts, 1e3) for name, ts in times.items()},
-        "calls_per_round": {name: calls for name, (_, calls) in contenders.items()},
+        "calls_per_round": {name: c.calls_per_round for name, c in contenders.items()},
         "matmul_shape": [*lead, m, p, n],
         "gflop": 2 * layer.macs() / 1e9,
         "compile_s": compile_s,
@@ -401,10 +404,13 @@ def train_case(
             steps["torch.compile"] = (torch_compiled, no_sync)
         except Exception as error:  # torch.compile needs a C++ toolchain
             result["torch.compile error"] = f"{type(error).__name__}: {str(error)[:200]}"
-    contenders = {name: repeated(call, sync, min_round_s) for name, (call, sync) in steps.items()}
+    contenders = {
+        name: repeated(call, sync, min_round_s, spins=name.startswith("torch"))
+        for name, (call, sync) in steps.items()
+    }
     times = time_contenders(contenders, rounds, aa="jaxconv")
     per_image = {name: [t / batch for t in ts] for name, ts in times.items()}
-    result["steps_per_round"] = {name: calls for name, (_, calls) in contenders.items()}
+    result["steps_per_round"] = {name: c.calls_per_round for name, c in contenders.items()}
     result["images_per_s"] = {name: summary([1 / t for t in ts]) for name, ts in per_image.items()}
     result["jaxconv_over_torch_eager"] = ratios(per_image["torch eager"], per_image["jaxconv"])
     if "torch.compile" in per_image:

@@ -1,15 +1,25 @@
-"""The timing harness: paired, interleaved rounds of repeated calls, and an A/A check.
+"""The timing harness: paired rounds of interleaved blocks of repeated calls, and an
+A/A check.
 
-A contender is a round function (``n`` calls of one computation, then one sync) and
-its ``n``, chosen so that a round lasts at least ``min_round_s`` (``MIN_ROUND_S``:
-scheduling noise of a few ms per call averages out over ~100 ms). Every round runs
-every contender once, in an order of its own (seeded shuffles: in a plain rotation
-each contender always followed the same one, and the A/A pair's first name, timed
-right after its twin, came out 4-10 % faster in forward on 2026-12-01); a figure is the
-median over the rounds (with min and max), and a ratio between two contenders is the
-median of their per-round ratios. The A/A pair is one contender timed under a second
-name in the same rounds: its ratio measures the run's own noise, and a run whose A/A
-ratio is outside ``AA_LIMITS`` cannot resolve a 5 % difference.
+A contender is a block (``calls`` calls of one computation, then one sync) that a round
+runs ``blocks`` times, so that a round lasts at least ``min_round_s`` (``MIN_ROUND_S``).
+A round is ``blocks`` cycles, and every cycle runs one block of every contender, in an
+order of its own (seeded shuffles: in a plain rotation each contender always followed
+the same one, and the A/A pair's first name, timed right after its twin, came out 4-10 %
+faster in forward on 2026-12-01). A contender's time in a round is the time of its
+blocks over their calls; a figure is the median over the rounds (with min and max), and
+a ratio between two contenders is the median of their per-round ratios. The A/A pair is
+one contender timed under a second name in the same rounds: its ratio measures the
+run's own noise, and a run whose A/A ratio is outside ``AA_LIMITS`` cannot resolve a 5 %
+difference.
+
+Why blocks: on the 2-core VMs of this project a program's speed drifts by 10-15 % over
+seconds (a 5 ms call's log-time autocorrelation 0.68 at the next call, 0.41 ten calls
+later, 0.19 at one second; means of 100 calls still spread 13 %, 2026-12-03). Rounds of
+one 100 ms run per contender compared runs up to half a second apart; blocks of ~10 ms
+compare them within milliseconds. A/A medians of 15 rounds, 8-12 repeats each: Mask
+R-CNN's forward 3 of 8 outside 0.97-1.03 in 100 ms runs, 0 of 8 in 10 blocks; lecture
+decoder 3's forward 6 of 12, and 1 of 12 in 20 blocks.
 """
 
 from __future__ import annotations
@@ -20,16 +30,31 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 MIN_ROUND_S = 0.1  # a round's length at least
-SETTLE_S = 0.02  # an idle pause before each round (see paired_rounds)
+BLOCKS = 10  # blocks a round at most (of MIN_ROUND_S / BLOCKS each at least)
+SETTLE_S = 0.005  # an idle pause after a spinning contender's block (see paired_rounds)
 MAX_CALLS = 100_000  # calls per round at most
 SLOW_S = 2.0  # a contender whose warm-up call takes longer ...
 SLOW_ROUNDS = 2  # ... runs in this many rounds only
 AA_LIMITS = (0.97, 1.03)  # the A/A ratio of a run that can resolve 5 %
 AA_SUFFIX = " (A/A)"
 
-Contender = tuple[Callable[[], None], int]  # (a round, calls per round)
+
+class Contender(NamedTuple):
+    """``block`` runs ``calls`` calls of one computation and one sync; a round runs it
+    ``blocks`` times. ``spins``: its threads keep the CPUs busy after it returns (torch's
+    OpenMP threads), so the next block waits ``SETTLE_S``."""
+
+    block: Callable[[], None]
+    calls: int
+    blocks: int = 1
+    spins: bool = False
+
+    @property
+    def calls_per_round(self) -> int:
+        return self.calls * self.blocks
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -50,40 +75,63 @@ def cuda_sync(_: object) -> None:
     torch.cuda.synchronize()
 
 
-def paired_rounds(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, one list entry per round.
+def paired_rounds(
+    contenders: dict[str, Contender | Callable[[], object]], rounds: int
+) -> dict[str, list[float]]:
+    """Seconds each contender's blocks took in each round (a plain function: one block
+    of one call a round).
 
-    Every round calls every function once, in an order shuffled afresh (seeded), so
-    that no function always runs after the same one, and each call after an idle pause
-    of ``SETTLE_S``: torch's OpenMP threads spin for milliseconds after its work, and a
-    jaxconv round of ~0.1 s that followed a torch round took 6-10 % longer (medians of
-    41 pairs, Mask R-CNN's forward, 2026-12-03), 0.98-1.03x after a 5 or 20 ms pause. A
-    function whose warm-up call took over ``SLOW_S`` s runs in the first
-    ``SLOW_ROUNDS`` rounds only.
+    A round is as many cycles as the most blocks of any contender; a contender of ``b``
+    blocks runs in ``b`` of them, evenly spaced, and each cycle runs its contenders in
+    an order shuffled afresh (seeded), so that no contender always runs after the same
+    one. A block after a spinning contender's block starts after an idle pause of
+    ``SETTLE_S``: torch's OpenMP threads spin for milliseconds after its work, and a
+    jaxconv run of ~0.1 s that followed torch took 6-10 % longer (medians of 41 pairs,
+    Mask R-CNN's forward, 2026-12-03), 0.98-1.03x after a 5 or 20 ms pause. A contender
+    whose warm-up block took over ``SLOW_S`` runs in the first ``SLOW_ROUNDS`` rounds only.
     """
-    names = list(fns)
-    slow = {name for name in names if timed(fns[name]) > SLOW_S}
+    contenders = {
+        name: c if isinstance(c, Contender) else Contender(c, 1) for name, c in contenders.items()
+    }
+    names = list(contenders)
+    slow = {name for name in names if timed(contenders[name].block) > SLOW_S}
+    cycles = max(c.blocks for c in contenders.values())
+    runs_in = {
+        name: {i * cycles // c.blocks for i in range(c.blocks)} for name, c in contenders.items()
+    }
+    schedule = [[name for name in names if cycle in runs_in[name]] for cycle in range(cycles)]
     times: dict[str, list[float]] = {name: [] for name in names}
     shuffles = random.Random(0)
+    after_spin = False
     for _ in range(rounds):
-        for name in shuffles.sample(names, len(names)):
-            if name in slow and len(times[name]) >= SLOW_ROUNDS:
-                continue
-            time.sleep(SETTLE_S)
-            times[name].append(timed(fns[name]))
+        spent = {n: 0.0 for n in names if n not in slow or len(times[n]) < SLOW_ROUNDS}
+        for cycle in schedule:
+            due = [name for name in cycle if name in spent]
+            for name in shuffles.sample(due, len(due)):
+                if after_spin:
+                    time.sleep(SETTLE_S)
+                spent[name] += timed(contenders[name].block)
+                after_spin = contenders[name].spins
+        for name, seconds in spent.items():
+            times[name].append(seconds)
     return times
 
 
 def repeated(
-    call: Callable[[], object], sync: Callable[[object], object], min_round_s: float
+    call: Callable[[], object],
+    sync: Callable[[object], object],
+    min_round_s: float,
+    *,
+    spins: bool = False,
 ) -> Contender:
-    """A round of ``n`` calls and one ``sync`` of the last result, and ``n``.
+    """A contender of ``n`` calls a round, in blocks of calls and one ``sync`` of the
+    last result.
 
     ``n`` makes a round last ``min_round_s``: ``ceil(min_round_s / t)`` for ``t`` the
     median of three single calls after a warm-up call, at most ``MAX_CALLS``; 1 where
-    ``min_round_s`` is 0 or the warm-up call alone lasts that long. Calls within a
-    round are dispatched as in a training loop (on a GPU they overlap) and
-    synchronised once.
+    ``min_round_s`` is 0 or the warm-up call alone lasts that long. The calls go in
+    ``min(n, BLOCKS)`` blocks of ``ceil(n / blocks)``. Calls within a block are
+    dispatched as in a training loop (on a GPU they overlap) and synchronised once.
     """
 
     def run(n: int) -> None:
@@ -95,7 +143,9 @@ def repeated(
     if min_round_s > 0 and timed(lambda: run(1)) < min_round_s:  # the warm-up call
         once = statistics.median(timed(lambda: run(1)) for _ in range(3))
         n = min(MAX_CALLS, max(1, math.ceil(min_round_s / max(once, 1e-9))))
-    return functools.partial(run, n), n
+    blocks = min(n, BLOCKS)
+    calls = math.ceil(n / blocks)
+    return Contender(functools.partial(run, calls), calls, blocks, spins)
 
 
 def aa_name(name: str) -> str:
@@ -109,12 +159,12 @@ def time_contenders(
     """Seconds per call of each contender, per round, in paired rounds.
 
     ``aa`` names a contender that is also timed as :func:`aa_name` ``(aa)``: the same
-    round function, in the same rounds, under a second name.
+    blocks, in the same rounds and cycles, under a second name.
     """
     if aa is not None:
         contenders = {**contenders, aa_name(aa): contenders[aa]}
-    times = paired_rounds({name: run for name, (run, _) in contenders.items()}, rounds)
-    return {name: [t / contenders[name][1] for t in ts] for name, ts in times.items()}
+    times = paired_rounds(contenders, rounds)
+    return {name: [t / contenders[name].calls_per_round for t in ts] for name, ts in times.items()}
 
 
 def aa_check(times: dict[str, list[float]], name: str) -> dict:
