@@ -69,7 +69,9 @@ loop nest. Here instead:
   several times slower.) The matmul contracts the rows of both operands; with few
   channels against a deep im2col it goes by rows instead (:func:`_matmul_t`); an im2col
   of one channel in 1-D or 3-D is built transposed, for a plain matmul
-  (:func:`_windows_of_one_channel_t`).
+  (:func:`_windows_of_one_channel_t`). In 1-D and 2-D, with few channels or depthwise,
+  ``R`` is :mod:`jaxconv.native`'s CPU kernel instead, which reads ``x`` and ``y`` where
+  they are (:func:`_native_wanted`).
 - Every im2col and its matmul run over chunks of the batch (``lax.map``; a kernel
   gradient's chunks are added up in the loop) whose im2col is at most
   ``CHUNK_BYTES`` (a kernel gradient of at least ``WHOLE_MIN_ADDED_BYTES`` within two
@@ -121,6 +123,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+from jaxconv import native
 
 Pads = tuple[tuple[int, int], ...]
 IM2COL_MAX_DEPTH = 16
@@ -142,6 +148,7 @@ NN_WIDE_MAX_CHANNELS, NN_WIDE_DEPTH_RATIO = 256, 4  # and by rows with more chan
 NN_ALONE_DEPTH_RATIO, NN_WRITTEN_MIN_CHANNELS = 2, 128  # _matmul_t's own: see there
 NN_LONG_MAX_CHANNELS, NN_LONG_MIN_ROWS = 512, 256  # and _matmul_t's by long rows
 EIGEN_LARGER_FIRST_RATIO = 4  # see _matmul_nt
+NATIVE_MAX_CHANNEL_PAIRS = 64 * 128  # R by jaxconv.native: see _native_wanted
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
@@ -1354,19 +1361,23 @@ def _conv_jvp(geometry, primals, tangents):
     blocks (:func:`_shared_blocks_wanted`): XLA computes the windows, or the cut, once."""
     x, kernel = primals
     dx, dkernel = tangents
-    if not _is_zero(dkernel) and _windows_shared(x, kernel, geometry):
+    by_native = not _is_zero(dkernel) and _native_wanted(
+        x, _out(x, kernel, geometry), kernel.shape, geometry
+    )
+    shares = not (_is_zero(dkernel) or by_native)
+    if shares and _windows_shared(x, kernel, geometry):
         pads, strides, dilation = geometry.pads, geometry.strides, geometry.dilation
         out = _padded_conv(x, pads, kernel, strides, dilation, 1, im2col=True)
-    elif not _is_zero(dkernel) and _shared_blocks_wanted(
-        x, _out(x, kernel, geometry), kernel, geometry
-    ):
+    elif shares and _shared_blocks_wanted(x, _out(x, kernel, geometry), kernel, geometry):
         out = _by_blocks(x, kernel, geometry)
     else:
         out = _strided(x, kernel, geometry)
     terms = []
     if not _is_zero(dx):
         terms.append(_transpose(lambda g: _transposed(g, kernel, geometry), out.shape, dx))
-    if not _is_zero(dkernel):
+    if by_native:
+        terms.append(_kernel_term(x, dkernel, geometry, kernel.shape, out.shape, wrt="y"))
+    elif not _is_zero(dkernel):
         grad = functools.partial(_kernel_grad, x, kernel_shape=kernel.shape, geometry=geometry)
         terms.append(_transpose(grad, out.shape, dkernel))
     return out, _sum(terms, out)
@@ -1412,7 +1423,8 @@ def _conv_transpose_jvp(geometry, primals, tangents):
     y, kernel = primals
     dy, dkernel = tangents
     out = _transposed(y, kernel, geometry)
-    both_wanted = not (_is_zero(dy) or _is_zero(dkernel))
+    by_native = not _is_zero(dkernel) and _native_wanted(out, y, kernel.shape, geometry)
+    both_wanted = not (_is_zero(dy) or _is_zero(dkernel) or by_native)
     if both_wanted and _shared_windows_wanted(out, y, kernel.shape, geometry):
         both = functools.partial(_input_and_kernel_grads, y=y, kernel=kernel, geometry=geometry)
         return out, _transpose(both, out.shape, (dy, dkernel))
@@ -1424,7 +1436,9 @@ def _conv_transpose_jvp(geometry, primals, tangents):
     terms = []
     if not _is_zero(dy):
         terms.append(_transpose(lambda g: _strided(g, kernel, geometry), out.shape, dy))
-    if not _is_zero(dkernel):
+    if by_native:
+        terms.append(_kernel_term(y, dkernel, geometry, kernel.shape, out.shape, wrt="x"))
+    elif not _is_zero(dkernel):
         grad = functools.partial(_kernel_grad, y=y, kernel_shape=kernel.shape, geometry=geometry)
         terms.append(_transpose(grad, out.shape, dkernel))
     return out, _sum(terms, out)
@@ -1432,6 +1446,119 @@ def _conv_transpose_jvp(geometry, primals, tangents):
 
 _conv.defjvp(_conv_jvp, symbolic_zeros=True)
 _conv_transpose.defjvp(_conv_transpose_jvp, symbolic_zeros=True)
+
+
+def _native_wanted(x, y, kernel_shape, geometry: Geometry) -> bool:
+    """Whether ``R(x, y)`` (``x`` and ``y`` arrays or shapes) goes by
+    :func:`jaxconv.native.kernel_grad`: on the CPU where it builds, 1-D or 2-D, no
+    dilation, float32, ``y`` more than one pixel (else one matmul), and one group of at
+    most ``NATIVE_MAX_CHANNEL_PAIRS`` channel pairs ``Cx * Cy``, or depthwise (``Cx = Cy``
+    groups, a multiple of 8, ``Cx`` pairs).
+    """
+    kernel_size = kernel_shape[:-2]
+    if len(kernel_size) > 2 or any(d != 1 for d in geometry.dilation):
+        return False
+    if x.dtype != jnp.float32 or y.dtype != jnp.float32 or math.prod(y.shape[1:-1]) == 1:
+        return False
+    x_channels, y_channels = x.shape[-1], y.shape[-1]
+    if geometry.groups == 1:
+        pairs = x_channels * y_channels
+    elif geometry.groups == x_channels == y_channels and x_channels % 8 == 0:
+        pairs = x_channels
+    else:
+        return False
+    if pairs > NATIVE_MAX_CHANNEL_PAIRS or jax.default_backend() != "cpu":
+        return False
+    return native.available()
+
+
+def _kernel_term(other, dkernel, geometry: Geometry, kernel_shape, shape, wrt: str):
+    """A tangent's kernel term whose transpose is the native ``R``: ``R(., y)^T(dK)``
+    (``wrt="x"``, ``other`` is ``y``) or ``R(x, .)^T(dK)`` (``wrt="y"``, ``other`` is
+    ``x``), of shape ``shape``."""
+    params = dict(geometry=geometry, kernel_shape=tuple(kernel_shape), shape=shape, wrt=wrt)
+    return _kernel_term_p.bind(other, dkernel, **params)
+
+
+def _kernel_term_by_xla(other, dkernel, *, geometry, kernel_shape, shape, wrt):
+    """:func:`_kernel_term` as the transpose of XLA's route to ``R``."""
+
+    def grad(operand):
+        x, y = (operand, other) if wrt == "x" else (other, operand)
+        return _kernel_grad(x, y, kernel_shape, geometry)
+
+    return _transpose(grad, shape, dkernel)
+
+
+def _kernel_term_transposed(cotangent, other, dkernel, *, geometry, kernel_shape, shape, wrt):
+    """Reverse mode's kernel gradient: ``R(cotangent, y)`` or ``R(x, cotangent)``, native."""
+    x, y = (cotangent, other) if wrt == "x" else (other, cotangent)
+    return _native_r_p.bind(x, y, geometry=geometry, kernel_shape=kernel_shape)
+
+
+def _kernel_term_transposed_in_other(cotangent, other, dkernel, **params):
+    """The term's transpose in ``other`` (from a second derivative), by XLA's route."""
+    example = jax.ShapeDtypeStruct(other.aval.shape, other.aval.dtype)
+    term = functools.partial(_kernel_term_by_xla, dkernel=dkernel, **params)
+    return jax.linear_transpose(term, example)(cotangent)[0]
+
+
+def _native_r(x, y, *, geometry: Geometry, kernel_shape):
+    """``R(x, y)`` by :func:`jaxconv.native.kernel_grad`."""
+    lows = tuple(lo for lo, _ in geometry.pads)
+    return native.kernel_grad(
+        x, y, kernel_shape[:-2], geometry.strides, lows, depthwise=geometry.groups > 1
+    )
+
+
+def _native_r_transposed_in_x(cotangent, x, y, *, geometry, kernel_shape):
+    return _kernel_term_p.bind(
+        y, cotangent, geometry=geometry, kernel_shape=kernel_shape, shape=x.aval.shape, wrt="x"
+    )
+
+
+def _native_r_transposed_in_y(cotangent, x, y, *, geometry, kernel_shape):
+    return _kernel_term_p.bind(
+        x, cotangent, geometry=geometry, kernel_shape=kernel_shape, shape=y.aval.shape, wrt="y"
+    )
+
+
+def _bilinear_primitive(name: str, evaluate: Callable, shape: Callable, transposes) -> Primitive:
+    """A primitive bilinear in its two operands: ``evaluate(a, b, **params)`` computes it
+    (eagerly, and lowered), of shape ``shape(**params)`` and ``b``'s dtype; ``transposes``
+    in ``a`` and in ``b``, as :func:`jax.interpreters.ad.defbilinear` takes them. Under
+    ``vmap``, ``evaluate`` vmapped."""
+    primitive = Primitive(name)
+    primitive.def_impl(evaluate)
+    primitive.def_abstract_eval(
+        lambda a, b, **params: jax.core.ShapedArray(shape(**params), b.dtype)
+    )
+    mlir.register_lowering(primitive, mlir.lower_fun(evaluate, multiple_results=False))
+    ad.defbilinear(primitive, *transposes)
+
+    def batched(operands, axes, **params):
+        return jax.vmap(functools.partial(evaluate, **params), in_axes=axes)(*operands), 0
+
+    batching.primitive_batchers[primitive] = batched
+    return primitive
+
+
+# The kernel term, bilinear in (other, dK): forward mode evaluates XLA's route, reverse
+# mode calls the native R. R, bilinear in (x, y): its transposes are the kernel term
+# again, so derivatives of any order reach the native kernel wherever reverse mode meets R.
+# Under vmap, XLA's route and the native call in a loop (``vmap_method="sequential"``).
+_kernel_term_p = _bilinear_primitive(
+    "jaxconv_kernel_term",
+    _kernel_term_by_xla,
+    lambda shape, **_: shape,
+    (_kernel_term_transposed_in_other, _kernel_term_transposed),
+)
+_native_r_p = _bilinear_primitive(
+    "jaxconv_native_kernel_grad",
+    _native_r,
+    lambda kernel_shape, **_: kernel_shape,
+    (_native_r_transposed_in_x, _native_r_transposed_in_y),
+)
 
 
 def _transpose(linear_fun: Callable, shape: tuple[int, ...], tangent) -> jax.Array:

@@ -38,6 +38,12 @@ BOTH_LAYERS = pytest.mark.parametrize(
 )
 
 
+@pytest.fixture
+def xla_kernel_gradient(monkeypatch):
+    """``R`` by XLA's route, the native kernel off: for tests of that route's structure."""
+    monkeypatch.setattr(fast_conv, "NATIVE_MAX_CHANNEL_PAIRS", 0)
+
+
 def _layers(cls, **kwargs):
     return {impl: cls(impl=impl, **kwargs) for impl in ("reference", "fast")}
 
@@ -272,6 +278,7 @@ def test_grouped_and_depthwise_layers_agree_with_the_reference(cls, shape, kwarg
         ((1, 4, 4, 2), (3, 3, 2, 2), dict(stride=2, output_padding=1)),  # group by group
     ],
 )
+@pytest.mark.usefixtures("xla_kernel_gradient")
 def test_the_fast_path_is_one_program_whatever_the_groups(shape, kernel_shape, kwargs):
     """Forward and backward of a transposed conv and of a conv with 64 groups trace to
     as many operations as with 2 groups: no per-group repetition."""
@@ -883,6 +890,7 @@ def _by_blocks_calls(monkeypatch) -> list:
 KEPT_BLOCKS = fast_conv.Geometry((2, 2), ((1, 1),) * 2, (1, 1))
 
 
+@pytest.mark.usefixtures("xla_kernel_gradient")
 def test_a_conv_differentiated_in_its_kernel_goes_by_blocks_where_r_shares_their_cut(
     monkeypatch,
 ):
@@ -960,6 +968,7 @@ CUT_INTO_BLOCKS = pytest.mark.parametrize(
 
 
 @CUT_INTO_BLOCKS
+@pytest.mark.usefixtures("xla_kernel_gradient")
 def test_where_c_goes_by_blocks_and_r_by_phases_the_cotangent_is_cut_into_blocks_once(
     x_shape, transpositions
 ):
@@ -1264,6 +1273,7 @@ def _gradient_convs(layer, params, x):
 
 # the whole batch, and chunks of 2 images (an im2col of 100 x 72 numbers each) and a rest of 1
 @pytest.mark.parametrize("chunk_bytes", [1 << 30, 2 * 100 * 72 * 4])
+@pytest.mark.usefixtures("xla_kernel_gradient")
 def test_a_transposed_convs_gradients_share_one_im2col_of_the_cotangent(chunk_bytes, monkeypatch):
     """Reverse mode takes the input gradient ``C(g)`` from the im2col that the kernel
     gradient ``R(g, y)`` reads, not by XLA's strided conv; every derivative agrees."""
@@ -1276,6 +1286,7 @@ def test_a_transposed_convs_gradients_share_one_im2col_of_the_cotangent(chunk_by
     _fast_agrees(_derivatives, layers, params, x, _normal(x.shape, seed=1), rtol=1e-4)
 
 
+@pytest.mark.usefixtures("xla_kernel_gradient")
 def test_by_row_blocks_the_input_gradient_too_comes_from_each_blocks_im2col(monkeypatch):
     """An image's im2col (10 rows of 10 x 72 numbers) over two chunks of 6 KiB: blocks of
     2 rows of ``y`` give both gradients, with no strided conv; they agree."""
@@ -1335,6 +1346,7 @@ def test_where_the_cotangents_im2col_is_not_shared_the_input_gradient_is_c(
 SHARED_CONV = dict(features=8, kernel_size=3, stride=2, padding=1)  # x: (16, 10, 10, 16)
 
 
+@pytest.mark.usefixtures("xla_kernel_gradient")
 def test_a_conv_differentiated_in_its_kernel_is_the_product_of_its_kernel_gradients_im2col():
     """A 2-D conv of 16 channels whose batch's im2col is within ``CHUNK_BYTES``: in reverse
     mode its forward is the im2col's product, of the windows that the kernel gradient

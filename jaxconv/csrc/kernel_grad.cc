@@ -1,0 +1,265 @@
+// The kernel gradient of a 2-D conv on the CPU, called from XLA through its FFI
+// (`jaxconv.native` compiles this file and registers the handler).
+//
+// JaxconvKernelGrad, for a conv C of stride s whose input is padded by lo (no dilation):
+//
+//   R[a, b, i, j] = sum_{n, h, w} x[n, s_h h + a - lo_h, s_w w + b - lo_w, i] * y[n, h, w, j]
+//
+// with x (N, Hi, Wi, Cx) C's input, zero outside its bounds, y (N, Ho, Wo, Cy) a cotangent
+// of C's output and R (kh, kw, Cx, Cy). Depthwise (Cx = Cy groups of one channel), only
+// i = j: R (kh, kw, 1, Cy). It is the gradient of C in its kernel, and of the transposed
+// conv T (whose output is C's input) with the roles of x and y as above.
+//
+// XLA's own route is an im2col of x and a matmul; here nothing is copied but a tile of y
+// (a multiple of 8 channels). y goes in tiles of about TILE_BYTES; for each tap, every
+// tile's pixels are multiplied into register blocks of R: up to 6 rows (x's values,
+// broadcast) by 16 columns (two 8-float vectors of y). Where all of a row's taps b lie
+// inside x, the rows (b, i) of a tap a are one contiguous run of x, so 6 of them share
+// each load of y even for a one-channel x. XLA's CPU thread pool shares out the tiles.
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t TILE_BYTES = 32 << 10;  // of y: with the windows of x, in L1 and L2
+constexpr int64_t RUNS_PER_THREAD = 4;     // runs of tiles: a late thread leaves its share
+
+typedef float v8 __attribute__((vector_size(32)));
+
+inline v8 load(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+
+int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -(-a / b); }
+int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// r[i][8j:8j+8] += x[h xh + w xw + i] * y[h yh + w + 8j : ...+8], h < nh, w < nw (w in
+// y's pixels: y advances by ys floats a pixel)
+template <int MR, int NV>
+void block(const float* x, int64_t xh, int64_t xw, const float* y, int64_t yh, int64_t ys,
+           int64_t nh, int64_t nw, float* r, int64_t rs) {
+  v8 acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = load(r + i * rs + 8 * j);
+  for (int64_t h = 0; h < nh; ++h) {
+    const float* xr = x + h * xh;
+    const float* yr = y + h * yh;
+    for (int64_t w = 0; w < nw; ++w) {
+      v8 yv[NV];
+      for (int j = 0; j < NV; ++j) yv[j] = load(yr + w * ys + 8 * j);
+      for (int i = 0; i < MR; ++i) {
+        const v8 xv = v8{} + xr[w * xw + i];
+        for (int j = 0; j < NV; ++j) acc[i][j] += xv * yv[j];
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) store(r + i * rs + 8 * j, acc[i][j]);
+}
+
+using Block = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
+                       int64_t, float*, int64_t);
+
+template <int MR>
+Block with_rows(int nv) {
+  return nv == 2 ? block<MR, 2> : block<MR, 1>;
+}
+
+Block block_of(int mr, int nv) {
+  switch (mr) {
+    case 1: return with_rows<1>(nv);
+    case 2: return with_rows<2>(nv);
+    case 3: return with_rows<3>(nv);
+    case 4: return with_rows<4>(nv);
+    case 5: return with_rows<5>(nv);
+    default: return with_rows<6>(nv);
+  }
+}
+
+// depthwise: r[8j:8j+8] += x[h xh + w xw + 8j : ...] * y[h yh + w ys + 8j : ...]
+template <int NV>
+void depthwise_block(const float* x, int64_t xh, int64_t xw, const float* y, int64_t yh,
+                     int64_t ys, int64_t nh, int64_t nw, float* r) {
+  v8 acc[NV];
+  for (int j = 0; j < NV; ++j) acc[j] = load(r + 8 * j);
+  for (int64_t h = 0; h < nh; ++h)
+    for (int64_t w = 0; w < nw; ++w)
+      for (int j = 0; j < NV; ++j)
+        acc[j] += load(x + h * xh + w * xw + 8 * j) * load(y + h * yh + w * ys + 8 * j);
+  for (int j = 0; j < NV; ++j) store(r + 8 * j, acc[j]);
+}
+
+struct Geometry {
+  int64_t n, hi, wi, cx, ho, wo, cy, kh, kw, sh, sw, lo_h, lo_w;
+  bool depthwise;
+  int64_t cy8() const { return (cy + 7) / 8 * 8; }
+};
+
+// rows i0 <= i < i1 of R's taps in the rows (b, i) of tap a: r = R + (a kw cx + i0) cy8
+void rows_times_tile(const float* x, int64_t xh, int64_t xw, const float* y, int64_t yh,
+                     int64_t cy8, int64_t nh, int64_t nw, int64_t count, float* r) {
+  for (int64_t i = 0; i < count; i += 6) {
+    const int mr = std::min<int64_t>(6, count - i);
+    for (int64_t j = 0; j < cy8 / 8; j += 2) {
+      const int nv = std::min<int64_t>(2, cy8 / 8 - j);
+      block_of(mr, nv)(x + i, xh, xw, y + 8 * j, yh, cy8, nh, nw, r + i * cy8 + 8 * j, cy8);
+    }
+  }
+}
+
+// R += the tile of y's rows [h0, h1) x columns [w0, w1) of image n (at yt, rows yh apart,
+// pixels cy8 apart)
+void add_tile(const Geometry& g, const float* x, const float* yt, int64_t yh, int64_t n,
+              int64_t h0, int64_t h1, int64_t w0, int64_t w1, float* r) {
+  const int64_t cy8 = g.cy8(), xh = g.sh * g.wi * g.cx, xw = g.sw * g.cx;
+  for (int64_t a = 0; a < g.kh; ++a) {
+    // y's rows whose tap a is inside x
+    const int64_t ha = std::max(h0, ceil_div(g.lo_h - a, g.sh));
+    const int64_t hb = std::min(h1, floor_div(g.hi - 1 + g.lo_h - a, g.sh) + 1);
+    if (ha >= hb) continue;
+    const float* xa = x + (n * g.hi + ha * g.sh + a - g.lo_h) * g.wi * g.cx;
+    const float* ya = yt + (ha - h0) * yh;
+    auto tap_by_tap = [&](int64_t lo, int64_t hi) {
+      for (int64_t b = 0; b < g.kw; ++b) {
+        const int64_t wa = std::max(lo, ceil_div(g.lo_w - b, g.sw));
+        const int64_t wb = std::min(hi, floor_div(g.wi - 1 + g.lo_w - b, g.sw) + 1);
+        if (wa >= wb) continue;
+        const float* xb = xa + (wa * g.sw + b - g.lo_w) * g.cx;
+        const float* yb = ya + (wa - w0) * cy8;
+        if (!g.depthwise) {
+          float* rb = r + (a * g.kw + b) * g.cx * cy8;
+          rows_times_tile(xb, xh, xw, yb, yh, cy8, hb - ha, wb - wa, g.cx, rb);
+          continue;
+        }
+        float* rb = r + (a * g.kw + b) * cy8;
+        int64_t j = 0;
+        for (; j + 4 <= cy8 / 8; j += 4)
+          depthwise_block<4>(xb + 8 * j, xh, xw, yb + 8 * j, yh, cy8, hb - ha, wb - wa,
+                             rb + 8 * j);
+        for (; j < cy8 / 8; ++j)
+          depthwise_block<1>(xb + 8 * j, xh, xw, yb + 8 * j, yh, cy8, hb - ha, wb - wa,
+                             rb + 8 * j);
+      }
+    };
+    // y's columns whose taps b are all inside x: the rows (b, i) as one run of x
+    const int64_t wa = std::max(w0, ceil_div(g.lo_w, g.sw));
+    const int64_t wb = std::min(w1, floor_div(g.wi - g.kw + g.lo_w, g.sw) + 1);
+    if (g.depthwise || wa >= wb) {
+      tap_by_tap(w0, w1);
+      continue;
+    }
+    tap_by_tap(w0, wa);
+    tap_by_tap(wb, w1);
+    const float* xm = xa + (wa * g.sw - g.lo_w) * g.cx;
+    rows_times_tile(xm, xh, xw, ya + (wa - w0) * cy8, yh, cy8, hb - ha, wb - wa, g.kw * g.cx,
+                    r + a * g.kw * g.cx * cy8);
+  }
+}
+
+// The work shared by the threads: equal runs of tiles, each summed into its own R and
+// claimed in turn by whichever thread is free. A run's sum does not depend on the thread
+// that computes it, and the runs' sums are added in order: the result is the same from
+// call to call.
+struct Work {
+  Geometry g;
+  const float* x;
+  const float* y;
+  int64_t tile_h, tile_w, tiles_h, tiles_w, tiles, r_size;
+  std::vector<std::vector<float>> partial;  // one R (kh, kw, Cx or 1, cy8) per run
+  std::atomic<int64_t> next{0}, done{0};
+
+  void run() {
+    const int64_t runs = partial.size(), cy8 = g.cy8();
+    std::vector<float> packed;
+    for (int64_t p; (p = next.fetch_add(1)) < runs;) {
+      partial[p].assign(r_size, 0.f);
+      for (int64_t tile = p * tiles / runs; tile < (p + 1) * tiles / runs; ++tile) {
+        const int64_t n = tile / (tiles_h * tiles_w);
+        const int64_t h0 = tile / tiles_w % tiles_h * tile_h, h1 = std::min(g.ho, h0 + tile_h);
+        const int64_t w0 = tile % tiles_w * tile_w, w1 = std::min(g.wo, w0 + tile_w);
+        const float* yt = y + ((n * g.ho + h0) * g.wo + w0) * g.cy;
+        int64_t yh = g.wo * g.cy;
+        if (cy8 != g.cy) {  // pixels cy8 apart, zeros between
+          packed.assign((h1 - h0) * (w1 - w0) * cy8, 0.f);
+          for (int64_t h = 0; h < h1 - h0; ++h)
+            for (int64_t w = 0; w < w1 - w0; ++w)
+              std::memcpy(&packed[(h * (w1 - w0) + w) * cy8], yt + h * yh + w * g.cy,
+                          g.cy * sizeof(float));
+          yt = packed.data();
+          yh = (w1 - w0) * cy8;
+        }
+        add_tile(g, x, yt, yh, n, h0, h1, w0, w1, partial[p].data());
+      }
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
+                      ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh,
+                      int64_t sw, int64_t lo_h, int64_t lo_w, bool depthwise) {
+  const auto xd = x.dimensions(), yd = y.dimensions();
+  if (xd.size() != 4 || yd.size() != 4 || xd[0] != yd[0])
+    return ffi::Error::InvalidArgument("x and y: (N, H, W, C) with the same N");
+  if (depthwise && (xd[3] != yd[3] || xd[3] % 8 != 0))
+    return ffi::Error::InvalidArgument("depthwise: as many channels in x as in y, 8k");
+  if (kh < 1 || kw < 1 || sh < 1 || sw < 1)
+    return ffi::Error::InvalidArgument("kernel size and stride at least 1");
+  auto work = std::make_shared<Work>();
+  Geometry& g = work->g;
+  g = Geometry{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], kh, kw, sh, sw, lo_h, lo_w,
+               depthwise};
+  work->x = x.typed_data();
+  work->y = y.typed_data();
+  const int64_t cy8 = g.cy8(), tile_pixels = TILE_BYTES / sizeof(float) / cy8;
+  work->tile_w = std::max<int64_t>(1, std::min(g.wo, std::max<int64_t>(8, tile_pixels)));
+  work->tile_h = std::max<int64_t>(1, std::min(g.ho, tile_pixels / work->tile_w));
+  work->tiles_w = (g.wo + work->tile_w - 1) / work->tile_w;
+  work->tiles_h = (g.ho + work->tile_h - 1) / work->tile_h;
+  work->tiles = g.n * work->tiles_h * work->tiles_w;
+  const int64_t rows = depthwise ? 1 : g.cx;
+  work->r_size = kh * kw * rows * cy8;
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t runs = std::min(work->tiles, RUNS_PER_THREAD * threads);
+  work->partial.resize(runs);
+  // The caller works too and waits only for runs another thread has claimed: a task that
+  // starts late finds none left, so a busy pool cannot stall the call.
+  for (int64_t t = 1; t < std::min(threads, runs); ++t) pool.Schedule([work] { work->run(); });
+  work->run();
+  while (work->done.load(std::memory_order_acquire) < runs) std::this_thread::yield();
+  float* r = out->typed_data();
+  std::fill(r, r + kh * kw * rows * g.cy, 0.f);
+  for (const auto& p : work->partial)
+    for (int64_t t = 0; t < kh * kw * rows; ++t)
+      for (int64_t j = 0; j < g.cy; ++j) r[t * g.cy + j] += p[t * cy8 + j];
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvKernelGrad, KernelGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kh")
+                                  .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sh")
+                                  .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("lo_h")
+                                  .Attr<int64_t>("lo_w")
+                                  .Attr<bool>("depthwise"));

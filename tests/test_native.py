@@ -1,0 +1,224 @@
+"""The native CPU kernel gradient (``jaxconv.native``): its formula, where ``fast`` takes
+it, and the derivatives around it."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxconv import fast_conv, native, ops
+
+NATIVE_TARGET = f'custom_call_target="{native.TARGET}"'
+
+
+def _normal(shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _r_by_loops(x, y, kernel_size, strides, lows, depthwise):
+    """``R[a, b, i, j] = sum x[n, s h + a - lo, s w + b - lo, i] y[n, h, w, j]``, tap by
+    tap in NumPy, ``x`` zero outside its bounds."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    one_row = x.ndim == 3
+    if one_row:
+        x, y = x[:, None], y[:, None]
+        kernel_size, strides, lows = (1, *kernel_size), (1, *strides), (0, *lows)
+    (kh, kw), (sh, sw), (lo_h, lo_w) = kernel_size, strides, lows
+    _, hi, wi, cx = x.shape
+    _, ho, wo, cy = y.shape
+    padded = np.zeros((x.shape[0], hi + 2 * (kh + sh * ho), wi + 2 * (kw + sw * wo), cx))
+    top, left = kh + sh * ho, kw + sw * wo
+    padded[:, top : top + hi, left : left + wi] = x
+    r = np.zeros((kh, kw, 1 if depthwise else cx, cy))
+    for a in range(kh):
+        for b in range(kw):
+            rows = top + a - lo_h + sh * np.arange(ho)
+            cols = left + b - lo_w + sw * np.arange(wo)
+            window = padded[:, rows][:, :, cols]  # (n, ho, wo, cx)
+            if depthwise:
+                r[a, b, 0] = np.einsum("nhwc,nhwc->c", window, y)
+            else:
+                r[a, b] = np.einsum("nhwi,nhwj->ij", window, y)
+    return r[0] if one_row else r
+
+
+CASES = {
+    "2-D k3 s2, 16 by 1 channels": ((2, 9, 9, 1), (2, 4, 4, 16), (3, 3), (2, 2), (1, 1), False),
+    "2-D k4 s2, channels not a multiple of 8": (
+        (3, 8, 8, 5),
+        (3, 4, 4, 11),
+        (4, 4),
+        (2, 2),
+        (1, 1),
+        False,
+    ),
+    "2-D k2 s3, taps that miss": ((1, 9, 7, 7), (1, 3, 2, 9), (2, 2), (3, 3), (0, 0), False),
+    "2-D kernel wider than x": ((2, 3, 2, 2), (2, 3, 3, 8), (3, 5), (1, 1), (1, 2), False),
+    "2-D stride 1, padding 2": ((1, 6, 5, 13), (1, 6, 5, 7), (5, 3), (1, 1), (2, 1), False),
+    "2-D cropped (negative padding)": (
+        (2, 10, 10, 3),
+        (2, 4, 4, 8),
+        (3, 3),
+        (2, 2),
+        (-1, 0),
+        False,
+    ),
+    "1-D k25 s4 (WaveGAN-like)": ((2, 64, 1), (2, 16, 24), (25,), (4,), (11,), False),
+    "1-D k4 s2, 12 by 20 channels": ((2, 30, 12), (2, 15, 20), (4,), (2,), (1,), False),
+    "depthwise k4 s2": ((2, 12, 12, 16), (2, 6, 6, 16), (4, 4), (2, 2), (1, 1), True),
+    "depthwise k8 s4, 8 channels": ((1, 16, 16, 8), (1, 4, 4, 8), (8, 8), (4, 4), (2, 2), True),
+}
+
+
+@pytest.mark.parametrize(
+    "x_shape, y_shape, kernel_size, strides, lows, depthwise", CASES.values(), ids=CASES
+)
+def test_the_native_kernel_gradient_is_its_formula(
+    x_shape, y_shape, kernel_size, strides, lows, depthwise
+):
+    x, y = _normal(x_shape, 1), _normal(y_shape, 2)
+    got = jax.jit(native.kernel_grad, static_argnums=(2, 3, 4, 5))(
+        x, y, kernel_size, strides, lows, depthwise
+    )
+    expected = _r_by_loops(x, y, kernel_size, strides, lows, depthwise)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-4)
+
+
+def _kernel_gradient(layer, x, kernel, **kwargs):
+    return jax.grad(lambda k: jnp.sum(layer(x, k, impl="fast", **kwargs) ** 2))(kernel)
+
+
+LAYERS = {
+    "transposed k3 s2 op1": (
+        ops.conv_transpose,
+        (4, 7, 7, 16),
+        (3, 3, 1, 16),
+        dict(stride=2, padding=1, output_padding=1),
+    ),
+    "transposed 1-D k4 s2": (
+        ops.conv_transpose,
+        (2, 32, 12),
+        (4, 8, 12),
+        dict(stride=2, padding=1),
+    ),
+    "transposed depthwise k4 s2": (
+        ops.conv_transpose,
+        (2, 8, 8, 16),
+        (4, 4, 1, 16),
+        dict(stride=2, padding=1, groups=16),
+    ),
+    "conv k3 s2": (ops.conv, (4, 14, 14, 3), (3, 3, 3, 16), dict(stride=2, padding=1)),
+}
+
+
+@pytest.mark.parametrize("layer, x_shape, kernel_shape, kwargs", LAYERS.values(), ids=LAYERS)
+def test_fast_takes_a_few_channel_kernel_gradient_from_the_native_kernel(
+    layer, x_shape, kernel_shape, kwargs
+):
+    x, kernel = _normal(x_shape, 1), _normal(kernel_shape, 2)
+    grad = jax.jit(lambda x, k: _kernel_gradient(layer, x, k, **kwargs))
+    assert NATIVE_TARGET in grad.lower(x, kernel).as_text(dialect="hlo")
+    expected = jax.grad(lambda k: jnp.sum(layer(x, k, impl="reference", **kwargs) ** 2))(kernel)
+    np.testing.assert_allclose(grad(x, kernel), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_kernel_gradient_with_many_channel_pairs_stays_on_xlas_route():
+    x, kernel = _normal((2, 4, 4, 128)), _normal((3, 3, 128, 128))
+    grad = jax.jit(lambda x, k: _kernel_gradient(ops.conv_transpose, x, k, stride=2, padding=1))
+    assert NATIVE_TARGET not in grad.lower(x, kernel).as_text(dialect="hlo")
+
+
+ELIGIBLE = (ops.conv_transpose, (2, 6, 6, 8), (3, 3, 4, 8), dict(stride=2, padding=1))
+
+
+def _with_xla_route(monkeypatch, f, *args):
+    with monkeypatch.context() as m:
+        m.setattr(fast_conv, "NATIVE_MAX_CHANNEL_PAIRS", 0)
+        return f(*args)
+
+
+def test_forward_mode_through_the_kernel_is_xlas_route_and_agrees(monkeypatch):
+    layer, x_shape, kernel_shape, kwargs = ELIGIBLE
+    x, kernel, tangent = _normal(x_shape, 1), _normal(kernel_shape, 2), _normal(kernel_shape, 3)
+
+    def jvp(kernel, tangent):
+        return jax.jvp(lambda k: layer(x, k, impl="fast", **kwargs), (kernel,), (tangent,))
+
+    got = jvp(kernel, tangent)
+    expected = _with_xla_route(monkeypatch, jvp, kernel, tangent)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_second_derivatives_through_the_native_kernel_gradient_agree(monkeypatch):
+    """The gradient of a function of the kernel gradient, in the input and the kernel."""
+    layer, x_shape, kernel_shape, kwargs = ELIGIBLE
+    x, kernel = _normal(x_shape, 1), _normal(kernel_shape, 2)
+
+    def outer(x, kernel):
+        inner = jax.grad(lambda k: jnp.sum(jnp.sin(layer(x, k, impl="fast", **kwargs))))
+        return jnp.sum(inner(kernel) ** 2)
+
+    got = jax.grad(outer, argnums=(0, 1))(x, kernel)
+    expected = _with_xla_route(monkeypatch, jax.grad(outer, argnums=(0, 1)), x, kernel)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+
+
+def test_a_vmapped_kernel_gradient_is_each_ones():
+    layer, x_shape, kernel_shape, kwargs = ELIGIBLE
+    xs, kernel = _normal((3, *x_shape), 1), _normal(kernel_shape, 2)
+    got = jax.vmap(lambda x: _kernel_gradient(layer, x, kernel, **kwargs))(xs)
+    for x, g in zip(xs, got):
+        np.testing.assert_allclose(g, _kernel_gradient(layer, x, kernel, **kwargs), rtol=1e-5)
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}
+    )
+
+
+PROBE = """
+import warnings
+import jax, jax.numpy as jnp
+from jaxconv import native, ops
+x, k = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
+grad = jax.jit(jax.grad(lambda k: jnp.sum(ops.conv_transpose(x, k, stride=2, impl="fast"))))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    text = grad.lower(k).as_text(dialect="hlo")
+print(native.available(), native.TARGET in text, int(grad(k).sum()))
+print(*(str(w.message) for w in caught))
+"""
+
+
+def test_without_a_compiler_the_xla_route_gives_the_gradient_with_a_warning(tmp_path):
+    run = _run(PROBE, CXX="/nonexistent/c++", JAXCONV_CACHE_DIR=str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    first, warning = run.stdout.splitlines()[:2]
+    assert first.split()[:2] == ["False", "False"]
+    assert "did not build" in warning and "XLA's route is used" in warning
+    native_run = _run(PROBE, JAXCONV_CACHE_DIR=str(tmp_path))
+    assert native_run.stdout.split()[:2] == ["True", "True"], native_run.stderr
+    assert first.split()[2] == native_run.stdout.split()[2]
+
+
+def test_jaxconv_native_0_turns_the_kernel_off(tmp_path):
+    run = _run(PROBE, JAXCONV_NATIVE="0", JAXCONV_CACHE_DIR=str(tmp_path))
+    assert run.stdout.split()[:2] == ["False", "False"], run.stderr
+    assert not list(tmp_path.iterdir())  # nothing built
+
+
+def test_the_native_kernel_gradient_is_the_same_from_call_to_call():
+    """Its threads' partial sums are added in one order, whichever thread made them (a
+    resumed training run repeats an uninterrupted one bit for bit)."""
+    x, y = _normal((8, 40, 40, 3), 1), _normal((8, 20, 20, 16), 2)
+    call = jax.jit(native.kernel_grad, static_argnums=(2, 3, 4, 5))
+    first = np.asarray(call(x, y, (3, 3), (2, 2), (1, 1), False))
+    for _ in range(30):
+        np.testing.assert_array_equal(np.asarray(call(x, y, (3, 3), (2, 2), (1, 1), False)), first)
