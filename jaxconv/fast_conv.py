@@ -148,7 +148,7 @@ NN_WIDE_MAX_CHANNELS, NN_WIDE_DEPTH_RATIO = 256, 4  # and by rows with more chan
 NN_ALONE_DEPTH_RATIO, NN_WRITTEN_MIN_CHANNELS = 2, 128  # _matmul_t's own: see there
 NN_LONG_MAX_CHANNELS, NN_LONG_MIN_ROWS = 512, 256  # and _matmul_t's by long rows
 EIGEN_LARGER_FIRST_RATIO = 4  # see _matmul_nt
-NATIVE_MAX_CHANNEL_PAIRS = 64 * 128  # R by jaxconv.native: see _native_wanted
+NATIVE_MAX_CHANNEL_PAIRS, NATIVE_MAX_TAPS = 64 * 128, 64  # R by jaxconv.native: _native_wanted
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
@@ -1361,17 +1361,17 @@ def _conv_jvp(geometry, primals, tangents):
     blocks (:func:`_shared_blocks_wanted`): XLA computes the windows, or the cut, once."""
     x, kernel = primals
     dx, dkernel = tangents
-    by_native = not _is_zero(dkernel) and _native_wanted(
-        x, _out(x, kernel, geometry), kernel.shape, geometry
-    )
-    shares = not (_is_zero(dkernel) or by_native)
-    if shares and _windows_shared(x, kernel, geometry):
+    by_native = False
+    if not _is_zero(dkernel) and _windows_shared(x, kernel, geometry):
         pads, strides, dilation = geometry.pads, geometry.strides, geometry.dilation
         out = _padded_conv(x, pads, kernel, strides, dilation, 1, im2col=True)
-    elif shares and _shared_blocks_wanted(x, _out(x, kernel, geometry), kernel, geometry):
+    elif not _is_zero(dkernel) and _shared_blocks_wanted(
+        x, _out(x, kernel, geometry), kernel, geometry
+    ):
         out = _by_blocks(x, kernel, geometry)
     else:
         out = _strided(x, kernel, geometry)
+        by_native = not _is_zero(dkernel) and _native_wanted(x, out, kernel.shape, geometry)
     terms = []
     if not _is_zero(dx):
         terms.append(_transpose(lambda g: _transposed(g, kernel, geometry), out.shape, dx))
@@ -1423,8 +1423,7 @@ def _conv_transpose_jvp(geometry, primals, tangents):
     y, kernel = primals
     dy, dkernel = tangents
     out = _transposed(y, kernel, geometry)
-    by_native = not _is_zero(dkernel) and _native_wanted(out, y, kernel.shape, geometry)
-    both_wanted = not (_is_zero(dy) or _is_zero(dkernel) or by_native)
+    both_wanted = not (_is_zero(dy) or _is_zero(dkernel))
     if both_wanted and _shared_windows_wanted(out, y, kernel.shape, geometry):
         both = functools.partial(_input_and_kernel_grads, y=y, kernel=kernel, geometry=geometry)
         return out, _transpose(both, out.shape, (dy, dkernel))
@@ -1433,6 +1432,7 @@ def _conv_transpose_jvp(geometry, primals, tangents):
             _input_and_kernel_grads_by_blocks, y=y, kernel=kernel, geometry=geometry
         )
         return out, _transpose(both, out.shape, (dy, dkernel))
+    by_native = not _is_zero(dkernel) and _native_wanted(out, y, kernel.shape, geometry)
     terms = []
     if not _is_zero(dy):
         terms.append(_transpose(lambda g: _strided(g, kernel, geometry), out.shape, dy))
@@ -1451,12 +1451,27 @@ _conv_transpose.defjvp(_conv_transpose_jvp, symbolic_zeros=True)
 def _native_wanted(x, y, kernel_shape, geometry: Geometry) -> bool:
     """Whether ``R(x, y)`` (``x`` and ``y`` arrays or shapes) goes by
     :func:`jaxconv.native.kernel_grad`: on the CPU where it builds, 1-D or 2-D, no
-    dilation, float32, ``y`` more than one pixel (else one matmul), and one group of at
-    most ``NATIVE_MAX_CHANNEL_PAIRS`` channel pairs ``Cx * Cy``, or depthwise (``Cx = Cy``
-    groups, a multiple of 8, ``Cx`` pairs).
+    dilation, float32, at most ``NATIVE_MAX_TAPS`` taps, ``y`` more than one pixel (else
+    one matmul), and one group of at most ``NATIVE_MAX_CHANNEL_PAIRS`` channel pairs
+    ``Cx * Cy``, or depthwise (``Cx = Cy`` groups, a multiple of 8, ``Cx`` pairs). The
+    callers keep XLA's route where it shares its windows or blocks with the other gradient
+    or the forward.
+
+    The kernel gradient alone over one XLA matmul of its FLOPs, XLA's route -> native
+    (medians of 7 paired rounds, 2026-12-03, a 2-core AMD EPYC VM): lecture decoder 3 2.96
+    -> 1.0, CenterNet f4 (depthwise, 64 taps) 3.5 -> 0.9, ENet 2.9 -> 1.0, lecture decoder
+    2 2.1 -> 1.2, seg U-Net 1.9 -> 1.0, DCGAN G5 1.4 -> 0.8, HiFi-GAN up 4 1.5 -> 1.2,
+    WaveGAN up 5 (1-D, 25 taps) 1.25 -> 0.8, MelGAN up 3 (64 x 128 channels) 1.5 -> 1.3.
+    Slower: 128 x 256 channels and more (DCGAN G3 1.24 -> 1.68, Mask R-CNN 1.26 -> 1.93),
+    and FCN's 256 and 4096 taps (1.5-1.9x XLA's route by phases, which has no im2col).
+    Forward+backward with both gradients, and the autoencoder's train step, were the same
+    either way within noise (where XLA's route shares one im2col for both gradients, it
+    stays: the train step was 7-9 % slower with the native kernel gradient there).
     """
     kernel_size = kernel_shape[:-2]
     if len(kernel_size) > 2 or any(d != 1 for d in geometry.dilation):
+        return False
+    if math.prod(kernel_size) > NATIVE_MAX_TAPS:
         return False
     if x.dtype != jnp.float32 or y.dtype != jnp.float32 or math.prod(y.shape[1:-1]) == 1:
         return False
