@@ -1466,7 +1466,7 @@ def _native_wanted(x, y, kernel_shape, geometry: Geometry) -> bool:
     and FCN's 256 and 4096 taps (1.5-1.9x XLA's route by phases, which has no im2col).
     Forward+backward with both gradients, and the autoencoder's train step, were the same
     either way within noise (where XLA's route shares one im2col for both gradients, it
-    stays: the train step was 7-9 % slower with the native kernel gradient there).
+    stays: the train step was 7-10 % slower with the native kernel gradient there).
     """
     kernel_size = kernel_shape[:-2]
     if len(kernel_size) > 2 or any(d != 1 for d in geometry.dilation):

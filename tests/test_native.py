@@ -146,7 +146,7 @@ def test_a_kernel_of_more_than_64_taps_stays_on_xlas_route():
 
 def test_both_gradients_from_one_im2col_stay_on_xlas_route():
     """Where XLA's route takes the input and kernel gradients from one im2col of the
-    cotangent, forward+backward stays there (the autoencoder's train step was 7-9 %
+    cotangent, forward+backward stays there (the autoencoder's train step was 7-10 %
     slower with the native kernel gradient beside a separate input gradient); the kernel
     gradient alone of the same layer is native."""
     x, kernel = _normal((4, 8, 8, 32)), _normal((3, 3, 16, 32))
