@@ -13,7 +13,7 @@ The first call compiles the file with the system's C++ compiler (``$CXX``, else 
 or ``g++``; about 6 s) into ``$JAXCONV_CACHE_DIR`` (default ``~/.cache/jaxconv``), keyed
 by the source, the compiler, jaxlib and the CPU; later processes load that build.
 Without a compiler, or with ``JAXCONV_NATIVE=0``, :func:`available` is false and
-``jaxconv.fast_conv`` keeps XLA's route, which gives the same numbers.
+``jaxconv.fast_conv`` keeps XLA's route: the same results to float32 rounding.
 """
 
 from __future__ import annotations
