@@ -1375,11 +1375,8 @@ def _conv_jvp(geometry, primals, tangents):
     terms = []
     if not _is_zero(dx):
         terms.append(_transpose(lambda g: _transposed(g, kernel, geometry), out.shape, dx))
-    if by_native:
-        terms.append(_kernel_term(x, dkernel, geometry, kernel.shape, out.shape, wrt="y"))
-    elif not _is_zero(dkernel):
-        grad = functools.partial(_kernel_grad, x, kernel_shape=kernel.shape, geometry=geometry)
-        terms.append(_transpose(grad, out.shape, dkernel))
+    if not _is_zero(dkernel):
+        terms.append(_kernel_term(x, dkernel, geometry, kernel.shape, out.shape, "y", by_native))
     return out, _sum(terms, out)
 
 
@@ -1436,11 +1433,8 @@ def _conv_transpose_jvp(geometry, primals, tangents):
     terms = []
     if not _is_zero(dy):
         terms.append(_transpose(lambda g: _strided(g, kernel, geometry), out.shape, dy))
-    if by_native:
-        terms.append(_kernel_term(y, dkernel, geometry, kernel.shape, out.shape, wrt="x"))
-    elif not _is_zero(dkernel):
-        grad = functools.partial(_kernel_grad, y=y, kernel_shape=kernel.shape, geometry=geometry)
-        terms.append(_transpose(grad, out.shape, dkernel))
+    if not _is_zero(dkernel):
+        terms.append(_kernel_term(y, dkernel, geometry, kernel.shape, out.shape, "x", by_native))
     return out, _sum(terms, out)
 
 
@@ -1487,12 +1481,14 @@ def _native_wanted(x, y, kernel_shape, geometry: Geometry) -> bool:
     return native.available()
 
 
-def _kernel_term(other, dkernel, geometry: Geometry, kernel_shape, shape, wrt: str):
-    """A tangent's kernel term whose transpose is the native ``R``: ``R(., y)^T(dK)``
-    (``wrt="x"``, ``other`` is ``y``) or ``R(x, .)^T(dK)`` (``wrt="y"``, ``other`` is
-    ``x``), of shape ``shape``."""
+def _kernel_term(other, dkernel, geometry: Geometry, kernel_shape, shape, wrt: str, by_native):
+    """A tangent's kernel term ``R(., y)^T(dK)`` (``wrt="x"``, ``other`` is ``y``) or
+    ``R(x, .)^T(dK)`` (``wrt="y"``, ``other`` is ``x``), of shape ``shape``: reverse mode
+    transposes it back to the native ``R`` where ``by_native``, else to XLA's route."""
     params = dict(geometry=geometry, kernel_shape=tuple(kernel_shape), shape=shape, wrt=wrt)
-    return _kernel_term_p.bind(other, dkernel, **params)
+    if by_native:
+        return _kernel_term_p.bind(other, dkernel, **params)
+    return _kernel_term_by_xla(other, dkernel, **params)
 
 
 def _kernel_term_by_xla(other, dkernel, *, geometry, kernel_shape, shape, wrt):
