@@ -1,7 +1,7 @@
 """jaxconv against PyTorch on the CPU: transposed convs, and the autoencoder's train step.
 
     python experiments/benchmark.py [--quick] [--parts ops,suite,train] [--profile]
-                                    [--threads N] [--rounds N] [--min-round-s S]
+                                    [--cases NAME,...] [--threads N] [--rounds N] [--min-round-s S]
                                     [--expected-peak GFLOPS] [--out benchmark.json]
 
 Everything is measured in one run, side by side (``experiments/bench/timing.py``):
@@ -30,6 +30,8 @@ printed and written as JSON (``--out``).
    the geometric mean and the worst of torch's time over jaxconv's, and the cases that
    miss a criterion (``bench.report``). The reference is not timed where its conv
    over the stride-dilated input exceeds ``bench.suite.REFERENCE_MAX_GMAC``.
+   ``--cases`` keeps the layers whose names contain one of its comma-separated parts
+   (to time a few again, with more ``--rounds``).
 3. ``train``, the lecture autoencoder (:class:`jaxconv.models.Autoencoder`), one train
    step (forward, MSE, backward, Adam): images/s at batch 64, 256 and 1024 for jaxconv
    (the jit-compiled step), torch eager, and ``torch.compile`` where it runs; the
@@ -125,6 +127,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--parts", type=parse_parts, default=PARTS, help="a subset of ops,suite,train (all)"
     )
+    parser.add_argument(
+        "--cases",
+        default=None,
+        help="suite layers whose names contain one of these comma-separated parts (all)",
+    )
     add_timing_arguments(parser, "group of contenders")
     parser.add_argument(
         "--expected-peak",
@@ -150,6 +157,12 @@ def main() -> None:
     from bench import cases, report, suite
 
     from jaxconv import models
+
+    try:
+        suite_layers = suite.select(suite.SUITE, args.cases) if args.cases else suite.SUITE
+    except ValueError as error:
+        print(f"benchmark.py: --{error}", file=sys.stderr)
+        sys.exit(2)
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -186,11 +199,10 @@ def main() -> None:
             for layer in layers
         ]
     if "suite" in args.parts:
-        layers = (
-            [s.with_batch(1) for s in suite.SUITE if s.name in suite.QUICK_SUITE]
-            if args.quick
-            else suite.SUITE
-        )
+        if args.quick:  # batch 1; without --cases, only QUICK_SUITE
+            suite_layers = [
+                s.with_batch(1) for s in suite_layers if args.cases or s.name in suite.QUICK_SUITE
+            ]
         max_gmac = suite.QUICK_REFERENCE_MAX_GMAC if args.quick else suite.REFERENCE_MAX_GMAC
         result["suite"] = [
             cases.op_case(
@@ -202,7 +214,7 @@ def main() -> None:
                 reference_max_gmac=max_gmac,
                 lowerings=True,
             )
-            for layer in layers
+            for layer in suite_layers
         ]
         result["suite_summary"] = report.suite_summary(result["suite"])
     if "train" in args.parts:

@@ -34,6 +34,20 @@ def test_quick_suite_names_suite_layers():
     assert set(suite.QUICK_SUITE) <= set(SUITE_IDS)
 
 
+def test_cases_select_the_layers_whose_names_contain_a_part_in_any_case_in_suite_order():
+    chosen = suite.select(suite.SUITE, "mask r-cnn, MelGAN")
+    assert [layer.name for layer in chosen] == [
+        "Mask R-CNN mask head",
+        "MelGAN up 1 (x8)",
+        "MelGAN up 3 (x2)",
+    ]
+
+
+def test_a_case_part_that_names_no_layer_is_refused_with_the_layer_names():
+    with pytest.raises(ValueError, match="'melgam' is in no suite layer's name.*MelGAN up 1"):
+        suite.select(suite.SUITE, "MelGAN,melgam")
+
+
 class FakeClock:
     """A clock that moves only when a fake call spends time, and ``timed`` on it."""
 

@@ -197,3 +197,16 @@ QUICK_SUITE = (
     "3-D U-Net up-conv 16->32",
     "lecture decoder 2 (7->14)",
 )
+
+
+def select(layers: list[Layer], patterns: str) -> list[Layer]:
+    """The layers whose name contains one of the comma-separated ``patterns`` (any case),
+    in their order; ValueError naming the layers where a pattern matches none."""
+    wanted = [p.strip().lower() for p in patterns.split(",") if p.strip()]
+    if not wanted:
+        raise ValueError("cases: name at least one suite layer")
+    for pattern in wanted:
+        if not any(pattern in layer.name.lower() for layer in layers):
+            names = ", ".join(layer.name for layer in layers)
+            raise ValueError(f"cases: {pattern!r} is in no suite layer's name; they are: {names}")
+    return [layer for layer in layers if any(p in layer.name.lower() for p in wanted)]
