@@ -210,8 +210,6 @@ def op_case(
                 figures[f"{name}_over"] = {
                     impl: ratios(times[name], times[impl]) for impl in IMPLS if impl in times
                 }
-        if "reference" in times:
-            figures["reference_over_auto"] = ratios(times["reference"], times["auto"])
         figures["auto_over"] = {
             name: ratios(times["auto"], times[name])
             for name in ("fast", "reference", *LOWERINGS)
