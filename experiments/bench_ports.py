@@ -336,13 +336,13 @@ def measure(name: str, network: Network, rounds: int, min_round_s: float) -> dic
             "jaxconv": timing.repeated(jax_call, jax.block_until_ready, min_round_s),
             "torch": timing.repeated(torch_call, timing.no_sync, min_round_s, spins=True),
         }
-        times = timing.time_contenders(contenders, rounds, aa="jaxconv")
+        times, check = timing.time_checked(contenders, rounds, aa="jaxconv")
         result[mode] = {
             "diff": diff[mode],
             "ms": {who: timing.summary(ts, 1e3) for who, ts in times.items()},
             "calls_per_round": {who: c.calls_per_round for who, c in contenders.items()},
             "torch_over_jaxconv": timing.ratios(times["torch"], times["jaxconv"]),
-            "aa": timing.aa_check(times, "jaxconv"),
+            "aa": check,
         }
     return result
 

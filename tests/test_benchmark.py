@@ -176,6 +176,36 @@ def test_the_aa_pair_is_one_contender_timed_under_two_names_in_the_same_rounds(c
     assert check["within"] and check["ratio"]["median"] == pytest.approx(1.0)
 
 
+def _scripted_timings(monkeypatch, aa_ratios: list[float]) -> list[int]:
+    """time_contenders returning, timing after timing, auto's times at these ratios to
+    its A/A twin; the list it returns counts the timings."""
+    calls = []
+
+    def time_contenders(contenders, rounds, aa=None, seed=0):
+        ratio = aa_ratios[len(calls)]
+        calls.append(seed)
+        return {"auto": [ratio] * rounds, "auto (A/A)": [1.0] * rounds}
+
+    monkeypatch.setattr(timing, "time_contenders", time_contenders)
+    return calls
+
+
+def test_a_group_whose_aa_is_outside_the_limits_is_timed_again_and_its_last_timing_kept(
+    monkeypatch,
+):
+    calls = _scripted_timings(monkeypatch, [1.08, 1.01, 1.0])
+    times, check = timing.time_checked({}, rounds=3, aa="auto")
+    assert calls == [0, 1] and times["auto"] == [1.01] * 3  # the second in another order
+    assert check["within"] and check["timings"] == 2
+
+
+def test_a_group_stays_outside_the_limits_after_its_last_timing(monkeypatch):
+    calls = _scripted_timings(monkeypatch, [1.08] * timing.AA_TIMINGS + [1.0])
+    _, check = timing.time_checked({}, rounds=3, aa="auto")
+    assert len(calls) == timing.AA_TIMINGS
+    assert not check["within"] and check["timings"] == timing.AA_TIMINGS
+
+
 @pytest.mark.parametrize(
     "ratio, within", [(1.0, True), (1.029, True), (0.96, False), (1.05, False)]
 )
@@ -279,6 +309,15 @@ def test_a_run_with_an_aa_ratio_outside_the_limits_says_it_is_unreliable(capsys)
     assert "cannot resolve 5 %" in warning and "1 of 4" in warning
     report.print_aa(result["aa"])
     assert "outside: suite: c, forward+backward: 1.080" in capsys.readouterr().out
+
+
+def test_the_report_names_the_groups_timed_again(capsys):
+    result = _run({"c": 1.01, "train": 1.0})
+    result["train"][0]["aa"]["timings"] = 2
+    result["aa"] = report.aa_summary(result)
+    assert result["aa"]["retimed"] == {"train step, batch 64": 2} and result["aa"]["reliable"]
+    report.print_aa(result["aa"])
+    assert "train step, batch 64: 2 timings" in capsys.readouterr().out
 
 
 def test_unequal_thread_counts_are_a_warning():

@@ -1,10 +1,11 @@
 """What one benchmark case times, and how: a layer's implementations against torch, the
 kernel gradient against a matmul, the autoencoder's train step, the matmul peak.
 
-Every group of contenders is timed by :func:`bench.timing.time_contenders` in paired
-rounds, with jaxconv's contender (``auto``, ``jaxconv``) also timed as its own A/A
-pair. Implementations that resolve to the same compiled program (on the CPU ``auto``
-is ``fast``) are compiled and timed once, under the first name (``timed_as`` says so).
+Every group of contenders is timed by :func:`bench.timing.time_checked` in paired
+rounds, with jaxconv's contender (``auto``, ``jaxconv``) also timed as its own A/A pair,
+and timed again where that pair disagrees. Implementations that resolve to the same
+compiled program (on the CPU ``auto`` is ``fast``) are compiled and timed once, under
+the first name (``timed_as`` says so).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from bench.suite import Layer
 from bench.timing import (
     MIN_ROUND_S,
     Contender,
-    aa_check,
     aa_name,
     cuda_sync,
     no_sync,
@@ -35,7 +35,7 @@ from bench.timing import (
     ratios,
     repeated,
     summary,
-    time_contenders,
+    time_checked,
     timed,
 )
 from jaxconv import fast_conv, models, ops, shapes, torch_models, train
@@ -195,7 +195,7 @@ def op_case(
         for name, module in torch_modules.items():
             call = functools.partial(torch_fns[mode], module)
             contenders[name] = repeated(call, sync, min_round_s, spins=True)
-        times = time_contenders(contenders, rounds, aa="auto")
+        times, check = time_checked(contenders, rounds, aa="auto")
         aa = aa_name("auto")
         for impl, name in timed_as.items():
             if name in times:
@@ -203,7 +203,7 @@ def op_case(
         figures = {
             "ms": {name: summary(ts, 1e3) for name, ts in times.items()},
             "calls_per_round": {name: c.calls_per_round for name, c in contenders.items()},
-            "aa": aa_check(times, "auto"),
+            "aa": check,
         }
         for name in ("torch", "torch.compile"):
             if name in times:
@@ -290,7 +290,7 @@ def kernel_gradient_case(
         ),
         "matmul": repeated(functools.partial(matmul, a, b), jax.block_until_ready, min_round_s),
     }
-    times = time_contenders(contenders, rounds, aa="auto")
+    times, check = time_checked(contenders, rounds, aa="auto")
     return {
         "ms": {name: summary(ts, 1e3) for name, ts in times.items()},
         "calls_per_round": {name: c.calls_per_round for name, c in contenders.items()},
@@ -298,7 +298,7 @@ def kernel_gradient_case(
         "gflop": 2 * layer.macs() / 1e9,
         "compile_s": compile_s,
         "over_matmul": ratios(times["auto"], times["matmul"]),
-        "aa": aa_check(times, "auto"),
+        "aa": check,
     }
 
 
@@ -408,7 +408,7 @@ def train_case(
         name: repeated(call, sync, min_round_s, spins=name.startswith("torch"))
         for name, (call, sync) in steps.items()
     }
-    times = time_contenders(contenders, rounds, aa="jaxconv")
+    times, check = time_checked(contenders, rounds, aa="jaxconv")
     per_image = {name: [t / batch for t in ts] for name, ts in times.items()}
     result["steps_per_round"] = {name: c.calls_per_round for name, c in contenders.items()}
     result["images_per_s"] = {name: summary([1 / t for t in ts]) for name, ts in per_image.items()}
@@ -417,7 +417,7 @@ def train_case(
         result["jaxconv_over_torch_compile"] = ratios(
             per_image["torch.compile"], per_image["jaxconv"]
         )
-    result["aa"] = aa_check(times, "jaxconv")
+    result["aa"] = check
     if profile:  # the same step, without donated buffers, so that it can be rerun
         compiled, state, images, _ = jax_train_step(batch, donate=False)
         result["profile"] = xla_op_profile(compiled, (*state, images), repeats=8)

@@ -74,25 +74,26 @@ def _auto_over_fastest(figures: dict) -> float:
     return max(ratio["median"] for ratio in figures["auto_over"].values())
 
 
-def aa_pairs(report: dict) -> dict[str, float]:
-    """The median A/A ratio of every timing group in the report, by a label naming it."""
-    pairs = {}
+def aa_checks(report: dict) -> dict[str, dict]:
+    """The A/A check of every timing group in the report, by a label naming it."""
+    checks = {}
     for part in ("ops", "suite"):
         for case in report.get(part, []):
             for mode in MODES:
-                pairs[f"{part}: {case['case']}, {mode}"] = case[mode]["aa"]["ratio"]["median"]
+                checks[f"{part}: {case['case']}, {mode}"] = case[mode]["aa"]
             if "kernel_gradient" in case:
-                kg = case["kernel_gradient"]["aa"]["ratio"]["median"]
-                pairs[f"{part}: {case['case']}, kernel gradient"] = kg
+                checks[f"{part}: {case['case']}, kernel gradient"] = case["kernel_gradient"]["aa"]
     for case in report.get("train", []):
-        pairs[f"train step, batch {case['batch']}"] = case["aa"]["ratio"]["median"]
-    return pairs
+        checks[f"train step, batch {case['batch']}"] = case["aa"]
+    return checks
 
 
 def aa_summary(report: dict) -> dict:
-    """The run's A/A ratios: median, min, max, those outside ``AA_LIMITS``, and
-    ``reliable`` (none outside: the run can resolve a 5 % difference)."""
-    pairs = aa_pairs(report)
+    """The run's A/A ratios: median, min, max, those outside ``AA_LIMITS``, the groups
+    timed more than once (``retimed``: how many timings), and ``reliable`` (none
+    outside: the run can resolve a 5 % difference)."""
+    checks = aa_checks(report)
+    pairs = {label: check["ratio"]["median"] for label, check in checks.items()}
     low, high = AA_LIMITS
     outside = {label: v for label, v in pairs.items() if not low <= v <= high}
     values = sorted(pairs.values())
@@ -103,6 +104,11 @@ def aa_summary(report: dict) -> dict:
         "min": values[0] if values else None,
         "max": values[-1] if values else None,
         "outside": outside,
+        "retimed": {
+            label: check["timings"]
+            for label, check in checks.items()
+            if check.get("timings", 1) > 1
+        },
         "reliable": bool(values) and not outside,
     }
 
@@ -254,6 +260,12 @@ def print_aa(aa: dict) -> None:
     )
     for label, ratio in aa["outside"].items():
         print(f"  outside: {label}: {ratio:.3f}")
+    if aa.get("retimed"):
+        print(
+            f"timed again, as their first A/A was outside the limits: {len(aa['retimed'])} groups"
+        )
+        for label, timings in aa["retimed"].items():
+            print(f"  {label}: {timings} timings")
     if aa["reliable"]:
         print("A/A within limits in every group: this run can resolve a 5 % difference")
 
