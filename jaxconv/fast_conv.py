@@ -66,7 +66,8 @@ loop nest. Here instead:
   matmul: im2col of ``C``'s input against ``y``, or, where that copies more, im2col
   of ``T``'s input (``y``) against ``x`` taken back to phases (space-to-depth), in
   the phase domain. (XLA:CPU's own, a conv with the batch as its features, is
-  several times slower.) The matmul contracts the rows of both operands; with few
+  several times slower, except in 1-D with few taps and many channels, where it is
+  ``R``: :func:`_xla_r_wanted`.) The matmul contracts the rows of both operands; with few
   channels against a deep im2col it goes by rows instead (:func:`_matmul_t`); an im2col
   of one channel in 1-D or 3-D is built transposed, for a plain matmul
   (:func:`_windows_of_one_channel_t`). In 1-D and 2-D, with few channels or depthwise,
@@ -149,6 +150,7 @@ NN_ALONE_DEPTH_RATIO, NN_WRITTEN_MIN_CHANNELS = 2, 128  # _matmul_t's own: see t
 NN_LONG_MAX_CHANNELS, NN_LONG_MIN_ROWS = 512, 256  # and _matmul_t's by long rows
 EIGEN_LARGER_FIRST_RATIO = 4  # see _matmul_nt
 NATIVE_MAX_CHANNEL_PAIRS, NATIVE_MAX_TAPS = 64 * 128, 64  # R by jaxconv.native: _native_wanted
+XLA_R_1D_MAX_TAPS, XLA_R_1D_MIN_CHANNELS = 16, 32  # R by XLA's conv in 1-D: _xla_r_wanted
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
@@ -851,7 +853,8 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
     :func:`_matmul_t` of ``x`` at the taps against ``y``: DCGAN G1's, 128 rows by 8192 x
     100, 3.0 -> 1.7 ms against the transpose's own dot, of ``x`` transposed); otherwise
     :func:`_kernel_grad_direct` or :func:`_kernel_grad_by_phases`, whichever copies
-    less, or XLA's own where the im2col would be over ``IM2COL_MAX_BYTES``. With
+    less, or XLA's own where the im2col would be over ``IM2COL_MAX_BYTES`` or where
+    :func:`_xla_r_wanted` (1-D, few taps, many channels). With
     groups, ``x`` of one channel per group goes by :func:`_tap_sums`, image by image;
     a windowed input of several channels per group, group by group.
     """
@@ -861,6 +864,8 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
         batch = y.shape[0]
         taps = _transpose(lambda t: _placed(t, geometry), (batch, *kernel_shape[:-1]), x)
         return _matmul_t(taps.reshape(batch, -1), y.reshape(batch, -1)).reshape(kernel_shape)
+    if _xla_r_wanted(kernel_shape, geometry):
+        return _kernel_grad_by_xla_conv(x, y, kernel_shape, geometry)
     kernel_size, y_channels = kernel_shape[:-2], kernel_shape[-1]
     x_channels = kernel_shape[-2] * geometry.groups
     if x_channels == geometry.groups > 1:  # one channel per group: tap sums, image by image
@@ -884,6 +889,11 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
             return _by_windows_of_x(x, y, kernel_shape, geometry)
         grad = functools.partial(grad, kernel_shape=kernel_shape, geometry=geometry)
         return _by_chunks(grad, (x, y), columns_per_image, summed=True)
+    return _kernel_grad_by_xla_conv(x, y, kernel_shape, geometry)
+
+
+def _kernel_grad_by_xla_conv(x: jax.Array, y: jax.Array, kernel_shape, geometry) -> jax.Array:
+    """``R`` as XLA's own: the transpose in the kernel of its conv of the padded ``x``."""
     padded = _pad(x, geometry.pads)
     xla = functools.partial(
         _xla_conv,
@@ -893,6 +903,32 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
         groups=geometry.groups,
     )
     return _transpose(xla, kernel_shape, y)
+
+
+def _xla_r_wanted(kernel_shape, geometry: Geometry) -> bool:
+    """Whether ``R`` is XLA's own (:func:`_kernel_grad_by_xla_conv`) rather than an im2col
+    matmul or the native kernel: in 1-D, one group, no dilation, at most
+    ``XLA_R_1D_MAX_TAPS`` taps and ``XLA_R_1D_MIN_CHANNELS`` channels or more on both sides.
+
+    Transposed convs, the kernel gradient alone and forward+backward (value, both
+    gradients), XLA's conv over the route before (native or im2col), medians of 15 paired
+    rounds, 2026-12-04, a 2-core AMD EPYC VM (family 23): MelGAN up 1 (k16 s8, 512 -> 256)
+    0.82 and 0.89, MelGAN up 2 (k16 s8, 256 -> 128) 0.82 and 0.91, MelGAN up 3 (k4 s2, 128
+    -> 64) 0.68 and 0.83 (0.70 and 0.84 in 25 rounds), k8 s4 128 -> 64 0.61 and 0.84, k3
+    s1 64 -> 64 0.83 and 0.90, k16 s8 64 -> 32 0.82 and 0.91 (0.80, 0.92). HiFi-GAN up 4
+    (k4 s2, 64 -> 32): the kernel gradient alone 0.92, 1.05, 1.04 (25 rounds), slower than
+    the native kernel, forward+backward 0.99, 0.94, 0.95: XLA's, for training. With 25 taps
+    XLA's was slower: WaveGAN up 3 (k25 s4, 256 -> 128) 1.29 and 1.14, up 4 (128 -> 64)
+    1.33 and 1.18, up 5 (64 -> 1) 1.38 and 1.10.
+    """
+    kernel_size = kernel_shape[:-2]
+    return (
+        len(kernel_size) == 1
+        and geometry.groups == 1
+        and geometry.dilation == (1,)
+        and kernel_size[0] <= XLA_R_1D_MAX_TAPS
+        and min(kernel_shape[-2:]) >= XLA_R_1D_MIN_CHANNELS
+    )
 
 
 def _windows_of_x_copy_less(y: jax.Array, kernel_shape, geometry: Geometry) -> bool:
@@ -1447,9 +1483,9 @@ def _native_wanted(x, y, kernel_shape, geometry: Geometry) -> bool:
     :func:`jaxconv.native.kernel_grad`: on the CPU where it builds, 1-D or 2-D, no
     dilation, float32, at most ``NATIVE_MAX_TAPS`` taps, ``y`` more than one pixel (else
     one matmul), and one group of at most ``NATIVE_MAX_CHANNEL_PAIRS`` channel pairs
-    ``Cx * Cy``, or depthwise (``Cx = Cy`` groups, a multiple of 8, ``Cx`` pairs). The
-    callers keep XLA's route where it shares its windows or blocks with the other gradient
-    or the forward.
+    ``Cx * Cy``, or depthwise (``Cx = Cy`` groups, a multiple of 8, ``Cx`` pairs); not
+    where XLA's conv is faster (:func:`_xla_r_wanted`). The callers keep XLA's route where
+    it shares its windows or blocks with the other gradient or the forward.
 
     The kernel gradient alone over one XLA matmul of its FLOPs, XLA's route -> native
     (medians of 7 paired rounds, 2026-12-03, a 2-core AMD EPYC VM): lecture decoder 3 2.96
@@ -1465,7 +1501,7 @@ def _native_wanted(x, y, kernel_shape, geometry: Geometry) -> bool:
     kernel_size = kernel_shape[:-2]
     if len(kernel_size) > 2 or any(d != 1 for d in geometry.dilation):
         return False
-    if math.prod(kernel_size) > NATIVE_MAX_TAPS:
+    if math.prod(kernel_size) > NATIVE_MAX_TAPS or _xla_r_wanted(kernel_shape, geometry):
         return False
     if x.dtype != jnp.float32 or y.dtype != jnp.float32 or math.prod(y.shape[1:-1]) == 1:
         return False
