@@ -150,7 +150,7 @@ NN_ALONE_DEPTH_RATIO, NN_WRITTEN_MIN_CHANNELS = 2, 128  # _matmul_t's own: see t
 NN_LONG_MAX_CHANNELS, NN_LONG_MIN_ROWS = 512, 256  # and _matmul_t's by long rows
 EIGEN_LARGER_FIRST_RATIO = 4  # see _matmul_nt
 NATIVE_MAX_CHANNEL_PAIRS, NATIVE_MAX_TAPS = 64 * 128, 64  # R by jaxconv.native: _native_wanted
-XLA_R_1D_MAX_TAPS, XLA_R_1D_MIN_CHANNELS = 16, 32  # R by XLA's conv in 1-D: _xla_r_wanted
+XLA_R_1D_MAX_TAPS, XLA_R_1D_MIN_CHANNELS = 16, 64  # R by XLA's conv in 1-D: _xla_r_wanted
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
@@ -915,10 +915,12 @@ def _xla_r_wanted(kernel_shape, geometry: Geometry) -> bool:
     rounds, 2026-12-04, a 2-core AMD EPYC VM (family 23): MelGAN up 1 (k16 s8, 512 -> 256)
     0.82 and 0.89, MelGAN up 2 (k16 s8, 256 -> 128) 0.82 and 0.91, MelGAN up 3 (k4 s2, 128
     -> 64) 0.68 and 0.83 (0.70 and 0.84 in 25 rounds), k8 s4 128 -> 64 0.61 and 0.84, k3
-    s1 64 -> 64 0.83 and 0.90, k16 s8 64 -> 32 0.82 and 0.91 (0.80, 0.92). HiFi-GAN up 4
-    (k4 s2, 64 -> 32): the kernel gradient alone 0.92, 1.05, 1.04 (25 rounds), slower than
-    the native kernel, forward+backward 0.99, 0.94, 0.95: XLA's, for training. With 25 taps
-    XLA's was slower: WaveGAN up 3 (k25 s4, 256 -> 128) 1.29 and 1.14, up 4 (128 -> 64)
+    s1 64 -> 64 0.83 and 0.90. With 32 channels on a side it varied: k16 s8 64 -> 32 0.82
+    and 0.91 (0.80, 0.92 in 25 rounds), but HiFi-GAN up 4 (k4 s2, 64 -> 32) 0.92, 1.05 and
+    1.04 (25 rounds) alone, forward+backward 0.99, 0.94, 0.95, and in the full benchmark
+    (`20728ea`) its kernel gradient alone was 2.11x a matmul of its FLOPs by XLA's conv,
+    1.57x by the native kernel in the run before: the native kernel stays there. With 25
+    taps XLA's was slower: WaveGAN up 3 (k25 s4, 256 -> 128) 1.29 and 1.14, up 4 (128 -> 64)
     1.33 and 1.18, up 5 (64 -> 1) 1.38 and 1.10.
     """
     kernel_size = kernel_shape[:-2]

@@ -443,18 +443,18 @@ def test_a_kernel_gradient_within_two_chunks_goes_over_the_whole_batch_where_it_
 @pytest.mark.parametrize(
     "op, x_shape, kernel_shape, kwargs, xla",
     [
-        # MelGAN up 3's form, k4 s2 p1, 32 channels each side
-        (ops.conv_transpose, (2, 24, 32), (4, 40, 32), dict(stride=2, padding=1), True),
-        (ops.conv, (2, 24, 32), (3, 32, 40), dict(padding=1), True),
-        # 16 channels on one side, or 25 taps (WaveGAN's k25 s4): not XLA's
-        (ops.conv_transpose, (2, 24, 32), (4, 16, 32), dict(stride=2, padding=1), False),
-        (ops.conv_transpose, (2, 24, 32), (25, 40, 32), dict(stride=4, padding=11), False),
+        # MelGAN up 3's form, k4 s2 p1, 64 channels or more each side
+        (ops.conv_transpose, (2, 24, 64), (4, 72, 64), dict(stride=2, padding=1), True),
+        (ops.conv, (2, 24, 64), (3, 64, 72), dict(padding=1), True),
+        # 32 channels on one side (HiFi-GAN's 64 -> 32), or 25 taps (WaveGAN's k25 s4)
+        (ops.conv_transpose, (2, 24, 64), (4, 32, 64), dict(stride=2, padding=1), False),
+        (ops.conv_transpose, (2, 24, 64), (25, 72, 64), dict(stride=4, padding=11), False),
     ],
 )
 def test_a_1d_kernel_gradient_of_few_taps_and_many_channels_is_xlas_conv(
     op, x_shape, kernel_shape, kwargs, xla
 ):
-    """``R`` in 1-D with at most 16 taps and 32 channels or more on both sides is XLA's
+    """``R`` in 1-D with at most 16 taps and 64 channels or more on both sides is XLA's
     conv (the transpose of its conv in the kernel: a conv whose result is the kernel's
     size), and equal to the reference's."""
     x, kernel = _normal(x_shape, 1), _normal(kernel_shape, 2)
