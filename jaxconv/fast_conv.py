@@ -105,7 +105,8 @@ loop nest. Here instead:
   einsum batched over the groups. Where groups
   contract several channels, ``C``, ``T`` and ``R`` run group by group in one
   ``lax.fori_loop`` over their one-group paths, reading and writing each group's
-  channels in place. (Measured on the benchmark's grouped layers: XLA:CPU's grouped
+  channels in place; ``R`` of at most ``UNROLLED_MAX_GROUPS`` groups unrolled, the
+  groups' parts concatenated (:func:`_group_by_group`). (Measured on the benchmark's grouped layers: XLA:CPU's grouped
   conv, ``feature_group_count``, was 1.5-2x slower than a conv per group and 10-40x
   slower than tap by tap on depthwise ones; an einsum batched over the groups up to
   5x slower, from the transposition of its im2col, groups first. XLA's grouped
@@ -149,6 +150,7 @@ NN_WIDE_MAX_CHANNELS, NN_WIDE_DEPTH_RATIO = 256, 4  # and by rows with more chan
 NN_ALONE_DEPTH_RATIO, NN_WRITTEN_MIN_CHANNELS = 2, 128  # _matmul_t's own: see there
 NN_LONG_MAX_CHANNELS, NN_LONG_MIN_ROWS = 512, 256  # and _matmul_t's by long rows
 EIGEN_LARGER_FIRST_RATIO = 4  # see _matmul_nt
+UNROLLED_MAX_GROUPS = 16  # a grouped kernel gradient group by group, unrolled (see _group_by_group)
 NATIVE_MAX_CHANNEL_PAIRS, NATIVE_MAX_TAPS = 64 * 128, 64  # R by jaxconv.native: _native_wanted
 XLA_R_1D_MAX_TAPS, XLA_R_1D_MIN_CHANNELS = 16, 64  # R by XLA's conv in 1-D: _xla_r_wanted
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
@@ -449,13 +451,26 @@ def _group_by_group(
     A group's parts are sliced inside ``jax.checkpoint``, so that reverse mode slices
     them again rather than keeping every group's copy (StyleGAN2's forward+backward 86
     -> 61 ms: its kernel's parts, 38 MB, were stacked for the transposed loop).
-    ``added``: each result is added into its part of a zero output (a scatter-add) rather
-    than written over it. Use it for a kernel gradient, which reverse mode computes
-    transposed twice: an overwritten part transposes to a part zeroed, so the written
-    output came back as a pass zeroing each part and a pass adding to it (StyleGAN2's
-    kernel gradient 35.2 -> 28.9 ms, its forward+backward 67.3 -> 57.3). A forward writes
-    (the ``grouped g=4`` op case 54.6 ms written, 72.5 added).
+    ``added``: for a kernel gradient, which reverse mode computes transposed twice. Up
+    to ``UNROLLED_MAX_GROUPS`` groups, each group's own operations, their results
+    concatenated: no loop, and no zero output to add into. With more, each result is
+    added into its part of a zero output (a scatter-add) rather than written over it: an
+    overwritten part transposes to a part zeroed, so the written output came back as a
+    pass zeroing each part and a pass adding to it (StyleGAN2's kernel gradient 35.2 ->
+    28.9 ms, its forward+backward 67.3 -> 57.3). A forward writes (the ``grouped g=4`` op
+    case 54.6 ms written, 72.5 added).
+
+    Kernel gradients alone, concatenated over the scatter-add loop (medians of 9-11
+    paired rounds, 2026-12-04, a 2-core AMD EPYC VM; transposed convs k3 s2): StyleGAN2
+    (4 groups of 512, 8x8) 0.91, ``grouped g=4`` (16 channels a group, batch 64, 28x28)
+    0.66, 2 groups of 512 (16x16) 0.58, 8 of 16 (batch 16, 28x28) 0.86, 16 of 16 0.57;
+    32 groups of 16 (14x14) 1.54, slower. Forward+backward 0.79-0.97, and 1.12 with 32.
     """
+    if added and groups <= UNROLLED_MAX_GROUPS:
+        one = jax.checkpoint(fn)
+        return jnp.concatenate(
+            [one(*(_part(a, groups, i) for a in operands)) for i in range(groups)], axis=-1
+        )
     parts = [
         jax.ShapeDtypeStruct((*a.shape[:-1], a.shape[-1] // groups), a.dtype) for a in operands
     ]
@@ -484,6 +499,12 @@ def _group_by_group(
 
     out = jnp.zeros((*part.shape[:-1], groups * width), part.dtype)
     return lax.fori_loop(0, groups, add if added else written, out)
+
+
+def _part(a: jax.Array, parts: int, index: int) -> jax.Array:
+    """Part ``index`` of ``a``'s last axis cut into ``parts`` equal parts."""
+    width = a.shape[-1] // parts
+    return lax.slice_in_dim(a, index * width, (index + 1) * width, axis=-1)
 
 
 def _per_tap_conv(x: jax.Array, pads, kernel: jax.Array, strides, dilation, rows) -> jax.Array:

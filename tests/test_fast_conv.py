@@ -281,7 +281,8 @@ def test_grouped_and_depthwise_layers_agree_with_the_reference(cls, shape, kwarg
 @pytest.mark.usefixtures("xla_kernel_gradient")
 def test_the_fast_path_is_one_program_whatever_the_groups(shape, kernel_shape, kwargs):
     """Forward and backward of a transposed conv and of a conv with 64 groups trace to
-    as many operations as with 2 groups: no per-group repetition."""
+    as many operations as with 32 groups: no per-group repetition (past the 16 groups up
+    to which a kernel gradient goes group by group unrolled)."""
 
     def size(layer, groups):
         x = jnp.zeros((*shape[:-1], shape[-1] * groups))
@@ -296,7 +297,7 @@ def test_the_fast_path_is_one_program_whatever_the_groups(shape, kernel_shape, k
         return len(_equations(jax.grad(loss, argnums=(0, 1)), x, kernel))
 
     for layer in (ops.conv_transpose, ops.conv):
-        assert size(layer, 64) == size(layer, 2)
+        assert size(layer, 64) == size(layer, 32)
 
 
 def _xla_conv(x, kernel, geometry: fast_conv.Geometry):
@@ -1074,6 +1075,30 @@ def test_a_grouped_transposed_conv_by_overlap_add_goes_group_by_group():
     dots = [e.params["dimension_numbers"] for e in equations if e.primitive.name == "dot_general"]
     assert dots and all(batch == ((), ()) for _, batch in dots)
     assert any(e.primitive.name in ("scan", "while") for e in equations)
+
+
+@pytest.mark.parametrize("groups, unrolled", [(4, True), (16, True), (32, False)])
+def test_a_kernel_gradient_of_few_groups_is_their_parts_concatenated(groups, unrolled):
+    """Up to 16 groups, reverse mode's kernel gradient is each group's own operations,
+    their parts concatenated (no loop); with more, one loop over the groups. Equal to
+    XLA's either way."""
+    geometry = GROUPED_TRANSPOSED._replace(groups=groups)
+    transposed = functools.partial(fast_conv._conv_transpose, geometry=geometry)
+    y, kernel = _normal((2, 5, 5, 2 * groups)), _normal((3, 3, 2, 2 * groups), seed=1)
+    cotangent = _normal(jax.eval_shape(transposed, y, kernel).shape, seed=2)
+
+    def kernel_grad(k):
+        return jax.grad(lambda k: jnp.vdot(transposed(y, k), cotangent))(k)
+
+    names = {e.primitive.name for e in _equations(kernel_grad, kernel)}
+    assert ("while" not in names and "concatenate" in names) == unrolled
+
+    def xla_transposed(k):
+        conv = functools.partial(_xla_conv, kernel=k, geometry=geometry)
+        return jax.linear_transpose(conv, cotangent)(y)[0]
+
+    expected = jax.grad(lambda k: jnp.vdot(xla_transposed(k), cotangent))(kernel)
+    _close(kernel_grad(kernel), expected)
 
 
 def test_a_grouped_kernel_gradient_in_reverse_mode_writes_each_part_once():
