@@ -97,21 +97,20 @@ loop nest. Here instead:
   ``CHUNK_BYTES`` (:func:`_windows_shared`): XLA computes those windows once.
   Forward mode and higher derivatives follow JAX's rules for those operations.
 - Groups (channels ordered (group, channel)), in one program whatever their number.
-  Where each group contracts one channel (depthwise: ``C`` with ``a = g``, ``T``
-  with ``b = g``, ``R`` over such windows), all groups at once: the conv is one fused
-  multiply-add loop over the taps' strided slices; ``R`` one product summed per shift
-  of ``x`` cut into rows of ``s`` (:func:`_tap_sums`), image by image; the phase
-  kernel's output channels are ordered (group, phase, channel) and a 1x1 input is one
-  einsum batched over the groups. Where groups
-  contract several channels, ``C``, ``T`` and ``R`` run group by group in one
-  ``lax.fori_loop`` over their one-group paths, reading and writing each group's
-  channels in place; ``R`` of at most ``UNROLLED_MAX_GROUPS`` groups unrolled, the
-  groups' parts concatenated (:func:`_group_by_group`). (Measured on the benchmark's grouped layers: XLA:CPU's grouped
-  conv, ``feature_group_count``, was 1.5-2x slower than a conv per group and 10-40x
-  slower than tap by tap on depthwise ones; an einsum batched over the groups up to
-  5x slower, from the transposition of its im2col, groups first. XLA's grouped
-  kernel gradient, a ``batch_group_count`` conv, is used only past
-  ``IM2COL_MAX_BYTES``.)
+  Where each group contracts one channel (depthwise: ``C`` with ``a = g``, ``T`` with
+  ``b = g``, ``R`` over such windows), all groups at once: the conv is one fused
+  multiply-add loop over the taps' strided slices; ``R`` one product summed per shift of
+  ``x`` cut into rows of ``s`` (:func:`_tap_sums`), image by image; the phase kernel's
+  output channels are ordered (group, phase, channel) and a 1x1 input is one einsum
+  batched over the groups. Where groups contract several channels, ``C``, ``T`` and
+  ``R`` run group by group in one ``lax.fori_loop`` over their one-group paths, reading
+  and writing each group's channels in place; ``R`` of at most ``UNROLLED_MAX_GROUPS``
+  groups unrolled, the groups' parts concatenated (:func:`_group_by_group`). (Measured
+  on the benchmark's grouped layers: XLA:CPU's grouped conv, ``feature_group_count``,
+  was 1.5-2x slower than a conv per group and 10-40x slower than tap by tap on depthwise
+  ones; an einsum batched over the groups up to 5x slower, from the transposition of its
+  im2col, groups first. XLA's grouped kernel gradient, a ``batch_group_count`` conv, is
+  used only past ``IM2COL_MAX_BYTES``.)
 """
 
 from __future__ import annotations
@@ -151,7 +150,7 @@ NN_ALONE_DEPTH_RATIO, NN_WRITTEN_MIN_CHANNELS = 2, 128  # _matmul_t's own: see t
 NN_LONG_MAX_CHANNELS, NN_LONG_MIN_ROWS = 512, 256  # and _matmul_t's by long rows
 EIGEN_LARGER_FIRST_RATIO = 4  # see _matmul_nt
 UNROLLED_MAX_GROUPS = 16  # a grouped kernel gradient group by group, unrolled (see _group_by_group)
-NATIVE_MAX_CHANNEL_PAIRS, NATIVE_MAX_TAPS = 64 * 128, 64  # R by jaxconv.native: _native_wanted
+NATIVE_MAX_CHANNEL_PAIRS, NATIVE_MAX_TAPS = 64 * 64, 64  # R by jaxconv.native: _native_wanted
 XLA_R_1D_MAX_TAPS, XLA_R_1D_MIN_CHANNELS = 16, 64  # R by XLA's conv in 1-D: _xla_r_wanted
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
@@ -1517,6 +1516,11 @@ def _native_wanted(x, y, kernel_shape, geometry: Geometry) -> bool:
     WaveGAN up 5 (1-D, 25 taps) 1.25 -> 0.8, MelGAN up 3 (64 x 128 channels) 1.5 -> 1.3.
     Slower: 128 x 256 channels and more (DCGAN G3 1.24 -> 1.68, Mask R-CNN 1.26 -> 1.93),
     and FCN's 256 and 4096 taps (1.5-1.9x XLA's route by phases, which has no im2col).
+    Past 64 x 64 channel pairs, XLA's route by im2col over native (medians of 11 paired
+    rounds, 2026-12-04, the same VM; kernel gradient alone and forward+backward): WaveGAN
+    up 4 (k25 s4, 128 -> 64) 0.77 and 0.84, k25 s4 96 -> 64 0.85 and 0.87, 2-D k3 s2 128
+    -> 64 0.76 and 1.03, k4 s2 0.98 and 0.98; with 64 -> 32 and 25 taps native stays,
+    1.49 and 1.14 by im2col.
     Forward+backward with both gradients, and the autoencoder's train step, were the same
     either way within noise (where XLA's route shares one im2col for both gradients, it
     stays: the train step was 7-10 % slower with the native kernel gradient there).
