@@ -1102,10 +1102,13 @@ def test_a_kernel_gradient_of_few_groups_is_their_parts_concatenated(groups, unr
 
 
 def test_a_grouped_kernel_gradient_in_reverse_mode_writes_each_part_once():
-    """The kernel gradient of a transposed conv in 4 groups of 2 channels, by reverse mode:
-    each group's part added into the zero gradient, not zeroed and then added to (an
-    overwritten part, transposed twice); equal to XLA's."""
-    transposed, y, kernel = _grouped_transposed_conv()
+    """The kernel gradient of a transposed conv in 32 groups of 2 channels (past the 16
+    that go unrolled), by reverse mode: each group's part added into the zero gradient in
+    the loop, not zeroed and then added to (an overwritten part, transposed twice); equal
+    to XLA's."""
+    geometry = GROUPED_TRANSPOSED._replace(groups=32)
+    transposed = functools.partial(fast_conv._conv_transpose, geometry=geometry)
+    y, kernel = _normal((2, 5, 5, 64)), _normal((3, 3, 2, 64), seed=1)
     cotangent = _normal(jax.eval_shape(transposed, y, kernel).shape, seed=2)
 
     def kernel_grad(y, kernel):
@@ -1117,7 +1120,7 @@ def test_a_grouped_kernel_gradient_in_reverse_mode_writes_each_part_once():
     assert not [e for e in updates if e.invars[0].aval.shape == kernel.shape]
 
     def xla_transposed(k):  # T as the transpose of XLA's conv in its input
-        conv = functools.partial(_xla_conv, kernel=k, geometry=GROUPED_TRANSPOSED)
+        conv = functools.partial(_xla_conv, kernel=k, geometry=geometry)
         return jax.linear_transpose(conv, cotangent)(y)[0]
 
     expected = jax.grad(lambda k: jnp.vdot(xla_transposed(k), cotangent))(kernel)
