@@ -450,14 +450,16 @@ def _group_by_group(
     A group's parts are sliced inside ``jax.checkpoint``, so that reverse mode slices
     them again rather than keeping every group's copy (StyleGAN2's forward+backward 86
     -> 61 ms: its kernel's parts, 38 MB, were stacked for the transposed loop).
-    ``added``: for a kernel gradient, which reverse mode computes transposed twice. Up
-    to ``UNROLLED_MAX_GROUPS`` groups, each group's own operations, their results
-    concatenated: no loop, and no zero output to add into. With more, each result is
+    ``added``: for a kernel gradient, which reverse mode computes transposed twice. Up to
+    ``UNROLLED_MAX_GROUPS`` groups, each group's own operations, their results concatenated:
+    no loop, and no zero output to add into; their parts are plain slices taken before the
+    checkpoint (sliced inside it like the loop's, ``grouped g=4``'s kernel gradient took
+    36.7 ms against 21.6, its forward+backward 117 against 106). With more, each result is
     added into its part of a zero output (a scatter-add) rather than written over it: an
-    overwritten part transposes to a part zeroed, so the written output came back as a
-    pass zeroing each part and a pass adding to it (StyleGAN2's kernel gradient 35.2 ->
-    28.9 ms, its forward+backward 67.3 -> 57.3). A forward writes (the ``grouped g=4`` op
-    case 54.6 ms written, 72.5 added).
+    overwritten part transposes to a part zeroed, so the written output came back as a pass
+    zeroing each part and a pass adding to it (StyleGAN2's kernel gradient 35.2 -> 28.9 ms,
+    its forward+backward 67.3 -> 57.3). A forward writes (the ``grouped g=4`` op case 54.6
+    ms written, 72.5 added).
 
     Kernel gradients alone, concatenated over the scatter-add loop (medians of 9-11
     paired rounds, 2026-12-04, a 2-core AMD EPYC VM; transposed convs k3 s2): StyleGAN2
