@@ -10,12 +10,15 @@
 // i = j: R (kh, kw, 1, Cy). It is the gradient of C in its kernel, and of the transposed
 // conv T (whose output is C's input) with the roles of x and y as above.
 //
-// XLA's own route is an im2col of x and a matmul; here nothing is copied but a tile of y
-// (a multiple of 8 channels). y goes in tiles of about TILE_BYTES; for each tap, every
-// tile's pixels are multiplied into register blocks of R: up to 6 rows (x's values,
-// broadcast) by 16 columns (two 8-float vectors of y). Where all of a row's taps b lie
-// inside x, the rows (b, i) of a tap a are one contiguous run of x, so 6 of them share
-// each load of y even for a one-channel x. XLA's CPU thread pool shares out the tiles.
+// XLA's own route is an im2col of x and a matmul; here nothing is copied but tiles of y:
+// where y has over 32 channels, each tile goes into panels of 16 channels (contiguous
+// loads), otherwise only where its channels are not a multiple of 8. y goes in tiles of
+// about TILE_BYTES (PANEL_TILE_BYTES in panels); for each tap, every tile's pixels are
+// multiplied into register blocks of R: up to 6 rows (x's values, broadcast) by 16
+// columns (two 8-float vectors of y). Where all of a row's taps b lie inside x, the rows
+// (b, i) of a tap a are one contiguous run of x, so 6 of them share each load of y even
+// for a one-channel x. XLA's CPU thread pool shares out runs of tiles and, where there are
+// too few pixels for enough runs, parts of R's rows.
 
 #include <algorithm>
 #include <atomic>
@@ -31,7 +34,9 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int64_t TILE_BYTES = 32 << 10;  // of y: with the windows of x, in L1 and L2
-constexpr int64_t RUNS_PER_THREAD = 4;     // runs of tiles: a late thread leaves its share
+constexpr int64_t PANEL_TILE_BYTES = 128 << 10;  // of y copied into panels, in L2
+constexpr int64_t RUNS_PER_THREAD = 4;     // items of work: a late thread leaves its share
+constexpr int64_t MIN_RUN_PIXELS = 1024;   // of y, in one run of tiles (see KernelGrad)
 
 typedef float v8 __attribute__((vector_size(32)));
 
@@ -61,7 +66,9 @@ void block(const float* x, int64_t xh, int64_t xw, const float* y, int64_t yh, i
       v8 yv[NV];
       for (int j = 0; j < NV; ++j) yv[j] = load(yr + w * ys + 8 * j);
       for (int i = 0; i < MR; ++i) {
-        const v8 xv = v8{} + xr[w * xw + i];
+        // one vbroadcastss from memory (v8{} + xs costs an add and a shuffle: half the speed)
+        const float xs = xr[w * xw + i];
+        const v8 xv = {xs, xs, xs, xs, xs, xs, xs, xs};
         for (int j = 0; j < NV; ++j) acc[i][j] += xv * yv[j];
       }
     }
@@ -106,45 +113,66 @@ struct Geometry {
   int64_t n, hi, wi, cx, ho, wo, cy, kh, kw, sh, sw, lo_h, lo_w;
   bool depthwise;
   int64_t cy8() const { return (cy + 7) / 8 * 8; }
+  // whether y's tiles are copied into panels of 16 channels (measured: up to 32 channels,
+  // reading y where it is was as fast)
+  bool panels() const { return !depthwise && cy8() > 32; }
 };
 
-// rows i0 <= i < i1 of R's taps in the rows (b, i) of tap a: r = R + (a kw cx + i0) cy8
-void rows_times_tile(const float* x, int64_t xh, int64_t xw, const float* y, int64_t yh,
-                     int64_t cy8, int64_t nh, int64_t nw, int64_t count, float* r) {
+// A tile of y: pixels (h, w) of the tile at p = h rp + w, cy8 floats apart at base + p cy8;
+// or in panels of 16 channels (the last 8 where cy8 is odd in vectors), panel j (channels
+// 8j...) at base + 8j pixels, its pixels 16 (or 8) apart.
+struct Tile {
+  const float* base;
+  int64_t rp, pixels, cy8;
+  bool panels;
+};
+
+// R's rows at r, count of them, += x's at x times the tile's pixels from p (nh rows of nw)
+void rows_times_tile(const float* x, int64_t xh, int64_t xw, const Tile& t, int64_t p,
+                     int64_t nh, int64_t nw, int64_t count, float* r) {
   for (int64_t i = 0; i < count; i += 6) {
     const int mr = std::min<int64_t>(6, count - i);
-    for (int64_t j = 0; j < cy8 / 8; j += 2) {
-      const int nv = std::min<int64_t>(2, cy8 / 8 - j);
-      block_of(mr, nv)(x + i, xh, xw, y + 8 * j, yh, cy8, nh, nw, r + i * cy8 + 8 * j, cy8);
+    for (int64_t j = 0; j < t.cy8 / 8; j += 2) {
+      const int nv = std::min<int64_t>(2, t.cy8 / 8 - j);
+      const int64_t ys = t.panels ? 8 * nv : t.cy8;
+      const float* y = t.base + (t.panels ? 8 * j * t.pixels : 8 * j) + p * ys;
+      block_of(mr, nv)(x + i, xh, xw, y, t.rp * ys, ys, nh, nw, r + i * t.cy8 + 8 * j, t.cy8);
     }
   }
 }
 
-// R += the tile of y's rows [h0, h1) x columns [w0, w1) of image n (at yt, rows yh apart,
-// pixels cy8 apart)
-void add_tile(const Geometry& g, const float* x, const float* yt, int64_t yh, int64_t n,
-              int64_t h0, int64_t h1, int64_t w0, int64_t w1, float* r) {
+// Rows [r0, r1) of R (rows (a, b, i), cy8 floats each) += the tile of y's rows [h0, h1) x
+// columns [w0, w1) of image n
+void add_tile(const Geometry& g, const float* x, const Tile& t, int64_t n, int64_t h0,
+              int64_t h1, int64_t w0, int64_t w1, int64_t r0, int64_t r1, float* r) {
   const int64_t cy8 = g.cy8(), xh = g.sh * g.wi * g.cx, xw = g.sw * g.cx;
+  // R's rows [first, first + count), x's at xf, within [r0, r1)
+  auto rows = [&](int64_t first, int64_t count, const float* xf, int64_t p, int64_t nh,
+                  int64_t nw) {
+    const int64_t lo = std::max(first, r0), hi = std::min(first + count, r1);
+    if (lo < hi) rows_times_tile(xf + lo - first, xh, xw, t, p, nh, nw, hi - lo, r + lo * cy8);
+  };
   for (int64_t a = 0; a < g.kh; ++a) {
     // y's rows whose tap a is inside x
     const int64_t ha = std::max(h0, ceil_div(g.lo_h - a, g.sh));
     const int64_t hb = std::min(h1, floor_div(g.hi - 1 + g.lo_h - a, g.sh) + 1);
     if (ha >= hb) continue;
     const float* xa = x + (n * g.hi + ha * g.sh + a - g.lo_h) * g.wi * g.cx;
-    const float* ya = yt + (ha - h0) * yh;
+    const int64_t pa = (ha - h0) * t.rp;
     auto tap_by_tap = [&](int64_t lo, int64_t hi) {
       for (int64_t b = 0; b < g.kw; ++b) {
         const int64_t wa = std::max(lo, ceil_div(g.lo_w - b, g.sw));
         const int64_t wb = std::min(hi, floor_div(g.wi - 1 + g.lo_w - b, g.sw) + 1);
         if (wa >= wb) continue;
         const float* xb = xa + (wa * g.sw + b - g.lo_w) * g.cx;
-        const float* yb = ya + (wa - w0) * cy8;
+        const int64_t pb = pa + wa - w0;
         if (!g.depthwise) {
-          float* rb = r + (a * g.kw + b) * g.cx * cy8;
-          rows_times_tile(xb, xh, xw, yb, yh, cy8, hb - ha, wb - wa, g.cx, rb);
+          rows((a * g.kw + b) * g.cx, g.cx, xb, pb, hb - ha, wb - wa);
           continue;
         }
         float* rb = r + (a * g.kw + b) * cy8;
+        const float* yb = t.base + pb * cy8;
+        const int64_t yh = t.rp * cy8;
         int64_t j = 0;
         for (; j + 4 <= cy8 / 8; j += 4)
           depthwise_block<4>(xb + 8 * j, xh, xw, yb + 8 * j, yh, cy8, hb - ha, wb - wa,
@@ -164,44 +192,64 @@ void add_tile(const Geometry& g, const float* x, const float* yt, int64_t yh, in
     tap_by_tap(w0, wa);
     tap_by_tap(wb, w1);
     const float* xm = xa + (wa * g.sw - g.lo_w) * g.cx;
-    rows_times_tile(xm, xh, xw, ya + (wa - w0) * cy8, yh, cy8, hb - ha, wb - wa, g.kw * g.cx,
-                    r + a * g.kw * g.cx * cy8);
+    rows(a * g.kw * g.cx, g.kw * g.cx, xm, pa + wa - w0, hb - ha, wb - wa);
   }
 }
 
-// The work shared by the threads: equal runs of tiles, each summed into its own R and
-// claimed in turn by whichever thread is free. A run's sum does not depend on the thread
-// that computes it, and the runs' sums are added in order: the result is the same from
-// call to call.
+// The work shared by the threads: items of equal runs of tiles by equal parts of R's rows
+// (whole rows where the runs give the threads enough work), claimed in turn by whichever
+// thread is free. Each run of tiles sums into its own R; an item's sum does not depend on
+// the thread that computes it, and the runs' sums are added in order: the result is the
+// same from call to call.
 struct Work {
   Geometry g;
   const float* x;
   const float* y;
-  int64_t tile_h, tile_w, tiles_h, tiles_w, tiles, r_size;
-  std::vector<std::vector<float>> partial;  // one R (kh, kw, Cx or 1, cy8) per run
+  int64_t tile_h, tile_w, tiles_h, tiles_w, tiles, rows, runs, row_parts;
+  std::vector<float*> partial;  // one R (rows, cy8) per run of tiles
   std::atomic<int64_t> next{0}, done{0};
 
+  int64_t items() const { return runs * row_parts; }
+
   void run() {
-    const int64_t runs = partial.size(), cy8 = g.cy8();
+    const int64_t cy8 = g.cy8(), blocks = (rows + 5) / 6;
     std::vector<float> packed;
-    for (int64_t p; (p = next.fetch_add(1)) < runs;) {
-      partial[p].assign(r_size, 0.f);
+    for (int64_t item; (item = next.fetch_add(1)) < items();) {
+      const int64_t p = item / row_parts, part = item % row_parts;
+      const int64_t r0 = std::min(rows, 6 * (blocks * part / row_parts));
+      const int64_t r1 = std::min(rows, 6 * (blocks * (part + 1) / row_parts));
+      std::fill(partial[p] + r0 * cy8, partial[p] + r1 * cy8, 0.f);
       for (int64_t tile = p * tiles / runs; tile < (p + 1) * tiles / runs; ++tile) {
         const int64_t n = tile / (tiles_h * tiles_w);
         const int64_t h0 = tile / tiles_w % tiles_h * tile_h, h1 = std::min(g.ho, h0 + tile_h);
         const int64_t w0 = tile % tiles_w * tile_w, w1 = std::min(g.wo, w0 + tile_w);
         const float* yt = y + ((n * g.ho + h0) * g.wo + w0) * g.cy;
-        int64_t yh = g.wo * g.cy;
-        if (cy8 != g.cy) {  // pixels cy8 apart, zeros between
-          packed.assign((h1 - h0) * (w1 - w0) * cy8, 0.f);
+        const int64_t tw = w1 - w0, pixels = (h1 - h0) * tw;
+        Tile t{yt, g.wo, pixels, cy8, false};
+        if (g.panels() || cy8 != g.cy) {
+          packed.resize(pixels * cy8);
+          if (cy8 != g.cy) std::fill(packed.begin(), packed.end(), 0.f);
           for (int64_t h = 0; h < h1 - h0; ++h)
-            for (int64_t w = 0; w < w1 - w0; ++w)
-              std::memcpy(&packed[(h * (w1 - w0) + w) * cy8], yt + h * yh + w * g.cy,
-                          g.cy * sizeof(float));
-          yt = packed.data();
-          yh = (w1 - w0) * cy8;
+            for (int64_t w = 0; w < tw; ++w) {
+              const float* from = yt + (h * g.wo + w) * g.cy;
+              const int64_t q = h * tw + w;
+              if (!g.panels()) {
+                std::memcpy(&packed[q * cy8], from, g.cy * sizeof(float));
+                continue;
+              }
+              int64_t c = 0;
+              for (; c + 16 <= g.cy; c += 16) {
+                float* to = &packed[c * pixels + q * 16];
+                store(to, load(from + c));
+                store(to + 8, load(from + c + 8));
+              }
+              if (c < g.cy)
+                std::memcpy(&packed[c * pixels + q * (cy8 - c)], from + c,
+                            (g.cy - c) * sizeof(float));
+            }
+          t = Tile{packed.data(), tw, pixels, cy8, g.panels()};
         }
-        add_tile(g, x, yt, yh, n, h0, h1, w0, w1, partial[p].data());
+        add_tile(g, x, t, n, h0, h1, w0, w1, r0, r1, partial[p]);
       }
       done.fetch_add(1, std::memory_order_release);
     }
@@ -224,26 +272,40 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
                depthwise};
   work->x = x.typed_data();
   work->y = y.typed_data();
-  const int64_t cy8 = g.cy8(), tile_pixels = TILE_BYTES / sizeof(float) / cy8;
+  const int64_t tile_bytes = g.panels() ? PANEL_TILE_BYTES : TILE_BYTES;
+  const int64_t cy8 = g.cy8(), tile_pixels = tile_bytes / sizeof(float) / cy8;
   work->tile_w = std::max<int64_t>(1, std::min(g.wo, std::max<int64_t>(8, tile_pixels)));
   work->tile_h = std::max<int64_t>(1, std::min(g.ho, tile_pixels / work->tile_w));
   work->tiles_w = (g.wo + work->tile_w - 1) / work->tile_w;
   work->tiles_h = (g.ho + work->tile_h - 1) / work->tile_h;
   work->tiles = g.n * work->tiles_h * work->tiles_w;
-  const int64_t rows = depthwise ? 1 : g.cx;
-  work->r_size = kh * kw * rows * cy8;
+  const int64_t rows = kh * kw * (depthwise ? 1 : g.cx);
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t runs = std::min(work->tiles, RUNS_PER_THREAD * threads);
-  work->partial.resize(runs);
-  // The caller works too and waits only for runs another thread has claimed: a task that
-  // starts late finds none left, so a busy pool cannot stall the call.
-  for (int64_t t = 1; t < std::min(threads, runs); ++t) pool.Schedule([work] { work->run(); });
-  work->run();
-  while (work->done.load(std::memory_order_acquire) < runs) std::this_thread::yield();
+  const int64_t items = RUNS_PER_THREAD * threads;
+  // runs of at least MIN_RUN_PIXELS (fewer Rs to clear and add), then parts of the rows
+  const int64_t runs = std::clamp<int64_t>(g.n * g.ho * g.wo / MIN_RUN_PIXELS, 1,
+                                           std::min(work->tiles, items));
+  work->rows = rows;
+  work->runs = runs;
+  work->row_parts = depthwise ? 1 : std::min((items + runs - 1) / runs, (rows + 5) / 6);
+  // one run of whole channels sums into the result itself
   float* r = out->typed_data();
-  std::fill(r, r + kh * kw * rows * g.cy, 0.f);
-  for (const auto& p : work->partial)
-    for (int64_t t = 0; t < kh * kw * rows; ++t)
+  std::vector<std::unique_ptr<float[]>> sums;
+  const bool direct = runs == 1 && cy8 == g.cy;
+  for (int64_t p = 0; p < runs; ++p) {
+    if (!direct) sums.emplace_back(new float[rows * cy8]);
+    work->partial.push_back(direct ? r : sums.back().get());
+  }
+  // The caller works too and waits only for items another thread has claimed: a task
+  // that starts late finds none left, so a busy pool cannot stall the call.
+  const int64_t count = work->items();
+  for (int64_t t = 1; t < std::min(threads, count); ++t) pool.Schedule([work] { work->run(); });
+  work->run();
+  while (work->done.load(std::memory_order_acquire) < count) std::this_thread::yield();
+  if (direct) return ffi::Error::Success();
+  std::fill(r, r + rows * g.cy, 0.f);
+  for (const float* p : work->partial)
+    for (int64_t t = 0; t < rows; ++t)
       for (int64_t j = 0; j < g.cy; ++j) r[t * g.cy + j] += p[t * cy8 + j];
   return ffi::Error::Success();
 }
