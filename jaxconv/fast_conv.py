@@ -66,13 +66,14 @@ loop nest. Here instead:
   matmul: im2col of ``C``'s input against ``y``, or, where that copies more, im2col
   of ``T``'s input (``y``) against ``x`` taken back to phases (space-to-depth), in
   the phase domain. (XLA:CPU's own, a conv with the batch as its features, is
-  several times slower, except in 1-D with few taps and many channels, where it is
-  ``R``: :func:`_xla_r_wanted`.) The matmul contracts the rows of both operands; with few
-  channels against a deep im2col it goes by rows instead (:func:`_matmul_t`); an im2col
-  of one channel in 1-D or 3-D is built transposed, for a plain matmul
-  (:func:`_windows_of_one_channel_t`). In 1-D and 2-D, with few channels or depthwise,
-  ``R`` is :mod:`jaxconv.native`'s CPU kernel instead, which reads ``x`` and ``y`` where
-  they are (:func:`_native_wanted`).
+  several times slower, except in 1-D with a stride of 8, few taps and many channels,
+  where it is ``R``: :func:`_xla_r_wanted`.) The matmul contracts the rows of both
+  operands; with few channels against a deep im2col it goes by rows instead
+  (:func:`_matmul_t`); an im2col of one channel in 1-D or 3-D is built transposed, for a
+  plain matmul (:func:`_windows_of_one_channel_t`). In 1-D and 2-D, up to 256 x 256 channels or
+  depthwise, ``R`` is :mod:`jaxconv.native`'s CPU kernel instead, which reads ``x`` and
+  ``y`` where they are (:func:`_native_wanted`), also where XLA's route would share an
+  im2col with the other gradient or the forward.
 - Every im2col and its matmul run over chunks of the batch (``lax.map``; a kernel
   gradient's chunks are added up in the loop) whose im2col is at most
   ``CHUNK_BYTES`` (a kernel gradient of at least ``WHOLE_MIN_ADDED_BYTES`` within two
@@ -150,8 +151,8 @@ NN_ALONE_DEPTH_RATIO, NN_WRITTEN_MIN_CHANNELS = 2, 128  # _matmul_t's own: see t
 NN_LONG_MAX_CHANNELS, NN_LONG_MIN_ROWS = 512, 256  # and _matmul_t's by long rows
 EIGEN_LARGER_FIRST_RATIO = 4  # see _matmul_nt
 UNROLLED_MAX_GROUPS = 16  # a grouped kernel gradient group by group, unrolled (see _group_by_group)
-NATIVE_MAX_CHANNEL_PAIRS, NATIVE_MAX_TAPS = 64 * 64, 64  # R by jaxconv.native: _native_wanted
-XLA_R_1D_MAX_TAPS, XLA_R_1D_MIN_CHANNELS = 16, 64  # R by XLA's conv in 1-D: _xla_r_wanted
+NATIVE_MAX_CHANNEL_PAIRS, NATIVE_MAX_TAPS = 256 * 256, 64  # R by jaxconv.native: _native_wanted
+XLA_R_1D_MAX_TAPS, XLA_R_1D_MIN_CHANNELS, XLA_R_1D_MIN_STRIDE = 16, 64, 8  # _xla_r_wanted
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
@@ -876,7 +877,7 @@ def _kernel_grad(x: jax.Array, y: jax.Array, kernel_shape, geometry: Geometry) -
     100, 3.0 -> 1.7 ms against the transpose's own dot, of ``x`` transposed); otherwise
     :func:`_kernel_grad_direct` or :func:`_kernel_grad_by_phases`, whichever copies
     less, or XLA's own where the im2col would be over ``IM2COL_MAX_BYTES`` or where
-    :func:`_xla_r_wanted` (1-D, few taps, many channels). With
+    :func:`_xla_r_wanted` (1-D, stride 8, few taps, many channels). With
     groups, ``x`` of one channel per group goes by :func:`_tap_sums`, image by image;
     a windowed input of several channels per group, group by group.
     """
@@ -929,21 +930,16 @@ def _kernel_grad_by_xla_conv(x: jax.Array, y: jax.Array, kernel_shape, geometry)
 
 def _xla_r_wanted(kernel_shape, geometry: Geometry) -> bool:
     """Whether ``R`` is XLA's own (:func:`_kernel_grad_by_xla_conv`) rather than an im2col
-    matmul or the native kernel: in 1-D, one group, no dilation, at most
-    ``XLA_R_1D_MAX_TAPS`` taps and ``XLA_R_1D_MIN_CHANNELS`` channels or more on both sides.
+    matmul or the native kernel: in 1-D, one group, no dilation, a stride of at least
+    ``XLA_R_1D_MIN_STRIDE``, at most ``XLA_R_1D_MAX_TAPS`` taps and
+    ``XLA_R_1D_MIN_CHANNELS`` channels or more on both sides.
 
-    Transposed convs, the kernel gradient alone and forward+backward (value, both
-    gradients), XLA's conv over the route before (native or im2col), medians of 15 paired
-    rounds, 2026-12-04, a 2-core AMD EPYC VM (family 23): MelGAN up 1 (k16 s8, 512 -> 256)
-    0.82 and 0.89, MelGAN up 2 (k16 s8, 256 -> 128) 0.82 and 0.91, MelGAN up 3 (k4 s2, 128
-    -> 64) 0.68 and 0.83 (0.70 and 0.84 in 25 rounds), k8 s4 128 -> 64 0.61 and 0.84, k3
-    s1 64 -> 64 0.83 and 0.90. With 32 channels on a side it varied: k16 s8 64 -> 32 0.82
-    and 0.91 (0.80, 0.92 in 25 rounds), but HiFi-GAN up 4 (k4 s2, 64 -> 32) 0.92, 1.05 and
-    1.04 (25 rounds) alone, forward+backward 0.99, 0.94, 0.95, and in the full benchmark
-    (`20728ea`) its kernel gradient alone was 2.11x a matmul of its FLOPs by XLA's conv,
-    1.57x by the native kernel in the run before: the native kernel stays there. With 25
-    taps XLA's was slower: WaveGAN up 3 (k25 s4, 256 -> 128) 1.29 and 1.14, up 4 (128 -> 64)
-    1.33 and 1.18, up 5 (64 -> 1) 1.38 and 1.10.
+    Against the native kernel since it loads its broadcasts (kernel gradient alone, XLA's
+    conv over native, medians of 9 paired rounds, 2026-12-04): MelGAN up 1 (k16 s8, 512 ->
+    256) 0.59, MelGAN up 2 (k16 s8, 256 -> 128) 0.91; native faster with smaller strides:
+    MelGAN up 3 (k4 s2) 1.63, k8 s4 128 -> 64 1.26, k3 s1 64 -> 64 2.4. With 32 channels
+    on a side (HiFi-GAN up 4, k16 s8 64 -> 32) the native kernel was as fast or faster
+    even in its first version; with 25 taps im2col was faster than XLA's conv (WaveGAN).
     """
     kernel_size = kernel_shape[:-2]
     return (
@@ -951,6 +947,7 @@ def _xla_r_wanted(kernel_shape, geometry: Geometry) -> bool:
         and geometry.groups == 1
         and geometry.dilation == (1,)
         and kernel_size[0] <= XLA_R_1D_MAX_TAPS
+        and geometry.strides[0] >= XLA_R_1D_MIN_STRIDE
         and min(kernel_shape[-2:]) >= XLA_R_1D_MIN_CHANNELS
     )
 
@@ -1416,22 +1413,24 @@ def _conv_transpose(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.
 def _conv_jvp(geometry, primals, tangents):
     """``dC = T^T(dx) + R(x, .)^T(dK)``: reverse mode gives ``T(g)`` and ``R(x, g)``.
 
-    Where ``K`` has a tangent, ``C`` goes by the im2col that ``R`` reads
-    (:func:`_windows_shared`), or by blocks where ``R`` goes by phases that are those
+    Where ``K`` has a tangent and ``R`` is not native, ``C`` goes by the im2col that ``R``
+    reads (:func:`_windows_shared`), or by blocks where ``R`` goes by phases that are those
     blocks (:func:`_shared_blocks_wanted`): XLA computes the windows, or the cut, once."""
     x, kernel = primals
     dx, dkernel = tangents
-    by_native = False
-    if not _is_zero(dkernel) and _windows_shared(x, kernel, geometry):
+    shape = _out(x, kernel, geometry)
+    by_native = not _is_zero(dkernel) and _native_wanted(x, shape, kernel.shape, geometry)
+    if not _is_zero(dkernel) and not by_native and _windows_shared(x, kernel, geometry):
         pads, strides, dilation = geometry.pads, geometry.strides, geometry.dilation
         out = _padded_conv(x, pads, kernel, strides, dilation, 1, im2col=True)
-    elif not _is_zero(dkernel) and _shared_blocks_wanted(
-        x, _out(x, kernel, geometry), kernel, geometry
+    elif (
+        not _is_zero(dkernel)
+        and not by_native
+        and _shared_blocks_wanted(x, shape, kernel, geometry)
     ):
         out = _by_blocks(x, kernel, geometry)
     else:
         out = _strided(x, kernel, geometry)
-        by_native = not _is_zero(dkernel) and _native_wanted(x, out, kernel.shape, geometry)
     terms = []
     if not _is_zero(dx):
         terms.append(_transpose(lambda g: _transposed(g, kernel, geometry), out.shape, dx))
@@ -1476,11 +1475,12 @@ def _out(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.ShapeDtypeS
 
 def _conv_transpose_jvp(geometry, primals, tangents):
     """``dT = C^T(dy) + R(., y)^T(dK)``: reverse mode gives ``C(g)`` and ``R(g, y)``, from
-    one im2col of ``g`` where :func:`_shared_windows_wanted`."""
+    one im2col of ``g`` where :func:`_shared_windows_wanted` and ``R`` is not native."""
     y, kernel = primals
     dy, dkernel = tangents
     out = _transposed(y, kernel, geometry)
-    both_wanted = not (_is_zero(dy) or _is_zero(dkernel))
+    by_native = not _is_zero(dkernel) and _native_wanted(out, y, kernel.shape, geometry)
+    both_wanted = not (_is_zero(dy) or _is_zero(dkernel) or by_native)
     if both_wanted and _shared_windows_wanted(out, y, kernel.shape, geometry):
         both = functools.partial(_input_and_kernel_grads, y=y, kernel=kernel, geometry=geometry)
         return out, _transpose(both, out.shape, (dy, dkernel))
@@ -1489,7 +1489,6 @@ def _conv_transpose_jvp(geometry, primals, tangents):
             _input_and_kernel_grads_by_blocks, y=y, kernel=kernel, geometry=geometry
         )
         return out, _transpose(both, out.shape, (dy, dkernel))
-    by_native = not _is_zero(dkernel) and _native_wanted(out, y, kernel.shape, geometry)
     terms = []
     if not _is_zero(dy):
         terms.append(_transpose(lambda g: _strided(g, kernel, geometry), out.shape, dy))
@@ -1508,24 +1507,23 @@ def _native_wanted(x, y, kernel_shape, geometry: Geometry) -> bool:
     dilation, float32, at most ``NATIVE_MAX_TAPS`` taps, ``y`` more than one pixel (else
     one matmul), and one group of at most ``NATIVE_MAX_CHANNEL_PAIRS`` channel pairs
     ``Cx * Cy``, or depthwise (``Cx = Cy`` groups, a multiple of 8, ``Cx`` pairs); not
-    where XLA's conv is faster (:func:`_xla_r_wanted`). The callers keep XLA's route where
-    it shares its windows or blocks with the other gradient or the forward.
+    where XLA's conv is faster (:func:`_xla_r_wanted`). Where it is wanted, the callers
+    take it over XLA's route sharing its windows or blocks with the other gradient or the
+    forward.
 
-    The kernel gradient alone over one XLA matmul of its FLOPs, XLA's route -> native
-    (medians of 7 paired rounds, 2026-12-03, a 2-core AMD EPYC VM): lecture decoder 3 2.96
-    -> 1.0, CenterNet f4 (depthwise, 64 taps) 3.5 -> 0.9, ENet 2.9 -> 1.0, lecture decoder
-    2 2.1 -> 1.2, seg U-Net 1.9 -> 1.0, DCGAN G5 1.4 -> 0.8, HiFi-GAN up 4 1.5 -> 1.2,
-    WaveGAN up 5 (1-D, 25 taps) 1.25 -> 0.8, MelGAN up 3 (64 x 128 channels) 1.5 -> 1.3.
-    Slower: 128 x 256 channels and more (DCGAN G3 1.24 -> 1.68, Mask R-CNN 1.26 -> 1.93),
-    and FCN's 256 and 4096 taps (1.5-1.9x XLA's route by phases, which has no im2col).
-    Past 64 x 64 channel pairs, XLA's route by im2col over native (medians of 11 paired
-    rounds, 2026-12-04, the same VM; kernel gradient alone and forward+backward): WaveGAN
-    up 4 (k25 s4, 128 -> 64) 0.77 and 0.84, k25 s4 96 -> 64 0.85 and 0.87, 2-D k3 s2 128
-    -> 64 0.76 and 1.03, k4 s2 0.98 and 0.98; with 64 -> 32 and 25 taps native stays,
-    1.49 and 1.14 by im2col.
-    Forward+backward with both gradients, and the autoencoder's train step, were the same
-    either way within noise (where XLA's route shares one im2col for both gradients, it
-    stays: the train step was 7-10 % slower with the native kernel gradient there).
+    Since the kernel's register block loads its broadcasts (2026-12-04, the same VM;
+    kernel gradient alone, native over XLA's route, medians of 9 paired rounds): MelGAN
+    up 3 0.61, WaveGAN up 4 (k25 s4, 128 -> 64) 0.69, 2-D k4 s2 and k3 s2 128 -> 64 0.67,
+    Mask R-CNN (256 x 256) 0.82, WaveGAN up 3 (256 -> 128) 0.89, DCGAN G3 and CycleGAN
+    1.0; past 256 x 256 pairs slower: pix2pix 8 -> 16 (512 x 1024) 1.18, StyleGAN2's
+    groups (512 x 512) 1.08. Forward+backward, native over the shared im2col or blocks
+    (two runs of 9-15 rounds): ENet 0.54, WaveGAN up 5 0.88, lecture decoder 2 0.81 and
+    0.97, DCGAN G3 0.95, Mask R-CNN 0.96, seg U-Net 1.07 and 0.81, DCGAN G5 1.03 and 0.94,
+    CycleGAN 1.05 and 1.00; the autoencoder's train step 1.07-1.08x as many images/s at
+    batch 256 and 1024.
+
+    With its first version (2026-12-03), FCN's 256 and 4096 taps took 1.5-1.9x XLA's
+    route by phases (no im2col): hence ``NATIVE_MAX_TAPS``.
     """
     kernel_size = kernel_shape[:-2]
     if len(kernel_size) > 2 or any(d != 1 for d in geometry.dilation):

@@ -83,8 +83,11 @@ def _params(workdir: Path) -> list[np.ndarray]:
 
 def _assert_same_run(a: Path, b: Path) -> None:
     np.testing.assert_allclose(_losses(a), _losses(b), rtol=1e-5)
+    # the gradients' sums go in another order over half the batch (chunks, the native
+    # kernel's runs of pixels): a parameter near zero may differ by a few float32 ulps of
+    # the larger ones after the run
     for x, y in zip(_params(a), _params(b)):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 def _at_epoch(workdir: Path, epoch: int, copy: Path) -> Path:

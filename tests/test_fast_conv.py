@@ -444,20 +444,22 @@ def test_a_kernel_gradient_within_two_chunks_goes_over_the_whole_batch_where_it_
 @pytest.mark.parametrize(
     "op, x_shape, kernel_shape, kwargs, xla",
     [
-        # MelGAN up 3's form, k4 s2 p1, 64 channels or more each side
-        (ops.conv_transpose, (2, 24, 64), (4, 72, 64), dict(stride=2, padding=1), True),
-        (ops.conv, (2, 24, 64), (3, 64, 72), dict(padding=1), True),
-        # 32 channels on one side (HiFi-GAN's 64 -> 32), or 25 taps (WaveGAN's k25 s4)
-        (ops.conv_transpose, (2, 24, 64), (4, 32, 64), dict(stride=2, padding=1), False),
-        (ops.conv_transpose, (2, 24, 64), (25, 72, 64), dict(stride=4, padding=11), False),
+        # MelGAN up 1 and 2's form, k16 s8 p4, 64 channels or more each side
+        (ops.conv_transpose, (2, 6, 64), (16, 72, 64), dict(stride=8, padding=4), True),
+        (ops.conv, (2, 48, 64), (16, 64, 72), dict(stride=8, padding=4), True),
+        # a smaller stride (MelGAN up 3's k4 s2), 32 channels on one side, or 25 taps
+        (ops.conv_transpose, (2, 24, 64), (4, 72, 64), dict(stride=2, padding=1), False),
+        (ops.conv, (2, 24, 64), (3, 64, 72), dict(padding=1), False),
+        (ops.conv_transpose, (2, 6, 64), (16, 32, 64), dict(stride=8, padding=4), False),
+        (ops.conv_transpose, (2, 24, 64), (25, 72, 64), dict(stride=8, padding=11), False),
     ],
 )
-def test_a_1d_kernel_gradient_of_few_taps_and_many_channels_is_xlas_conv(
+def test_a_1d_kernel_gradient_of_stride_8_and_many_channels_is_xlas_conv(
     op, x_shape, kernel_shape, kwargs, xla
 ):
-    """``R`` in 1-D with at most 16 taps and 64 channels or more on both sides is XLA's
-    conv (the transpose of its conv in the kernel: a conv whose result is the kernel's
-    size), and equal to the reference's."""
+    """``R`` in 1-D with stride 8 or more, at most 16 taps and 64 channels or more on both
+    sides is XLA's conv (the transpose of its conv in the kernel: a conv whose result is
+    the kernel's size), and equal to the reference's."""
     x, kernel = _normal(x_shape, 1), _normal(kernel_shape, 2)
 
     def kernel_gradient(kernel, impl):

@@ -86,6 +86,15 @@ CASES = {
         (1, 1),
         False,
     ),
+    "2-D, 256 channels of y in panels, x's rows copied": (
+        (1, 9, 9, 3),
+        (1, 4, 4, 256),
+        (3, 3),
+        (2, 2),
+        (1, 1),
+        False,
+    ),
+    "1-D, 260 channels of y in panels": ((2, 41, 5), (2, 20, 260), (4,), (2,), (1,), False),
     "1-D, 64 channels of y in panels, several tiles": (
         (1, 4001, 6),
         (1, 2000, 64),
@@ -173,7 +182,7 @@ def test_fast_takes_a_few_channel_kernel_gradient_from_the_native_kernel(
 
 
 def test_a_kernel_gradient_with_many_channel_pairs_stays_on_xlas_route():
-    x, kernel = _normal((2, 4, 4, 128)), _normal((3, 3, 128, 128))
+    x, kernel = _normal((2, 4, 4, 512)), _normal((3, 3, 256, 512))
     assert not _native_in_kernel_gradient(ops.conv_transpose, x, kernel, stride=2, padding=1)
 
 
@@ -183,11 +192,11 @@ def test_a_kernel_of_more_than_64_taps_stays_on_xlas_route():
     assert not _native_in_kernel_gradient(ops.conv_transpose, x, kernel, stride=8)
 
 
-def test_both_gradients_from_one_im2col_stay_on_xlas_route():
-    """Where XLA's route takes the input and kernel gradients from one im2col of the
-    cotangent, forward+backward stays there (the autoencoder's train step was 7-10 %
-    slower with the native kernel gradient beside a separate input gradient); the kernel
-    gradient alone of the same layer is native."""
+def test_both_gradients_take_the_native_kernel_gradient_over_one_shared_im2col():
+    """Where XLA's route would take the input and kernel gradients from one im2col of the
+    cotangent, the kernel gradient is native all the same (the autoencoder's train step,
+    images/s against torch, medians of 11 paired rounds: 1.38x -> 1.49x at batch 1024,
+    1.38x -> 1.52x at 256)."""
     x, kernel = _normal((4, 8, 8, 32)), _normal((3, 3, 16, 32))
     kwargs = dict(stride=2, padding=1, output_padding=1)
     assert fast_conv._shared_windows_wanted(
@@ -201,9 +210,7 @@ def test_both_gradients_from_one_im2col_stay_on_xlas_route():
         return jnp.sum(ops.conv_transpose(x, k, impl="fast", **kwargs) ** 2)
 
     both = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel).as_text(dialect="hlo")
-    kernel_only = jax.jit(jax.grad(loss, argnums=1)).lower(x, kernel).as_text(dialect="hlo")
-    assert NATIVE_TARGET not in both
-    assert NATIVE_TARGET in kernel_only
+    assert NATIVE_TARGET in both
 
 
 ELIGIBLE = (ops.conv_transpose, (2, 6, 6, 8), (3, 3, 4, 8), dict(stride=2, padding=1))
@@ -299,12 +306,12 @@ def test_the_native_kernel_gradient_is_the_same_from_call_to_call():
 
 
 @pytest.mark.parametrize(
-    "channels, native", [((64, 32), True), ((96, 64), False), ((128, 64), False)]
+    "channels, native", [((128, 64), True), ((256, 256), True), ((512, 256), False)]
 )
-def test_the_native_kernel_gradient_takes_at_most_64_x_64_channel_pairs(channels, native):
-    """Past 64 x 64 channel pairs, XLA's route (1-D, 25 taps, kernel gradient alone, ms:
-    WaveGAN up 4's 128 -> 64 9.9 native, 7.6 by im2col; 96 -> 64 7.5 and 6.3; 64 -> 32
-    4.7 native, 7.0 by im2col)."""
+def test_the_native_kernel_gradient_takes_at_most_256_x_256_channel_pairs(channels, native):
+    """Past 256 x 256 channel pairs, XLA's route (kernel gradient alone over XLA's route,
+    medians of 9 paired rounds: WaveGAN up 4's 128 -> 64, k25 s4, 0.69; WaveGAN up 3's 256
+    -> 128 0.89; Mask R-CNN's 256 -> 256 0.82; 512 x 1024 and more 1.08-1.18)."""
     in_channels, out_channels = channels
     x, kernel = _normal((2, 64, in_channels)), _normal((25, out_channels, in_channels))
     kwargs = dict(stride=4, padding=11, output_padding=1)

@@ -130,13 +130,25 @@ struct Tile {
 // R's rows at r, count of them, += x's at x times the tile's pixels from p (nh rows of nw)
 void rows_times_tile(const float* x, int64_t xh, int64_t xw, const Tile& t, int64_t p,
                      int64_t nh, int64_t nw, int64_t count, float* r) {
+  thread_local std::vector<float> xp;
   for (int64_t i = 0; i < count; i += 6) {
     const int mr = std::min<int64_t>(6, count - i);
+    // against 256 channels or more, x's rows too: 6 values a pixel, contiguous (x's pixels
+    // are often 2^k floats apart, which a cache set holds only 8 of)
+    const float* xi = x + i;
+    int64_t xih = xh, xiw = xw;
+    if (t.panels && t.cy8 >= 256) {
+      xp.resize(nh * nw * 6);
+      for (int64_t h = 0; h < nh; ++h)
+        for (int64_t w = 0; w < nw; ++w)
+          for (int k = 0; k < mr; ++k) xp[(h * nw + w) * 6 + k] = xi[h * xh + w * xw + k];
+      xi = xp.data(), xih = nw * 6, xiw = 6;
+    }
     for (int64_t j = 0; j < t.cy8 / 8; j += 2) {
       const int nv = std::min<int64_t>(2, t.cy8 / 8 - j);
       const int64_t ys = t.panels ? 8 * nv : t.cy8;
       const float* y = t.base + (t.panels ? 8 * j * t.pixels : 8 * j) + p * ys;
-      block_of(mr, nv)(x + i, xh, xw, y, t.rp * ys, ys, nh, nw, r + i * t.cy8 + 8 * j, t.cy8);
+      block_of(mr, nv)(xi, xih, xiw, y, t.rp * ys, ys, nh, nw, r + i * t.cy8 + 8 * j, t.cy8);
     }
   }
 }
