@@ -1506,8 +1506,9 @@ def _native_wanted(x, y, kernel_shape, geometry: Geometry) -> bool:
     :func:`jaxconv.native.kernel_grad`: on the CPU where it builds, 1-D or 2-D, no
     dilation, float32, at most ``NATIVE_MAX_TAPS`` taps, ``y`` more than one pixel (else
     one matmul), and one group of at most ``NATIVE_MAX_CHANNEL_PAIRS`` channel pairs
-    ``Cx * Cy``, or depthwise (``Cx = Cy`` groups, a multiple of 8, ``Cx`` pairs); not
-    where XLA's conv is faster (:func:`_xla_r_wanted`). Where it is wanted, the callers
+    ``Cx * Cy``, or depthwise (``Cx = Cy`` groups, a multiple of 8), or several groups of
+    a multiple of 8 channels of ``y`` each; not where XLA's conv is faster
+    (:func:`_xla_r_wanted`). Where it is wanted, the callers
     take it over XLA's route sharing its windows or blocks with the other gradient or the
     forward.
 
@@ -1522,6 +1523,11 @@ def _native_wanted(x, y, kernel_shape, geometry: Geometry) -> bool:
     CycleGAN 1.05 and 1.00; the autoencoder's train step 1.07-1.08x as many images/s at
     batch 256 and 1024.
 
+    In groups, against XLA's route group by group (:func:`_group_by_group`), kernel
+    gradient alone and forward+backward, 11 rounds: StyleGAN2 (4 groups of 512 x 512
+    channels) 0.68 and 0.91 (0.64 alone with no page faults: its 38 MB gradient costs
+    ~10 ms of them a call), the ``grouped g=4`` op case 0.56 and 0.88.
+
     With its first version (2026-12-03), FCN's 256 and 4096 taps took 1.5-1.9x XLA's
     route by phases (no im2col): hence ``NATIVE_MAX_TAPS``.
     """
@@ -1532,14 +1538,16 @@ def _native_wanted(x, y, kernel_shape, geometry: Geometry) -> bool:
         return False
     if x.dtype != jnp.float32 or y.dtype != jnp.float32 or math.prod(y.shape[1:-1]) == 1:
         return False
-    x_channels, y_channels = x.shape[-1], y.shape[-1]
-    if geometry.groups == 1:
-        pairs = x_channels * y_channels
-    elif geometry.groups == x_channels == y_channels and x_channels % 8 == 0:
+    x_channels, y_channels, groups = x.shape[-1], y.shape[-1], geometry.groups
+    if groups == x_channels == y_channels > 1:  # depthwise
+        if x_channels % 8:
+            return False
         pairs = x_channels
+    elif groups == 1 or y_channels % (8 * groups) == 0:
+        pairs = x_channels // groups * (y_channels // groups)  # of one group
     else:
         return False
-    if pairs > NATIVE_MAX_CHANNEL_PAIRS or jax.default_backend() != "cpu":
+    if groups == 1 and pairs > NATIVE_MAX_CHANNEL_PAIRS or jax.default_backend() != "cpu":
         return False
     return native.available()
 
@@ -1580,9 +1588,9 @@ def _kernel_term_transposed_in_other(cotangent, other, dkernel, **params):
 def _native_r(x, y, *, geometry: Geometry, kernel_shape):
     """``R(x, y)`` by :func:`jaxconv.native.kernel_grad`."""
     lows = tuple(lo for lo, _ in geometry.pads)
-    return native.kernel_grad(
-        x, y, kernel_shape[:-2], geometry.strides, lows, depthwise=geometry.groups > 1
-    )
+    depthwise = geometry.groups > 1 and kernel_shape[-2] == 1 and x.shape[-1] == y.shape[-1]
+    groups = 1 if depthwise else geometry.groups
+    return native.kernel_grad(x, y, kernel_shape[:-2], geometry.strides, lows, depthwise, groups)
 
 
 def _native_r_transposed_in_x(cotangent, x, y, *, geometry, kernel_shape):

@@ -75,9 +75,13 @@ def kernel_grad(
     strides: tuple[int, ...],
     lows: tuple[int, ...],
     depthwise: bool,
+    groups: int = 1,
 ) -> jax.Array:
     """``R(x, y)`` above: ``x`` ``(N, *spatial, Cx)``, ``y`` ``(N, *rows, Cy)`` float32, 1-D
-    or 2-D; ``(*kernel_size, Cx, Cy)``, or ``(*kernel_size, 1, Cy)`` depthwise.
+    or 2-D; ``(*kernel_size, Cx, Cy)``, or ``(*kernel_size, 1, Cy)`` depthwise. With
+    ``groups`` (channels ordered (group, channel), ``Cy / groups`` a multiple of 8), each
+    group's channels of ``x`` against its channels of ``y``: ``(*kernel_size, Cx / groups,
+    Cy)``.
 
     Raises ``RuntimeError`` where the kernel is not :func:`available`."""
     if not available():
@@ -85,7 +89,7 @@ def kernel_grad(
             "jaxconv's native CPU kernel is not available (JAXCONV_NATIVE=0 or no build)"
         )
     ndim = len(kernel_size)
-    shape = (*kernel_size, 1 if depthwise else x.shape[-1], y.shape[-1])
+    shape = (*kernel_size, 1 if depthwise else x.shape[-1] // groups, y.shape[-1])
     if ndim == 1:  # one row of a 2-D conv
         x, y = x[:, None], y[:, None]
         kernel_size, strides, lows = (1, *kernel_size), (1, *strides), (0, *lows)
@@ -102,6 +106,7 @@ def kernel_grad(
         sw=np.int64(sw),
         lo_h=np.int64(lo_h),
         lo_w=np.int64(lo_w),
+        groups=np.int64(groups),
         depthwise=depthwise,
     )
 

@@ -132,6 +132,55 @@ def test_the_native_kernel_gradient_is_its_formula(
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=atol)
 
 
+GROUPED = {
+    "2-D k3 s2, 4 groups of 8 by 16 channels": ((2, 9, 9, 32), (2, 4, 4, 64), (3, 3), (2, 2), 4),
+    "2-D k3 s2, 2 groups of 3 by 48 channels, several tiles": (
+        (1, 33, 65, 6),
+        (1, 16, 32, 96),
+        (3, 3),
+        (2, 2),
+        2,
+    ),
+    "1-D k4 s2, 2 groups of 5 by 256 channels": ((2, 41, 10), (2, 20, 512), (4,), (2,), 2),
+}
+
+
+@pytest.mark.parametrize(
+    "x_shape, y_shape, kernel_size, strides, groups", GROUPED.values(), ids=GROUPED
+)
+def test_the_native_kernel_gradient_in_groups_is_each_groups_formula(
+    x_shape, y_shape, kernel_size, strides, groups
+):
+    x, y = _normal(x_shape, 1), _normal(y_shape, 2)
+    lows = (1,) * len(kernel_size)
+    got = jax.jit(native.kernel_grad, static_argnums=(2, 3, 4, 5, 6))(
+        x, y, kernel_size, strides, lows, False, groups
+    )
+    xs, ys = np.split(np.asarray(x), groups, axis=-1), np.split(np.asarray(y), groups, axis=-1)
+    expected = np.concatenate(
+        [_r_by_loops(a, b, kernel_size, strides, lows, False) for a, b in zip(xs, ys)], axis=-1
+    )
+    atol = max(1e-4, 1e-5 * np.abs(expected).max())
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=atol)
+
+
+def test_taps_that_reach_no_pixel_are_zero_where_one_tile_writes_the_gradient():
+    """One image in one tile: the kernel writes each reached row of ``R`` once, without
+    reading it, and zeroes the rest (here the last of 5 taps reaches no column of ``x``),
+    whatever its buffer held: that of a temporary of NaNs just before."""
+    x, y = _normal((1, 3, 2, 2), 1), _normal((1, 3, 3, 8), 2)
+
+    def nans_then_gradient(x, y, one):
+        nans = jnp.sum(jnp.full((3, 5, 2, 8), jnp.nan) * one, axis=(0, 1))
+        r = native.kernel_grad(x, y, (3, 5), (1, 1), (1, 2), False)
+        return r * 2 - r, nans
+
+    got, _ = jax.jit(nans_then_gradient)(x, y, jnp.float32(1))
+    expected = _r_by_loops(x, y, (3, 5), (1, 1), (1, 2), False)
+    assert not expected[:, 4].any()
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-4)
+
+
 def _kernel_gradient(layer, x, kernel, **kwargs):
     return jax.grad(lambda k: jnp.sum(layer(x, k, impl="fast", **kwargs) ** 2))(kernel)
 
@@ -161,6 +210,12 @@ LAYERS = {
         (4, 4, 1, 16),
         dict(stride=2, padding=1, groups=16),
     ),
+    "transposed k3 s2 in 4 groups": (
+        ops.conv_transpose,
+        (2, 8, 8, 32),
+        (3, 3, 4, 32),
+        dict(stride=2, padding=1, groups=4),
+    ),
     "conv k3 s2 of one channel": (
         ops.conv,
         (4, 14, 14, 1),
@@ -184,6 +239,12 @@ def test_fast_takes_a_few_channel_kernel_gradient_from_the_native_kernel(
 def test_a_kernel_gradient_with_many_channel_pairs_stays_on_xlas_route():
     x, kernel = _normal((2, 4, 4, 512)), _normal((3, 3, 256, 512))
     assert not _native_in_kernel_gradient(ops.conv_transpose, x, kernel, stride=2, padding=1)
+
+
+def test_groups_of_y_channels_not_a_multiple_of_8_stay_on_xlas_route():
+    x, kernel = _normal((2, 8, 8, 12)), _normal((3, 3, 4, 12))
+    kwargs = dict(stride=2, padding=1, groups=4)
+    assert not _native_in_kernel_gradient(ops.conv_transpose, x, kernel, **kwargs)
 
 
 def test_a_kernel_of_more_than_64_taps_stays_on_xlas_route():

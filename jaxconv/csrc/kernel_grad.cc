@@ -7,8 +7,10 @@
 //
 // with x (N, Hi, Wi, Cx) C's input, zero outside its bounds, y (N, Ho, Wo, Cy) a cotangent
 // of C's output and R (kh, kw, Cx, Cy). Depthwise (Cx = Cy groups of one channel), only
-// i = j: R (kh, kw, 1, Cy). It is the gradient of C in its kernel, and of the transposed
-// conv T (whose output is C's input) with the roles of x and y as above.
+// i = j: R (kh, kw, 1, Cy). In G groups (channels ordered (group, channel)), each group's
+// channels of x against its channels of y: R (kh, kw, Cx / G, Cy). It is the gradient of
+// C in its kernel, and of the transposed conv T (whose output is C's input) with the roles
+// of x and y as above.
 //
 // XLA's own route is an im2col of x and a matmul; here nothing is copied but tiles of y:
 // where y has over 32 channels, each tile goes into panels of 16 channels (contiguous
@@ -55,10 +57,10 @@ int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1)
 // y's pixels: y advances by ys floats a pixel)
 template <int MR, int NV>
 void block(const float* x, int64_t xh, int64_t xw, const float* y, int64_t yh, int64_t ys,
-           int64_t nh, int64_t nw, float* r, int64_t rs) {
+           int64_t nh, int64_t nw, float* r, int64_t rs, bool fresh) {
   v8 acc[MR][NV];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j) acc[i][j] = load(r + i * rs + 8 * j);
+    for (int j = 0; j < NV; ++j) acc[i][j] = fresh ? v8{} : load(r + i * rs + 8 * j);
   for (int64_t h = 0; h < nh; ++h) {
     const float* xr = x + h * xh;
     const float* yr = y + h * yh;
@@ -78,7 +80,7 @@ void block(const float* x, int64_t xh, int64_t xw, const float* y, int64_t yh, i
 }
 
 using Block = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
-                       int64_t, float*, int64_t);
+                       int64_t, float*, int64_t, bool);
 
 template <int MR>
 Block with_rows(int nv) {
@@ -110,26 +112,31 @@ void depthwise_block(const float* x, int64_t xh, int64_t xw, const float* y, int
 }
 
 struct Geometry {
-  int64_t n, hi, wi, cx, ho, wo, cy, kh, kw, sh, sw, lo_h, lo_w;
+  int64_t n, hi, wi, cx, ho, wo, cy, kh, kw, sh, sw, lo_h, lo_w, groups;
   bool depthwise;
-  int64_t cy8() const { return (cy + 7) / 8 * 8; }
+  int64_t cxg() const { return depthwise ? 1 : cx / groups; }  // R's rows of a tap
+  int64_t cyg() const { return cy / groups; }                  // y's channels of a group
+  int64_t cy8() const { return (cy + 7) / 8 * 8; }             // R's row stride
+  int64_t cyg8() const { return (cyg() + 7) / 8 * 8; }
   // whether y's tiles are copied into panels of 16 channels (measured: up to 32 channels,
   // reading y where it is was as fast)
-  bool panels() const { return !depthwise && cy8() > 32; }
+  bool panels() const { return !depthwise && cyg8() > 32; }
 };
 
-// A tile of y: pixels (h, w) of the tile at p = h rp + w, cy8 floats apart at base + p cy8;
-// or in panels of 16 channels (the last 8 where cy8 is odd in vectors), panel j (channels
-// 8j...) at base + 8j pixels, its pixels 16 (or 8) apart.
+// A tile of one group's cy8 channels of y: pixels (h, w) of the tile at p = h rp + w,
+// stride floats apart at base + p stride; or in panels of 16 channels (the last 8 where cy8
+// is odd in vectors), panel j (channels 8j...) at base + 8j pixels, its pixels 16 (or 8)
+// apart.
 struct Tile {
   const float* base;
-  int64_t rp, pixels, cy8;
+  int64_t rp, pixels, cy8, stride;
   bool panels;
 };
 
-// R's rows at r, count of them, += x's at x times the tile's pixels from p (nh rows of nw)
+// R's rows at r (rs floats apart), count of them, += (= where fresh) x's at x times the
+// tile's pixels from p (nh rows of nw)
 void rows_times_tile(const float* x, int64_t xh, int64_t xw, const Tile& t, int64_t p,
-                     int64_t nh, int64_t nw, int64_t count, float* r) {
+                     int64_t nh, int64_t nw, int64_t count, float* r, int64_t rs, bool fresh) {
   thread_local std::vector<float> xp;
   for (int64_t i = 0; i < count; i += 6) {
     const int mr = std::min<int64_t>(6, count - i);
@@ -146,73 +153,91 @@ void rows_times_tile(const float* x, int64_t xh, int64_t xw, const Tile& t, int6
     }
     for (int64_t j = 0; j < t.cy8 / 8; j += 2) {
       const int nv = std::min<int64_t>(2, t.cy8 / 8 - j);
-      const int64_t ys = t.panels ? 8 * nv : t.cy8;
+      const int64_t ys = t.panels ? 8 * nv : t.stride;
       const float* y = t.base + (t.panels ? 8 * j * t.pixels : 8 * j) + p * ys;
-      block_of(mr, nv)(xi, xih, xiw, y, t.rp * ys, ys, nh, nw, r + i * t.cy8 + 8 * j, t.cy8);
+      block_of(mr, nv)(xi, xih, xiw, y, t.rp * ys, ys, nh, nw, r + i * rs + 8 * j, rs, fresh);
     }
   }
 }
 
-// Rows [r0, r1) of R (rows (a, b, i), cy8 floats each) += the tile of y's rows [h0, h1) x
-// columns [w0, w1) of image n
+// Rows [r0, r1) of R (rows (a, b, i), cy8 floats each; r at group's first column) += the
+// tile of the group's channels of y's rows [h0, h1) x columns [w0, w1) of image n; where
+// fresh, = (the rows written once each, or zeroed, not read: the run's only tile)
 void add_tile(const Geometry& g, const float* x, const Tile& t, int64_t n, int64_t h0,
-              int64_t h1, int64_t w0, int64_t w1, int64_t r0, int64_t r1, float* r) {
-  const int64_t cy8 = g.cy8(), xh = g.sh * g.wi * g.cx, xw = g.sw * g.cx;
+              int64_t h1, int64_t w0, int64_t w1, int64_t r0, int64_t r1, int64_t group,
+              float* r, bool fresh) {
+  const int64_t cy8 = g.cy8(), cxg = g.cxg(), xh = g.sh * g.wi * g.cx, xw = g.sw * g.cx;
+  x += group * cxg;
   // R's rows [first, first + count), x's at xf, within [r0, r1)
   auto rows = [&](int64_t first, int64_t count, const float* xf, int64_t p, int64_t nh,
-                  int64_t nw) {
+                  int64_t nw, bool first_touch) {
     const int64_t lo = std::max(first, r0), hi = std::min(first + count, r1);
-    if (lo < hi) rows_times_tile(xf + lo - first, xh, xw, t, p, nh, nw, hi - lo, r + lo * cy8);
+    if (lo < hi)
+      rows_times_tile(xf + lo - first, xh, xw, t, p, nh, nw, hi - lo, r + lo * cy8, cy8,
+                      first_touch);
+  };
+  // rows no pixel reaches, where fresh
+  auto zero = [&](int64_t first, int64_t count, bool first_touch) {
+    if (!first_touch) return;
+    for (int64_t row = std::max(first, r0); row < std::min(first + count, r1); ++row)
+      std::fill_n(r + row * cy8, g.cyg8(), 0.f);
   };
   for (int64_t a = 0; a < g.kh; ++a) {
     // y's rows whose tap a is inside x
     const int64_t ha = std::max(h0, ceil_div(g.lo_h - a, g.sh));
     const int64_t hb = std::min(h1, floor_div(g.hi - 1 + g.lo_h - a, g.sh) + 1);
-    if (ha >= hb) continue;
+    if (ha >= hb) {
+      zero(a * g.kw * cxg, g.kw * cxg, fresh);
+      continue;
+    }
     const float* xa = x + (n * g.hi + ha * g.sh + a - g.lo_h) * g.wi * g.cx;
     const int64_t pa = (ha - h0) * t.rp;
-    auto tap_by_tap = [&](int64_t lo, int64_t hi) {
+    auto tap_by_tap = [&](int64_t lo, int64_t hi, bool first_touch) {
       for (int64_t b = 0; b < g.kw; ++b) {
         const int64_t wa = std::max(lo, ceil_div(g.lo_w - b, g.sw));
         const int64_t wb = std::min(hi, floor_div(g.wi - 1 + g.lo_w - b, g.sw) + 1);
-        if (wa >= wb) continue;
+        if (wa >= wb) {
+          zero((a * g.kw + b) * cxg, cxg, first_touch);
+          continue;
+        }
         const float* xb = xa + (wa * g.sw + b - g.lo_w) * g.cx;
         const int64_t pb = pa + wa - w0;
         if (!g.depthwise) {
-          rows((a * g.kw + b) * g.cx, g.cx, xb, pb, hb - ha, wb - wa);
+          rows((a * g.kw + b) * cxg, cxg, xb, pb, hb - ha, wb - wa, first_touch);
           continue;
         }
         float* rb = r + (a * g.kw + b) * cy8;
-        const float* yb = t.base + pb * cy8;
-        const int64_t yh = t.rp * cy8;
+        const float* yb = t.base + pb * t.stride;
+        const int64_t yh = t.rp * t.stride;
         int64_t j = 0;
         for (; j + 4 <= cy8 / 8; j += 4)
-          depthwise_block<4>(xb + 8 * j, xh, xw, yb + 8 * j, yh, cy8, hb - ha, wb - wa,
+          depthwise_block<4>(xb + 8 * j, xh, xw, yb + 8 * j, yh, t.stride, hb - ha, wb - wa,
                              rb + 8 * j);
         for (; j < cy8 / 8; ++j)
-          depthwise_block<1>(xb + 8 * j, xh, xw, yb + 8 * j, yh, cy8, hb - ha, wb - wa,
+          depthwise_block<1>(xb + 8 * j, xh, xw, yb + 8 * j, yh, t.stride, hb - ha, wb - wa,
                              rb + 8 * j);
       }
     };
-    // y's columns whose taps b are all inside x: the rows (b, i) as one run of x
+    // y's columns whose taps b are all inside x: the rows (b, i) as one run of x (of all
+    // its channels: one group)
     const int64_t wa = std::max(w0, ceil_div(g.lo_w, g.sw));
     const int64_t wb = std::min(w1, floor_div(g.wi - g.kw + g.lo_w, g.sw) + 1);
-    if (g.depthwise || wa >= wb) {
-      tap_by_tap(w0, w1);
+    if (g.depthwise || g.groups > 1 || wa >= wb) {
+      tap_by_tap(w0, w1, fresh);
       continue;
     }
-    tap_by_tap(w0, wa);
-    tap_by_tap(wb, w1);
     const float* xm = xa + (wa * g.sw - g.lo_w) * g.cx;
-    rows(a * g.kw * g.cx, g.kw * g.cx, xm, pa + wa - w0, hb - ha, wb - wa);
+    rows(a * g.kw * g.cx, g.kw * g.cx, xm, pa + wa - w0, hb - ha, wb - wa, fresh);
+    tap_by_tap(w0, wa, false);
+    tap_by_tap(wb, w1, false);
   }
 }
 
-// The work shared by the threads: items of equal runs of tiles by equal parts of R's rows
-// (whole rows where the runs give the threads enough work), claimed in turn by whichever
-// thread is free. Each run of tiles sums into its own R; an item's sum does not depend on
-// the thread that computes it, and the runs' sums are added in order: the result is the
-// same from call to call.
+// The work shared by the threads: items of one group, equal runs of tiles and equal parts
+// of R's rows (whole rows where the groups and runs give the threads enough work), claimed
+// in turn by whichever thread is free. Each run of tiles sums into its own R; an item's sum
+// does not depend on the thread that computes it, and the runs' sums are added in order:
+// the result is the same from call to call.
 struct Work {
   Geometry g;
   const float* x;
@@ -221,47 +246,52 @@ struct Work {
   std::vector<float*> partial;  // one R (rows, cy8) per run of tiles
   std::atomic<int64_t> next{0}, done{0};
 
-  int64_t items() const { return runs * row_parts; }
+  int64_t items() const { return g.groups * runs * row_parts; }
 
   void run() {
-    const int64_t cy8 = g.cy8(), blocks = (rows + 5) / 6;
+    const int64_t cy8 = g.cy8(), cyg = g.cyg(), cyg8 = g.cyg8(), blocks = (rows + 5) / 6;
     std::vector<float> packed;
     for (int64_t item; (item = next.fetch_add(1)) < items();) {
-      const int64_t p = item / row_parts, part = item % row_parts;
+      const int64_t group = item / (runs * row_parts);
+      const int64_t p = item / row_parts % runs, part = item % row_parts;
       const int64_t r0 = std::min(rows, 6 * (blocks * part / row_parts));
       const int64_t r1 = std::min(rows, 6 * (blocks * (part + 1) / row_parts));
-      std::fill(partial[p] + r0 * cy8, partial[p] + r1 * cy8, 0.f);
-      for (int64_t tile = p * tiles / runs; tile < (p + 1) * tiles / runs; ++tile) {
+      float* r = partial[p] + group * cyg;
+      const int64_t first = p * tiles / runs, last = (p + 1) * tiles / runs;
+      const bool fresh = !g.depthwise && last - first == 1;
+      if (!fresh)
+        for (int64_t row = r0; row < r1; ++row) std::fill_n(r + row * cy8, cyg8, 0.f);
+      for (int64_t tile = first; tile < last; ++tile) {
         const int64_t n = tile / (tiles_h * tiles_w);
         const int64_t h0 = tile / tiles_w % tiles_h * tile_h, h1 = std::min(g.ho, h0 + tile_h);
         const int64_t w0 = tile % tiles_w * tile_w, w1 = std::min(g.wo, w0 + tile_w);
-        const float* yt = y + ((n * g.ho + h0) * g.wo + w0) * g.cy;
+        const float* yt = y + ((n * g.ho + h0) * g.wo + w0) * g.cy + group * cyg;
         const int64_t tw = w1 - w0, pixels = (h1 - h0) * tw;
-        Tile t{yt, g.wo, pixels, cy8, false};
-        if (g.panels() || cy8 != g.cy) {
-          packed.resize(pixels * cy8);
-          if (cy8 != g.cy) std::fill(packed.begin(), packed.end(), 0.f);
+        Tile t{yt, g.wo, pixels, cyg8, g.cy, false};
+        if (g.panels() || cyg8 != cyg) {
+          packed.resize(pixels * cyg8);
+          if (cyg8 != cyg) std::fill(packed.begin(), packed.end(), 0.f);
           for (int64_t h = 0; h < h1 - h0; ++h)
             for (int64_t w = 0; w < tw; ++w) {
               const float* from = yt + (h * g.wo + w) * g.cy;
               const int64_t q = h * tw + w;
               if (!g.panels()) {
-                std::memcpy(&packed[q * cy8], from, g.cy * sizeof(float));
+                std::memcpy(&packed[q * cyg8], from, cyg * sizeof(float));
                 continue;
               }
               int64_t c = 0;
-              for (; c + 16 <= g.cy; c += 16) {
+              for (; c + 16 <= cyg; c += 16) {
                 float* to = &packed[c * pixels + q * 16];
                 store(to, load(from + c));
                 store(to + 8, load(from + c + 8));
               }
-              if (c < g.cy)
-                std::memcpy(&packed[c * pixels + q * (cy8 - c)], from + c,
-                            (g.cy - c) * sizeof(float));
+              if (c < cyg)
+                std::memcpy(&packed[c * pixels + q * (cyg8 - c)], from + c,
+                            (cyg - c) * sizeof(float));
             }
-          t = Tile{packed.data(), tw, pixels, cy8, g.panels()};
+          t = Tile{packed.data(), tw, pixels, cyg8, cyg8, g.panels()};
         }
-        add_tile(g, x, t, n, h0, h1, w0, w1, r0, r1, partial[p]);
+        add_tile(g, x, t, n, h0, h1, w0, w1, r0, r1, group, r, fresh);
       }
       done.fetch_add(1, std::memory_order_release);
     }
@@ -270,28 +300,30 @@ struct Work {
 
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
                       ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh,
-                      int64_t sw, int64_t lo_h, int64_t lo_w, bool depthwise) {
+                      int64_t sw, int64_t lo_h, int64_t lo_w, int64_t groups, bool depthwise) {
   const auto xd = x.dimensions(), yd = y.dimensions();
   if (xd.size() != 4 || yd.size() != 4 || xd[0] != yd[0])
     return ffi::Error::InvalidArgument("x and y: (N, H, W, C) with the same N");
   if (depthwise && (xd[3] != yd[3] || xd[3] % 8 != 0))
     return ffi::Error::InvalidArgument("depthwise: as many channels in x as in y, 8k");
-  if (kh < 1 || kw < 1 || sh < 1 || sw < 1)
-    return ffi::Error::InvalidArgument("kernel size and stride at least 1");
+  if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || groups < 1)
+    return ffi::Error::InvalidArgument("kernel size, stride and groups at least 1");
+  if (groups > 1 && (depthwise || xd[3] % groups != 0 || yd[3] % (8 * groups) != 0))
+    return ffi::Error::InvalidArgument("groups: of x's channels, and of 8k of y's");
   auto work = std::make_shared<Work>();
   Geometry& g = work->g;
   g = Geometry{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], kh, kw, sh, sw, lo_h, lo_w,
-               depthwise};
+               groups, depthwise};
   work->x = x.typed_data();
   work->y = y.typed_data();
   const int64_t tile_bytes = g.panels() ? PANEL_TILE_BYTES : TILE_BYTES;
-  const int64_t cy8 = g.cy8(), tile_pixels = tile_bytes / sizeof(float) / cy8;
+  const int64_t cy8 = g.cy8(), tile_pixels = tile_bytes / sizeof(float) / g.cyg8();
   work->tile_w = std::max<int64_t>(1, std::min(g.wo, std::max<int64_t>(8, tile_pixels)));
   work->tile_h = std::max<int64_t>(1, std::min(g.ho, tile_pixels / work->tile_w));
   work->tiles_w = (g.wo + work->tile_w - 1) / work->tile_w;
   work->tiles_h = (g.ho + work->tile_h - 1) / work->tile_h;
   work->tiles = g.n * work->tiles_h * work->tiles_w;
-  const int64_t rows = kh * kw * (depthwise ? 1 : g.cx);
+  const int64_t rows = kh * kw * g.cxg();
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   const int64_t items = RUNS_PER_THREAD * threads;
   // runs of at least MIN_RUN_PIXELS (fewer Rs to clear and add), then parts of the rows
@@ -299,7 +331,8 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
                                            std::min(work->tiles, items));
   work->rows = rows;
   work->runs = runs;
-  work->row_parts = depthwise ? 1 : std::min((items + runs - 1) / runs, (rows + 5) / 6);
+  const int64_t split = (items + groups * runs - 1) / (groups * runs);
+  work->row_parts = depthwise ? 1 : std::min(split, (rows + 5) / 6);
   // one run of whole channels sums into the result itself
   float* r = out->typed_data();
   std::vector<std::unique_ptr<float[]>> sums;
@@ -336,4 +369,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvKernelGrad, KernelGrad,
                                   .Attr<int64_t>("sw")
                                   .Attr<int64_t>("lo_h")
                                   .Attr<int64_t>("lo_w")
+                                  .Attr<int64_t>("groups")
                                   .Attr<bool>("depthwise"));
