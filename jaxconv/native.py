@@ -1,11 +1,13 @@
 """jaxconv's CPU kernel, compiled on first use and called from XLA through its FFI.
 
-One kernel, ``csrc/kernel_grad.cc``: the kernel gradient of a 2-D conv (1-D as one row)
-of stride ``s``, input padded by ``lo``, no dilation::
+One kernel, ``csrc/kernel_grad.cc``: the kernel gradient of a 3-D conv (2-D as one slab,
+1-D as one row) of stride ``s``, input padded by ``lo``, no dilation::
 
-    R[a, b, i, j] = sum_{n, h, w} x[n, s_h h + a - lo_h, s_w w + b - lo_w, i] y[n, h, w, j]
+    R[c, a, b, i, j] = sum_{n, d, h, w} x[n, s_d d + c - lo_d, s_h h + a - lo_h,
+                                          s_w w + b - lo_w, i] y[n, d, h, w, j]
 
-read where ``x`` and ``y`` are (no im2col); depthwise, ``i = j`` only. XLA:CPU's own
+read where ``x`` and ``y`` are (no im2col); depthwise, ``i = j`` only; in groups, each
+group's channels of ``x`` against its channels of ``y``. XLA:CPU's own
 route, an im2col and a matmul contracting both operands' rows, ran few-channel layers
 at 2-4x the time of one matmul of their FLOPs (``docs/benchmark.md``).
 
@@ -77,8 +79,8 @@ def kernel_grad(
     depthwise: bool,
     groups: int = 1,
 ) -> jax.Array:
-    """``R(x, y)`` above: ``x`` ``(N, *spatial, Cx)``, ``y`` ``(N, *rows, Cy)`` float32, 1-D
-    or 2-D; ``(*kernel_size, Cx, Cy)``, or ``(*kernel_size, 1, Cy)`` depthwise. With
+    """``R(x, y)`` above: ``x`` ``(N, *spatial, Cx)``, ``y`` ``(N, *rows, Cy)`` float32, 1-D,
+    2-D or 3-D; ``(*kernel_size, Cx, Cy)``, or ``(*kernel_size, 1, Cy)`` depthwise. With
     ``groups`` (channels ordered (group, channel), ``Cy / groups`` a multiple of 8), each
     group's channels of ``x`` against its channels of ``y``: ``(*kernel_size, Cx / groups,
     Cy)``.
@@ -88,24 +90,29 @@ def kernel_grad(
         raise RuntimeError(
             "jaxconv's native CPU kernel is not available (JAXCONV_NATIVE=0 or no build)"
         )
-    ndim = len(kernel_size)
     shape = (*kernel_size, 1 if depthwise else x.shape[-1] // groups, y.shape[-1])
-    if ndim == 1:  # one row of a 2-D conv
-        x, y = x[:, None], y[:, None]
-        kernel_size, strides, lows = (1, *kernel_size), (1, *strides), (0, *lows)
+    more = 3 - len(kernel_size)  # 1-D as one row of one slab, 2-D as one slab
+    x, y = (a.reshape(a.shape[0], *(1,) * more, *a.shape[1:]) for a in (x, y))
+    kernel_size, strides = ((1,) * more + tuple(v) for v in (kernel_size, strides))
+    lows = (0,) * more + tuple(lows)
     call = jax.ffi.ffi_call(
         TARGET, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="sequential"
     )
-    (kh, kw), (sh, sw), (lo_h, lo_w) = kernel_size, strides, lows
+    (kd, kh, kw), (sd, sh, sw), (lo_d, lo_h, lo_w) = (
+        tuple(np.int64(v) for v in values) for values in (kernel_size, strides, lows)
+    )
     return call(
         x,
         y,
-        kh=np.int64(kh),
-        kw=np.int64(kw),
-        sh=np.int64(sh),
-        sw=np.int64(sw),
-        lo_h=np.int64(lo_h),
-        lo_w=np.int64(lo_w),
+        kd=kd,
+        kh=kh,
+        kw=kw,
+        sd=sd,
+        sh=sh,
+        sw=sw,
+        lo_d=lo_d,
+        lo_h=lo_h,
+        lo_w=lo_w,
         groups=np.int64(groups),
         depthwise=depthwise,
     )

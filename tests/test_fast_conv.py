@@ -1361,10 +1361,11 @@ def test_by_row_blocks_the_input_gradient_too_comes_from_each_blocks_im2col(monk
 
 def test_enets_forward_backward_needs_no_memory_beside_its_forwards_two_outputs():
     """ENet's last layer (the benchmark's): at the program's peak only the forward's phase
-    conv output and its depth-to-space are live, 33,339,264 bytes, within glibc's largest
-    mmap threshold (32 MiB), so its memory is reused from call to call, not mapped afresh.
-    The backward's row blocks slice their head rows in the loop: sliced before it, the
-    heads lay beside the two, 15 KB past 32 MiB (forward+backward 30 -> 19-22 ms)."""
+    conv output and its depth-to-space are live, 33,339,264 bytes (and 12 KB beside them
+    since its kernel gradient is native), within glibc's largest mmap threshold (32 MiB),
+    so its memory is reused from call to call, not mapped afresh. (The backward's row
+    blocks, its route before, sliced their head rows in the loop: sliced before it, the
+    heads lay beside the two, 15 KB past 32 MiB: forward+backward 30 -> 19-22 ms.)"""
     x = jax.ShapeDtypeStruct((2, 180, 240, 16), jnp.float32)
     kernel = jax.ShapeDtypeStruct((3, 3, 12, 16), jnp.float32)
     r = jax.ShapeDtypeStruct((2, 360, 480, 12), jnp.float32)
@@ -1378,7 +1379,7 @@ def test_enets_forward_backward_needs_no_memory_beside_its_forwards_two_outputs(
 
     compiled = jax.jit(forward_backward).lower(x, kernel, r).compile()
     phases, y = 2 * 181 * 241 * 48 * 4, 2 * 360 * 480 * 12 * 4
-    assert compiled.memory_analysis().temp_size_in_bytes <= phases + y + 1024 < 32 << 20
+    assert compiled.memory_analysis().temp_size_in_bytes <= phases + y + (16 << 10) < 32 << 20
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """The native CPU kernel gradient (``jaxconv.native``): its formula, where ``fast`` takes
 it, and the derivatives around it."""
 
+import itertools
 import os
 import subprocess
 import sys
@@ -20,30 +21,28 @@ def _normal(shape, seed=0):
 
 
 def _r_by_loops(x, y, kernel_size, strides, lows, depthwise):
-    """``R[a, b, i, j] = sum x[n, s h + a - lo, s w + b - lo, i] y[n, h, w, j]``, tap by
-    tap in NumPy, ``x`` zero outside its bounds."""
+    """``R[*t, i, j] = sum x[n, *(s o + t - lo), i] y[n, *o, j]`` over the outputs ``o``,
+    tap by tap in NumPy, ``x`` zero outside its bounds."""
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    one_row = x.ndim == 3
-    if one_row:
-        x, y = x[:, None], y[:, None]
-        kernel_size, strides, lows = (1, *kernel_size), (1, *strides), (0, *lows)
-    (kh, kw), (sh, sw), (lo_h, lo_w) = kernel_size, strides, lows
-    _, hi, wi, cx = x.shape
-    _, ho, wo, cy = y.shape
-    padded = np.zeros((x.shape[0], hi + 2 * (kh + sh * ho), wi + 2 * (kw + sw * wo), cx))
-    top, left = kh + sh * ho, kw + sw * wo
-    padded[:, top : top + hi, left : left + wi] = x
-    r = np.zeros((kh, kw, 1 if depthwise else cx, cy))
-    for a in range(kh):
-        for b in range(kw):
-            rows = top + a - lo_h + sh * np.arange(ho)
-            cols = left + b - lo_w + sw * np.arange(wo)
-            window = padded[:, rows][:, :, cols]  # (n, ho, wo, cx)
-            if depthwise:
-                r[a, b, 0] = np.einsum("nhwc,nhwc->c", window, y)
-            else:
-                r[a, b] = np.einsum("nhwi,nhwj->ij", window, y)
-    return r[0] if one_row else r
+    outputs = y.shape[1:-1]
+    margins = [k + s * n for k, s, n in zip(kernel_size, strides, outputs)]
+    padded = np.pad(x, [(0, 0), *((m, m) for m in margins), (0, 0)])
+    r = np.zeros((*kernel_size, 1 if depthwise else x.shape[-1], y.shape[-1]))
+    for taps in itertools.product(*(range(k) for k in kernel_size)):
+        at = zip(margins, taps, lows, strides, outputs)
+        window = padded[
+            np.ix_(
+                range(x.shape[0]),
+                *(m + t - lo + s * np.arange(n) for m, t, lo, s, n in at),
+                range(x.shape[-1]),
+            )
+        ]
+        window, cotangent = window.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+        if depthwise:
+            r[taps][0] = np.sum(window * cotangent, axis=0)
+        else:
+            r[taps] = window.T @ cotangent
+    return r
 
 
 CASES = {
@@ -103,6 +102,22 @@ CASES = {
         (1,),
         False,
     ),
+    "3-D k2 s2 (V-Net-like)": (
+        (2, 8, 6, 6, 5),
+        (2, 4, 3, 3, 24),
+        (2, 2, 2),
+        (2,) * 3,
+        (0,) * 3,
+        False,
+    ),
+    "3-D k3 s2 padded, 40 channels in panels": (
+        (1, 9, 9, 7, 3),
+        (1, 4, 4, 3, 40),
+        (3, 3, 3),
+        (2, 2, 2),
+        (1, 1, 1),
+        False,
+    ),
     "depthwise k4 s2": ((2, 12, 12, 16), (2, 6, 6, 16), (4, 4), (2, 2), (1, 1), True),
     "depthwise, y in several tiles": (
         (1, 80, 600, 8),
@@ -142,6 +157,13 @@ GROUPED = {
         2,
     ),
     "1-D k4 s2, 2 groups of 5 by 256 channels": ((2, 41, 10), (2, 20, 512), (4,), (2,), 2),
+    "3-D k2 s2, 2 groups of 4 by 16 channels": (
+        (1, 4, 4, 4, 8),
+        (1, 2, 2, 2, 32),
+        (2, 2, 2),
+        (2, 2, 2),
+        2,
+    ),
 }
 
 
@@ -215,6 +237,12 @@ LAYERS = {
         (2, 8, 8, 32),
         (3, 3, 4, 32),
         dict(stride=2, padding=1, groups=4),
+    ),
+    "transposed 3-D k2 s2": (
+        ops.conv_transpose,
+        (2, 4, 4, 4, 16),
+        (2, 2, 2, 8, 16),
+        dict(stride=2),
     ),
     "conv k3 s2 of one channel": (
         ops.conv,

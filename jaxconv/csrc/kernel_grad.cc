@@ -1,16 +1,17 @@
-// The kernel gradient of a 2-D conv on the CPU, called from XLA through its FFI
-// (`jaxconv.native` compiles this file and registers the handler).
+// The kernel gradient of a 3-D conv (2-D and 1-D as one slab, one row) on the CPU, called
+// from XLA through its FFI (`jaxconv.native` compiles this file and registers the handler).
 //
 // JaxconvKernelGrad, for a conv C of stride s whose input is padded by lo (no dilation):
 //
-//   R[a, b, i, j] = sum_{n, h, w} x[n, s_h h + a - lo_h, s_w w + b - lo_w, i] * y[n, h, w, j]
+//   R[c, a, b, i, j] = sum_{n, d, h, w} x[n, s_d d + c - lo_d, s_h h + a - lo_h,
+//                                          s_w w + b - lo_w, i] * y[n, d, h, w, j]
 //
-// with x (N, Hi, Wi, Cx) C's input, zero outside its bounds, y (N, Ho, Wo, Cy) a cotangent
-// of C's output and R (kh, kw, Cx, Cy). Depthwise (Cx = Cy groups of one channel), only
-// i = j: R (kh, kw, 1, Cy). In G groups (channels ordered (group, channel)), each group's
-// channels of x against its channels of y: R (kh, kw, Cx / G, Cy). It is the gradient of
-// C in its kernel, and of the transposed conv T (whose output is C's input) with the roles
-// of x and y as above.
+// with x (N, Di, Hi, Wi, Cx) C's input, zero outside its bounds, y (N, Do, Ho, Wo, Cy) a
+// cotangent of C's output and R (kd, kh, kw, Cx, Cy). Depthwise (Cx = Cy groups of one
+// channel), only i = j: R (kd, kh, kw, 1, Cy). In G groups (channels ordered (group,
+// channel)), each group's channels of x against its channels of y: R (kd, kh, kw, Cx / G,
+// Cy). It is the gradient of C in its kernel, and of the transposed conv T (whose output is
+// C's input) with the roles of x and y as above.
 //
 // XLA's own route is an im2col of x and a matmul; here nothing is copied but tiles of y:
 // where y has over 32 channels, each tile goes into panels of 16 channels (contiguous
@@ -112,7 +113,7 @@ void depthwise_block(const float* x, int64_t xh, int64_t xw, const float* y, int
 }
 
 struct Geometry {
-  int64_t n, hi, wi, cx, ho, wo, cy, kh, kw, sh, sw, lo_h, lo_w, groups;
+  int64_t n, di, hi, wi, cx, d_o, ho, wo, cy, kd, kh, kw, sd, sh, sw, lo_d, lo_h, lo_w, groups;
   bool depthwise;
   int64_t cxg() const { return depthwise ? 1 : cx / groups; }  // R's rows of a tap
   int64_t cyg() const { return cy / groups; }                  // y's channels of a group
@@ -160,14 +161,15 @@ void rows_times_tile(const float* x, int64_t xh, int64_t xw, const Tile& t, int6
   }
 }
 
-// Rows [r0, r1) of R (rows (a, b, i), cy8 floats each; r at group's first column) += the
-// tile of the group's channels of y's rows [h0, h1) x columns [w0, w1) of image n; where
-// fresh, = (the rows written once each, or zeroed, not read: the run's only tile)
-void add_tile(const Geometry& g, const float* x, const Tile& t, int64_t n, int64_t h0,
-              int64_t h1, int64_t w0, int64_t w1, int64_t r0, int64_t r1, int64_t group,
-              float* r, bool fresh) {
+// Rows [r0, r1) of R (rows (c, a, b, i), cy8 floats each; r at group's first column) +=
+// the tile of the group's channels of y's rows [h0, h1) x columns [w0, w1) of image n at
+// depth d; where fresh, = (the rows written once each, or zeroed, not read: the run's only
+// tile)
+void add_tile(const Geometry& g, const float* x, const Tile& t, int64_t n, int64_t d,
+              int64_t h0, int64_t h1, int64_t w0, int64_t w1, int64_t r0, int64_t r1,
+              int64_t group, float* r, bool fresh) {
   const int64_t cy8 = g.cy8(), cxg = g.cxg(), xh = g.sh * g.wi * g.cx, xw = g.sw * g.cx;
-  x += group * cxg;
+  const int64_t plane = g.kh * g.kw * cxg;  // R's rows of one depth tap c
   // R's rows [first, first + count), x's at xf, within [r0, r1)
   auto rows = [&](int64_t first, int64_t count, const float* xf, int64_t p, int64_t nh,
                   int64_t nw, bool first_touch) {
@@ -182,54 +184,62 @@ void add_tile(const Geometry& g, const float* x, const Tile& t, int64_t n, int64
     for (int64_t row = std::max(first, r0); row < std::min(first + count, r1); ++row)
       std::fill_n(r + row * cy8, g.cyg8(), 0.f);
   };
-  for (int64_t a = 0; a < g.kh; ++a) {
-    // y's rows whose tap a is inside x
-    const int64_t ha = std::max(h0, ceil_div(g.lo_h - a, g.sh));
-    const int64_t hb = std::min(h1, floor_div(g.hi - 1 + g.lo_h - a, g.sh) + 1);
-    if (ha >= hb) {
-      zero(a * g.kw * cxg, g.kw * cxg, fresh);
+  for (int64_t c = 0; c < g.kd; ++c) {
+    const int64_t xd = d * g.sd + c - g.lo_d, base = c * plane;
+    if (xd < 0 || xd >= g.di) {
+      zero(base, plane, fresh);
       continue;
     }
-    const float* xa = x + (n * g.hi + ha * g.sh + a - g.lo_h) * g.wi * g.cx;
-    const int64_t pa = (ha - h0) * t.rp;
-    auto tap_by_tap = [&](int64_t lo, int64_t hi, bool first_touch) {
-      for (int64_t b = 0; b < g.kw; ++b) {
-        const int64_t wa = std::max(lo, ceil_div(g.lo_w - b, g.sw));
-        const int64_t wb = std::min(hi, floor_div(g.wi - 1 + g.lo_w - b, g.sw) + 1);
-        if (wa >= wb) {
-          zero((a * g.kw + b) * cxg, cxg, first_touch);
-          continue;
-        }
-        const float* xb = xa + (wa * g.sw + b - g.lo_w) * g.cx;
-        const int64_t pb = pa + wa - w0;
-        if (!g.depthwise) {
-          rows((a * g.kw + b) * cxg, cxg, xb, pb, hb - ha, wb - wa, first_touch);
-          continue;
-        }
-        float* rb = r + (a * g.kw + b) * cy8;
-        const float* yb = t.base + pb * t.stride;
-        const int64_t yh = t.rp * t.stride;
-        int64_t j = 0;
-        for (; j + 4 <= cy8 / 8; j += 4)
-          depthwise_block<4>(xb + 8 * j, xh, xw, yb + 8 * j, yh, t.stride, hb - ha, wb - wa,
-                             rb + 8 * j);
-        for (; j < cy8 / 8; ++j)
-          depthwise_block<1>(xb + 8 * j, xh, xw, yb + 8 * j, yh, t.stride, hb - ha, wb - wa,
-                             rb + 8 * j);
+    const float* xs = x + group * cxg + (n * g.di + xd) * g.hi * g.wi * g.cx;
+    for (int64_t a = 0; a < g.kh; ++a) {
+      // y's rows whose tap a is inside x
+      const int64_t ha = std::max(h0, ceil_div(g.lo_h - a, g.sh));
+      const int64_t hb = std::min(h1, floor_div(g.hi - 1 + g.lo_h - a, g.sh) + 1);
+      if (ha >= hb) {
+        zero(base + a * g.kw * cxg, g.kw * cxg, fresh);
+        continue;
       }
-    };
-    // y's columns whose taps b are all inside x: the rows (b, i) as one run of x (of all
-    // its channels: one group)
-    const int64_t wa = std::max(w0, ceil_div(g.lo_w, g.sw));
-    const int64_t wb = std::min(w1, floor_div(g.wi - g.kw + g.lo_w, g.sw) + 1);
-    if (g.depthwise || g.groups > 1 || wa >= wb) {
-      tap_by_tap(w0, w1, fresh);
-      continue;
+      const float* xa = xs + (ha * g.sh + a - g.lo_h) * g.wi * g.cx;
+      const int64_t pa = (ha - h0) * t.rp;
+      auto tap_by_tap = [&](int64_t lo, int64_t hi, bool first_touch) {
+        for (int64_t b = 0; b < g.kw; ++b) {
+          const int64_t wa = std::max(lo, ceil_div(g.lo_w - b, g.sw));
+          const int64_t wb = std::min(hi, floor_div(g.wi - 1 + g.lo_w - b, g.sw) + 1);
+          if (wa >= wb) {
+            zero(base + (a * g.kw + b) * cxg, cxg, first_touch);
+            continue;
+          }
+          const float* xb = xa + (wa * g.sw + b - g.lo_w) * g.cx;
+          const int64_t pb = pa + wa - w0;
+          if (!g.depthwise) {
+            rows(base + (a * g.kw + b) * cxg, cxg, xb, pb, hb - ha, wb - wa, first_touch);
+            continue;
+          }
+          float* rb = r + (base + a * g.kw + b) * cy8;
+          const float* yb = t.base + pb * t.stride;
+          const int64_t yh = t.rp * t.stride;
+          int64_t j = 0;
+          for (; j + 4 <= cy8 / 8; j += 4)
+            depthwise_block<4>(xb + 8 * j, xh, xw, yb + 8 * j, yh, t.stride, hb - ha, wb - wa,
+                               rb + 8 * j);
+          for (; j < cy8 / 8; ++j)
+            depthwise_block<1>(xb + 8 * j, xh, xw, yb + 8 * j, yh, t.stride, hb - ha, wb - wa,
+                               rb + 8 * j);
+        }
+      };
+      // y's columns whose taps b are all inside x: the rows (b, i) as one run of x (of all
+      // its channels: one group)
+      const int64_t wa = std::max(w0, ceil_div(g.lo_w, g.sw));
+      const int64_t wb = std::min(w1, floor_div(g.wi - g.kw + g.lo_w, g.sw) + 1);
+      if (g.depthwise || g.groups > 1 || wa >= wb) {
+        tap_by_tap(w0, w1, fresh);
+        continue;
+      }
+      const float* xm = xa + (wa * g.sw - g.lo_w) * g.cx;
+      rows(base + a * g.kw * g.cx, g.kw * g.cx, xm, pa + wa - w0, hb - ha, wb - wa, fresh);
+      tap_by_tap(w0, wa, false);
+      tap_by_tap(wb, w1, false);
     }
-    const float* xm = xa + (wa * g.sw - g.lo_w) * g.cx;
-    rows(a * g.kw * g.cx, g.kw * g.cx, xm, pa + wa - w0, hb - ha, wb - wa, fresh);
-    tap_by_tap(w0, wa, false);
-    tap_by_tap(wb, w1, false);
   }
 }
 
@@ -262,10 +272,11 @@ struct Work {
       if (!fresh)
         for (int64_t row = r0; row < r1; ++row) std::fill_n(r + row * cy8, cyg8, 0.f);
       for (int64_t tile = first; tile < last; ++tile) {
-        const int64_t n = tile / (tiles_h * tiles_w);
+        const int64_t n = tile / (g.d_o * tiles_h * tiles_w);
+        const int64_t d = tile / (tiles_h * tiles_w) % g.d_o;
         const int64_t h0 = tile / tiles_w % tiles_h * tile_h, h1 = std::min(g.ho, h0 + tile_h);
         const int64_t w0 = tile % tiles_w * tile_w, w1 = std::min(g.wo, w0 + tile_w);
-        const float* yt = y + ((n * g.ho + h0) * g.wo + w0) * g.cy + group * cyg;
+        const float* yt = y + (((n * g.d_o + d) * g.ho + h0) * g.wo + w0) * g.cy + group * cyg;
         const int64_t tw = w1 - w0, pixels = (h1 - h0) * tw;
         Tile t{yt, g.wo, pixels, cyg8, g.cy, false};
         if (g.panels() || cyg8 != cyg) {
@@ -291,7 +302,7 @@ struct Work {
             }
           t = Tile{packed.data(), tw, pixels, cyg8, cyg8, g.panels()};
         }
-        add_tile(g, x, t, n, h0, h1, w0, w1, r0, r1, group, r, fresh);
+        add_tile(g, x, t, n, d, h0, h1, w0, w1, r0, r1, group, r, fresh);
       }
       done.fetch_add(1, std::memory_order_release);
     }
@@ -299,21 +310,22 @@ struct Work {
 };
 
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
-                      ffi::ResultBuffer<ffi::F32> out, int64_t kh, int64_t kw, int64_t sh,
-                      int64_t sw, int64_t lo_h, int64_t lo_w, int64_t groups, bool depthwise) {
+                      ffi::ResultBuffer<ffi::F32> out, int64_t kd, int64_t kh, int64_t kw,
+                      int64_t sd, int64_t sh, int64_t sw, int64_t lo_d, int64_t lo_h,
+                      int64_t lo_w, int64_t groups, bool depthwise) {
   const auto xd = x.dimensions(), yd = y.dimensions();
-  if (xd.size() != 4 || yd.size() != 4 || xd[0] != yd[0])
-    return ffi::Error::InvalidArgument("x and y: (N, H, W, C) with the same N");
-  if (depthwise && (xd[3] != yd[3] || xd[3] % 8 != 0))
+  if (xd.size() != 5 || yd.size() != 5 || xd[0] != yd[0])
+    return ffi::Error::InvalidArgument("x and y: (N, D, H, W, C) with the same N");
+  if (depthwise && (xd[4] != yd[4] || xd[4] % 8 != 0))
     return ffi::Error::InvalidArgument("depthwise: as many channels in x as in y, 8k");
-  if (kh < 1 || kw < 1 || sh < 1 || sw < 1 || groups < 1)
+  if (kd < 1 || kh < 1 || kw < 1 || sd < 1 || sh < 1 || sw < 1 || groups < 1)
     return ffi::Error::InvalidArgument("kernel size, stride and groups at least 1");
-  if (groups > 1 && (depthwise || xd[3] % groups != 0 || yd[3] % (8 * groups) != 0))
+  if (groups > 1 && (depthwise || xd[4] % groups != 0 || yd[4] % (8 * groups) != 0))
     return ffi::Error::InvalidArgument("groups: of x's channels, and of 8k of y's");
   auto work = std::make_shared<Work>();
   Geometry& g = work->g;
-  g = Geometry{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], kh, kw, sh, sw, lo_h, lo_w,
-               groups, depthwise};
+  g = Geometry{xd[0], xd[1], xd[2], xd[3], xd[4], yd[1], yd[2], yd[3], yd[4], kd, kh, kw,
+               sd, sh, sw, lo_d, lo_h, lo_w, groups, depthwise};
   work->x = x.typed_data();
   work->y = y.typed_data();
   const int64_t tile_bytes = g.panels() ? PANEL_TILE_BYTES : TILE_BYTES;
@@ -322,12 +334,12 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   work->tile_h = std::max<int64_t>(1, std::min(g.ho, tile_pixels / work->tile_w));
   work->tiles_w = (g.wo + work->tile_w - 1) / work->tile_w;
   work->tiles_h = (g.ho + work->tile_h - 1) / work->tile_h;
-  work->tiles = g.n * work->tiles_h * work->tiles_w;
-  const int64_t rows = kh * kw * g.cxg();
+  work->tiles = g.n * g.d_o * work->tiles_h * work->tiles_w;
+  const int64_t rows = kd * kh * kw * g.cxg();
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   const int64_t items = RUNS_PER_THREAD * threads;
   // runs of at least MIN_RUN_PIXELS (fewer Rs to clear and add), then parts of the rows
-  const int64_t runs = std::clamp<int64_t>(g.n * g.ho * g.wo / MIN_RUN_PIXELS, 1,
+  const int64_t runs = std::clamp<int64_t>(g.n * g.d_o * g.ho * g.wo / MIN_RUN_PIXELS, 1,
                                            std::min(work->tiles, items));
   work->rows = rows;
   work->runs = runs;
@@ -363,10 +375,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxconvKernelGrad, KernelGrad,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("kd")
                                   .Attr<int64_t>("kh")
                                   .Attr<int64_t>("kw")
+                                  .Attr<int64_t>("sd")
                                   .Attr<int64_t>("sh")
                                   .Attr<int64_t>("sw")
+                                  .Attr<int64_t>("lo_d")
                                   .Attr<int64_t>("lo_h")
                                   .Attr<int64_t>("lo_w")
                                   .Attr<int64_t>("groups")
