@@ -938,8 +938,9 @@ def _xla_r_wanted(kernel_shape, geometry: Geometry) -> bool:
     conv over native, medians of 9 paired rounds, 2026-12-04): MelGAN up 1 (k16 s8, 512 ->
     256) 0.59, MelGAN up 2 (k16 s8, 256 -> 128) 0.91; native faster with smaller strides:
     MelGAN up 3 (k4 s2) 1.63, k8 s4 128 -> 64 1.26, k3 s1 64 -> 64 2.4. With 32 channels
-    on a side (HiFi-GAN up 4, k16 s8 64 -> 32) the native kernel was as fast or faster
-    even in its first version; with 25 taps im2col was faster than XLA's conv (WaveGAN).
+    on a side (HiFi-GAN up 4's k4 s2 64 -> 32, a k16 s8 64 -> 32) the native kernel was as
+    fast or faster even in its first version; with 25 taps im2col was faster than XLA's
+    conv (WaveGAN).
     """
     kernel_size = kernel_shape[:-2]
     return (
