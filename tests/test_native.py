@@ -118,6 +118,7 @@ CASES = {
         (1, 1, 1),
         False,
     ),
+    "2-D, an empty batch": ((0, 8, 8, 3), (0, 4, 4, 16), (3, 3), (2, 2), (1, 1), False),
     "depthwise k4 s2": ((2, 12, 12, 16), (2, 6, 6, 16), (4, 4), (2, 2), (1, 1), True),
     "depthwise, y in several tiles": (
         (1, 80, 600, 8),

@@ -336,6 +336,11 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   work->tiles_h = (g.ho + work->tile_h - 1) / work->tile_h;
   work->tiles = g.n * g.d_o * work->tiles_h * work->tiles_w;
   const int64_t rows = kd * kh * kw * g.cxg();
+  float* r = out->typed_data();
+  if (work->tiles == 0) {  // no pixel of y: nothing summed
+    std::fill(r, r + rows * g.cy, 0.f);
+    return ffi::Error::Success();
+  }
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   const int64_t items = RUNS_PER_THREAD * threads;
   // runs of at least MIN_RUN_PIXELS (fewer Rs to clear and add), then parts of the rows
@@ -346,7 +351,6 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   const int64_t split = (items + groups * runs - 1) / (groups * runs);
   work->row_parts = depthwise ? 1 : std::min(split, (rows + 5) / 6);
   // one run of whole channels sums into the result itself
-  float* r = out->typed_data();
   std::vector<std::unique_ptr<float[]>> sums;
   const bool direct = runs == 1 && cy8 == g.cy;
   for (int64_t p = 0; p < runs; ++p) {
