@@ -1421,14 +1421,11 @@ def _conv_jvp(geometry, primals, tangents):
     dx, dkernel = tangents
     shape = _out(x, kernel, geometry)
     by_native = not _is_zero(dkernel) and _native_wanted(x, shape, kernel.shape, geometry)
-    if not _is_zero(dkernel) and not by_native and _windows_shared(x, kernel, geometry):
+    shared = not (_is_zero(dkernel) or by_native)  # the forward may share R's windows
+    if shared and _windows_shared(x, kernel, geometry):
         pads, strides, dilation = geometry.pads, geometry.strides, geometry.dilation
         out = _padded_conv(x, pads, kernel, strides, dilation, 1, im2col=True)
-    elif (
-        not _is_zero(dkernel)
-        and not by_native
-        and _shared_blocks_wanted(x, shape, kernel, geometry)
-    ):
+    elif shared and _shared_blocks_wanted(x, shape, kernel, geometry):
         out = _by_blocks(x, kernel, geometry)
     else:
         out = _strided(x, kernel, geometry)
@@ -1544,17 +1541,21 @@ def _native_wanted(x, y, kernel_shape, geometry: Geometry) -> bool:
     if x.dtype != jnp.float32 or y.dtype != jnp.float32 or math.prod(y.shape[1:-1]) == 1:
         return False
     x_channels, y_channels, groups = x.shape[-1], y.shape[-1], geometry.groups
-    if groups == x_channels == y_channels > 1:  # depthwise
+    if _native_depthwise(x_channels, y_channels, groups):
         if x_channels % 8:
             return False
-        pairs = x_channels
-    elif groups == 1 or y_channels % (8 * groups) == 0:
-        pairs = x_channels // groups * (y_channels // groups)  # of one group
-    else:
+    elif groups > 1:
+        if y_channels % (8 * groups):
+            return False
+    elif x_channels * y_channels > NATIVE_MAX_CHANNEL_PAIRS:
         return False
-    if groups == 1 and pairs > NATIVE_MAX_CHANNEL_PAIRS or jax.default_backend() != "cpu":
-        return False
-    return native.available()
+    return jax.default_backend() == "cpu" and native.available()
+
+
+def _native_depthwise(x_channels: int, y_channels: int, groups: int) -> bool:
+    """Whether the native kernel takes ``R`` as depthwise (``i = j`` only): groups of one
+    channel on both sides."""
+    return groups == x_channels == y_channels > 1
 
 
 def _kernel_term(other, dkernel, geometry: Geometry, kernel_shape, shape, wrt: str, by_native):
@@ -1593,7 +1594,7 @@ def _kernel_term_transposed_in_other(cotangent, other, dkernel, **params):
 def _native_r(x, y, *, geometry: Geometry, kernel_shape):
     """``R(x, y)`` by :func:`jaxconv.native.kernel_grad`."""
     lows = tuple(lo for lo, _ in geometry.pads)
-    depthwise = geometry.groups > 1 and kernel_shape[-2] == 1 and x.shape[-1] == y.shape[-1]
+    depthwise = _native_depthwise(x.shape[-1], y.shape[-1], geometry.groups)
     groups = 1 if depthwise else geometry.groups
     return native.kernel_grad(x, y, kernel_shape[:-2], geometry.strides, lows, depthwise, groups)
 

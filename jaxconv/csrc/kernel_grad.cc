@@ -243,6 +243,34 @@ void add_tile(const Geometry& g, const float* x, const Tile& t, int64_t n, int64
   }
 }
 
+// The tile of one group's channels of y at yt (th rows of tw pixels): where it is, or
+// copied into packed (in panels, or with its channels padded to 8k)
+Tile tile_of(const Geometry& g, const float* yt, int64_t th, int64_t tw,
+             std::vector<float>& packed) {
+  const int64_t cyg = g.cyg(), cyg8 = g.cyg8(), pixels = th * tw;
+  if (!g.panels() && cyg8 == cyg) return Tile{yt, g.wo, pixels, cyg8, g.cy, false};
+  packed.resize(pixels * cyg8);
+  if (cyg8 != cyg) std::fill(packed.begin(), packed.end(), 0.f);
+  for (int64_t h = 0; h < th; ++h)
+    for (int64_t w = 0; w < tw; ++w) {
+      const float* from = yt + (h * g.wo + w) * g.cy;
+      const int64_t q = h * tw + w;
+      if (!g.panels()) {
+        std::memcpy(&packed[q * cyg8], from, cyg * sizeof(float));
+        continue;
+      }
+      int64_t c = 0;
+      for (; c + 16 <= cyg; c += 16) {
+        float* to = &packed[c * pixels + q * 16];
+        store(to, load(from + c));
+        store(to + 8, load(from + c + 8));
+      }
+      if (c < cyg)
+        std::memcpy(&packed[c * pixels + q * (cyg8 - c)], from + c, (cyg - c) * sizeof(float));
+    }
+  return Tile{packed.data(), tw, pixels, cyg8, cyg8, g.panels()};
+}
+
 // The work shared by the threads: items of one group, equal runs of tiles and equal parts
 // of R's rows (whole rows where the groups and runs give the threads enough work), claimed
 // in turn by whichever thread is free. Each run of tiles sums into its own R; an item's sum
@@ -277,31 +305,7 @@ struct Work {
         const int64_t h0 = tile / tiles_w % tiles_h * tile_h, h1 = std::min(g.ho, h0 + tile_h);
         const int64_t w0 = tile % tiles_w * tile_w, w1 = std::min(g.wo, w0 + tile_w);
         const float* yt = y + (((n * g.d_o + d) * g.ho + h0) * g.wo + w0) * g.cy + group * cyg;
-        const int64_t tw = w1 - w0, pixels = (h1 - h0) * tw;
-        Tile t{yt, g.wo, pixels, cyg8, g.cy, false};
-        if (g.panels() || cyg8 != cyg) {
-          packed.resize(pixels * cyg8);
-          if (cyg8 != cyg) std::fill(packed.begin(), packed.end(), 0.f);
-          for (int64_t h = 0; h < h1 - h0; ++h)
-            for (int64_t w = 0; w < tw; ++w) {
-              const float* from = yt + (h * g.wo + w) * g.cy;
-              const int64_t q = h * tw + w;
-              if (!g.panels()) {
-                std::memcpy(&packed[q * cyg8], from, cyg * sizeof(float));
-                continue;
-              }
-              int64_t c = 0;
-              for (; c + 16 <= cyg; c += 16) {
-                float* to = &packed[c * pixels + q * 16];
-                store(to, load(from + c));
-                store(to + 8, load(from + c + 8));
-              }
-              if (c < cyg)
-                std::memcpy(&packed[c * pixels + q * (cyg8 - c)], from + c,
-                            (cyg - c) * sizeof(float));
-            }
-          t = Tile{packed.data(), tw, pixels, cyg8, cyg8, g.panels()};
-        }
+        const Tile t = tile_of(g, yt, h1 - h0, w1 - w0, packed);
         add_tile(g, x, t, n, d, h0, h1, w0, w1, r0, r1, group, r, fresh);
       }
       done.fetch_add(1, std::memory_order_release);
