@@ -153,6 +153,7 @@ EIGEN_LARGER_FIRST_RATIO = 4  # see _matmul_nt
 UNROLLED_MAX_GROUPS = 16  # a grouped kernel gradient group by group, unrolled (see _group_by_group)
 NATIVE_MAX_CHANNEL_PAIRS, NATIVE_MAX_TAPS = 256 * 256, 64  # R by jaxconv.native: _native_wanted
 XLA_R_1D_MAX_TAPS, XLA_R_1D_MIN_CHANNELS, XLA_R_1D_MIN_STRIDE = 16, 64, 8  # _xla_r_wanted
+FOLD_MIN_CHANNELS, FOLD_MAX_CHANNELS, FOLD_MIN_OUT_CHANNELS = 4, 64, 32  # _width_fold_wanted
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
 
 
@@ -217,9 +218,74 @@ def _strided(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
         return _group_by_group(one, geometry.groups, x, kernel)
     if _blocks_wanted(x, kernel, geometry):
         return _by_blocks(x, kernel, geometry)
+    if _width_fold_wanted(x, kernel, geometry):
+        return _by_width_phases(x, kernel, geometry)
     return _padded_conv(
         x, geometry.pads, kernel, geometry.strides, geometry.dilation, geometry.groups
     )
+
+
+def _width_fold_wanted(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> bool:
+    """Whether ``C`` goes by :func:`_by_width_phases`: 2-D, one group, undilated, strided
+    along the width, which is a multiple of its stride and padded by ``lo >= 0`` before;
+    ``FOLD_MIN_CHANNELS``-``FOLD_MAX_CHANNELS`` input channels, at least
+    ``FOLD_MIN_OUT_CHANNELS`` output channels; where YNNPACK runs XLA's convs
+    (:func:`_convs_by_ynn`) and :func:`_padded_conv` would take XLA's conv.
+
+    Measured, ``C`` alone (ms, medians of paired rounds; XLA's strided conv, which YNNPACK
+    runs, against the width folded): the suite's input gradients seg U-Net (k3 s2, 64x64x16
+    -> 32 channels at batch 32) 4.88 -> 3.89, the lecture decoder's second (14x14x16 -> 32,
+    batch 256) 1.98 -> 1.30; k3 s2 convs of 64x64 images 32 -> 32 channels 4.81 -> 3.62,
+    32 -> 64 9.36 -> 6.32, 64 -> 64 8.48 -> 6.89; k4 s2 16 -> 32 8.41 -> 6.94, k5 s2 of
+    128x128x16 -> 32 23.2 -> 15.6. Slower with fewer output channels (16 -> 16 k3 s2 1.55
+    -> 2.09, 8 -> 8 k4 s2 1.38 -> 1.84), three input channels (DCGAN G5, 3 -> 64 k4 s2:
+    6.7 -> 12.8), 128 (CycleGAN, 128 -> 256: 3.8 -> 5.2) or one (FSRCNN, k9 s3: 10.0 ->
+    13.0); 8 -> 32 equal (2.11 against 2.21). Forward+backward, seg U-Net 14.5 -> 11.1,
+    the lecture decoder's second 6.2 -> 5.5.
+    """
+    if x.ndim != 4 or geometry.groups > 1 or geometry.dilation != (1, 1):
+        return False
+    stride, (lo, _), width = geometry.strides[1], geometry.pads[1], x.shape[2]
+    channels, out_channels = kernel.shape[-2:]
+    if stride == 1 or width % stride or lo < 0 or kernel.shape[1] < stride:
+        return False  # the last: phases that no tap reads
+    if out_channels < FOLD_MIN_OUT_CHANNELS:
+        return False
+    if not FOLD_MIN_CHANNELS <= channels <= FOLD_MAX_CHANNELS or not _convs_by_ynn():
+        return False
+    rows = _conv_rows(x.shape[1:-1], geometry.pads, kernel.shape[:-2], geometry.strides, (1, 1))
+    return not _im2col_wanted(x.shape[0], rows, kernel.shape, geometry.strides)
+
+
+def _by_width_phases(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
+    """``C`` with the width's ``s`` phases folded into the channels: ``x`` read as ``(B, H,
+    W/s, s*c)`` (no copy), so that the conv is unstrided along the width.
+
+    With ``j - lo = e_j*s + r_j`` (``r_j < s``), width tap ``j`` reads phase ``r_j`` of
+    folded column ``i + e_j``: the folded kernel holds ``K[:, j]`` at tap ``e_j - e_0``,
+    channels ``r_j*c ...``, zeros elsewhere (``K`` padded by ``(-lo) mod s`` taps before),
+    and the folded conv is padded by ``-e_0`` before. After, it is padded so as to give
+    one column more than ``C``'s, cropped: as in :func:`_xla_conv`, YNNPACK was 1.5-1.7x
+    slower without that column (seg U-Net's input gradient 6.2-6.6 against 3.6-4.3 ms).
+    """
+    (height_pads, (lo, hi)), stride = geometry.pads, geometry.strides[1]
+    batch, height, width, channels = x.shape
+    kh, kw, _, out_channels = kernel.shape
+    columns = (width + lo + hi - kw) // stride + 1
+    first, last = -lo // stride, (kw - 1 - lo) // stride
+    taps, before = last - first + 1, -lo % stride
+    kernel = jnp.pad(kernel, ((0, 0), (before, taps * stride - kw - before), (0, 0), (0, 0)))
+    kernel = kernel.reshape(kh, taps, stride * channels, out_channels)
+    folded = x.reshape(batch, height, width // stride, stride * channels)
+    after = max(0, columns + taps - width // stride + first)
+    out = lax.conv_general_dilated(
+        _pad(folded, (tuple(min(p, 0) for p in height_pads),)),  # a negative pad: cropped
+        kernel,
+        window_strides=(geometry.strides[0], 1),
+        padding=(tuple(max(p, 0) for p in height_pads), (-first, after)),
+        dimension_numbers=_dimension_numbers(2),
+    )
+    return out[:, :, :columns]
 
 
 def _blocks_wanted(
@@ -392,17 +458,9 @@ def _padded_conv(x, pads, kernel, strides, dilation, groups, im2col: bool = Fals
     pointwise = math.prod(kernel_size) == 1 and all(s == 1 for s in strides)
     if pointwise and groups == 1 and len(rows) == 2:
         return _pointwise_2d(x, kernel)
-    positions = x.shape[0] * math.prod(rows)
-    wanted = math.prod(kernel_size) > 1 and (
-        im2col
-        or len(rows) == 3
-        or depth <= IM2COL_MAX_DEPTH
-        or math.prod(rows) == 1
-        or positions <= IM2COL_MAX_POSITIONS
-        or (len(rows) == 2 and max(strides) > 1 and depth >= IM2COL_STRIDED_MIN_DEPTH)
-    )
+    wanted = im2col or _im2col_wanted(x.shape[0], rows, kernel.shape, strides)
     columns_per_image = math.prod(rows) * math.prod(kernel_size) * x.shape[-1]
-    if not (wanted and _fits(columns_per_image, x.dtype)):
+    if not (wanted and math.prod(kernel_size) > 1 and _fits(columns_per_image, x.dtype)):
         unpadded = all(lo <= 0 and hi <= 0 for lo, hi in pads)
         return _xla_conv(x, kernel, strides, dilation, groups, widened=unpadded)
 
@@ -412,6 +470,19 @@ def _padded_conv(x, pads, kernel, strides, dilation, groups, im2col: bool = Fals
         return out.reshape(x.shape[0], *rows, kernel.shape[-1])
 
     return _by_chunks(im2col_matmul, (x,), columns_per_image)
+
+
+def _im2col_wanted(batch: int, rows, kernel_shape, strides) -> bool:
+    """Whether :func:`_padded_conv` takes im2col and a matmul over XLA's conv (a kernel of
+    several taps, within ``IM2COL_MAX_BYTES``): see there."""
+    kernel_size, depth = kernel_shape[:-2], math.prod(kernel_shape[:-1])
+    return math.prod(kernel_size) > 1 and (
+        len(rows) == 3
+        or depth <= IM2COL_MAX_DEPTH
+        or math.prod(rows) == 1
+        or batch * math.prod(rows) <= IM2COL_MAX_POSITIONS
+        or (len(rows) == 2 and max(strides) > 1 and depth >= IM2COL_STRIDED_MIN_DEPTH)
+    )
 
 
 def _pointwise_2d(x: jax.Array, kernel: jax.Array) -> jax.Array:
