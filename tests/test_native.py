@@ -118,6 +118,14 @@ CASES = {
         (1, 1, 1),
         False,
     ),
+    "2-D, a 9 MiB result (2 MiB pages advised)": (
+        (1, 5, 5, 512),
+        (1, 2, 2, 512),
+        (3, 3),
+        (2, 2),
+        (0, 0),
+        False,
+    ),
     "2-D, an empty batch": ((0, 8, 8, 3), (0, 4, 4, 16), (3, 3), (2, 2), (1, 1), False),
     "depthwise k4 s2": ((2, 12, 12, 16), (2, 6, 6, 16), (4, 4), (2, 2), (1, 1), True),
     "depthwise, y in several tiles": (

@@ -30,6 +30,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -313,6 +317,19 @@ struct Work {
   }
 };
 
+// A result of many MiB is often fresh memory from mmap: written 4 KiB page by page, its
+// page faults cost more than the sums (StyleGAN2's 38 MB: ~10 of 18 ms). Where the
+// kernel backs madvised memory with 2 MiB pages (transparent_hugepage "madvise", a
+// common default), asking for them makes the faults 512 times fewer.
+void advise_huge_pages(void* p, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t huge = uintptr_t{2} << 20;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + huge - 1) & ~(huge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(huge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+}
+
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
                       ffi::ResultBuffer<ffi::F32> out, int64_t kd, int64_t kh, int64_t kw,
                       int64_t sd, int64_t sh, int64_t sw, int64_t lo_d, int64_t lo_h,
@@ -341,6 +358,7 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   work->tiles = g.n * g.d_o * work->tiles_h * work->tiles_w;
   const int64_t rows = kd * kh * kw * g.cxg();
   float* r = out->typed_data();
+  advise_huge_pages(r, rows * g.cy * sizeof(float));
   if (work->tiles == 0) {  // no pixel of y: nothing summed
     std::fill(r, r + rows * g.cy, 0.f);
     return ffi::Error::Success();
