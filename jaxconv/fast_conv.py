@@ -738,13 +738,16 @@ def _slice(x: jax.Array, starts, extents, steps) -> jax.Array:
 # T: the transposed conv
 
 
-def _transposed(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
+def _transposed(
+    y: jax.Array, kernel: jax.Array, geometry: Geometry, overlap_add: bool = True
+) -> jax.Array:
     """``T(y, K)``: one matmul for a 1x1 input; groups of several channels group by group
     (StyleGAN2's forward 27 -> 12 ms: an overlap-add batched over the groups copied its
-    38 MB kernel groups first); else the overlap-add where its products fit
-    ``OVERLAP_ADD_MAX_BYTES`` or are at most ``OVERLAP_ADD_KERNEL_RATIO`` times the
-    kernel (input positions at most that many times its channels: the phases would
-    rearrange a kernel nearly as large; not depthwise); else the phase decomposition.
+    38 MB kernel groups first); else, unless ``overlap_add`` is false, the overlap-add
+    where its products fit ``OVERLAP_ADD_MAX_BYTES`` or are at most
+    ``OVERLAP_ADD_KERNEL_RATIO`` times the kernel (input positions at most that many times
+    its channels: the phases would rearrange a kernel nearly as large; not depthwise);
+    else the phase decomposition.
 
     Forwards of k4 s2 layers past ``OVERLAP_ADD_MAX_BYTES``, medians of paired rounds (ms,
     the phases against the overlap-add): PyTorch's DCGAN generator's 4x4x512 -> 256 at
@@ -761,7 +764,8 @@ def _transposed(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Arra
         return _group_by_group(one, geometry.groups, y, kernel)
     products = y.size // y.shape[-1] * math.prod(kernel.shape[:-2]) * kernel.shape[-2]
     near_kernel = products <= OVERLAP_ADD_KERNEL_RATIO * kernel.size
-    if not depthwise and (products * 4 <= OVERLAP_ADD_MAX_BYTES or near_kernel):
+    by_bounds = products * 4 <= OVERLAP_ADD_MAX_BYTES or near_kernel
+    if overlap_add and not depthwise and by_bounds:
         return _by_overlap_add(y, kernel, geometry)
     return _by_phases(y, kernel, geometry)
 
@@ -1545,12 +1549,37 @@ def _out(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.ShapeDtypeS
     return jax.ShapeDtypeStruct((x.shape[0], *rows, kernel.shape[-1]), x.dtype)
 
 
+def _transposed_out(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of ``T(y, K)``: ``(n-1)s + d(k-1) + 1 - lo - hi`` rows."""
+    rows = [
+        (n - 1) * s + d * (k - 1) + 1 - lo - hi
+        for n, k, s, (lo, hi), d in zip(
+            y.shape[1:-1], kernel.shape[:-2], geometry.strides, geometry.pads, geometry.dilation
+        )
+    ]
+    channels = kernel.shape[-2] * geometry.groups
+    return jax.ShapeDtypeStruct((y.shape[0], *rows, channels), y.dtype)
+
+
 def _conv_transpose_jvp(geometry, primals, tangents):
     """``dT = C^T(dy) + R(., y)^T(dK)``: reverse mode gives ``C(g)`` and ``R(g, y)``, from
-    one im2col of ``g`` where :func:`_shared_windows_wanted` and ``R`` is not native."""
+    one im2col of ``g`` where :func:`_shared_windows_wanted` and ``R`` is not native.
+
+    Where ``C(g)`` goes with the width's phases folded (:func:`_width_fold_wanted`), ``T``
+    goes by phases, not by the overlap-add. Forward+backward of k3 s2 transposed convs of
+    32 channels to 16 (medians of 11-21 paired rounds, ms; the overlap-add against the
+    phases): 256x7x7 (the lecture decoder's second) 6.05 -> 5.52 and 6.28 -> 5.88, 64x14x14
+    5.89 -> 5.06, 32x16x16 3.52 -> 3.30; 64x8x8 1.92 against 1.91; 64 channels to 32 within
+    3 %. Without the fold, the overlap-add was as fast or faster (6.42 against 6.71, 5.50
+    against 5.38, 3.43 against 3.66): with it in the same program, the fold gained the
+    overlap-add little or nothing.
+    """
     y, kernel = primals
     dy, dkernel = tangents
-    out = _transposed(y, kernel, geometry)
+    folded = not _is_zero(dy) and _width_fold_wanted(
+        _transposed_out(y, kernel, geometry), kernel, geometry
+    )
+    out = _transposed(y, kernel, geometry, overlap_add=not folded)
     by_native = not _is_zero(dkernel) and _native_wanted(out, y, kernel.shape, geometry)
     both_wanted = not (_is_zero(dy) or _is_zero(dkernel) or by_native)
     if both_wanted and _shared_windows_wanted(out, y, kernel.shape, geometry):
