@@ -873,12 +873,12 @@ class _PhasePlan(NamedTuple):
 
 def _phase_plan(spatial: tuple[int, ...], kernel_size: tuple[int, ...], geometry: Geometry):
     taps, rhs_dilation, pads, rows, crops = [], [], [], [], []
-    for n, k, s, (lo, hi), d in zip(
-        spatial, kernel_size, geometry.strides, geometry.pads, geometry.dilation
+    out_rows = _transposed_rows(spatial, kernel_size, geometry)
+    for n, k, s, (lo, _), d, m in zip(
+        spatial, kernel_size, geometry.strides, geometry.pads, geometry.dilation, out_rows
     ):
         taps.append(k if s == 1 else -(-(d * (k - 1) + 1) // s))
         rhs_dilation.append(d if s == 1 else 1)
-        m = (n - 1) * s + d * (k - 1) + 1 - lo - hi
         q_lo, q_hi = lo // s, -(-(lo + m) // s)
         reach = (taps[-1] - 1) * rhs_dilation[-1]
         pads.append((reach - q_lo, q_hi - n))
@@ -1557,18 +1557,24 @@ def _few_channels_2d(kernel: jax.Array) -> bool:
     native`` over ``auto``: 0.98, 0.97 and 0.92 in three full benchmark runs; 16.2 against
     17.0 ms and 16.0 against 17.5 in 21 and 15 paired rounds (``C`` by an im2col of its own
     beside the native kernel gradient: 19.8). With one channel (WaveGAN up 5, jax#31662)
-    the native kernel gradient was the faster."""
+    the native kernel gradient was the faster. The bound is the fold's: under
+    ``FOLD_MIN_CHANNELS``, ``C`` stays XLA's strided conv (:func:`_width_fold_wanted`)."""
     return kernel.ndim == 4 and 1 < kernel.shape[-2] < FOLD_MIN_CHANNELS
 
 
-def _transposed_out(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.ShapeDtypeStruct:
-    """The shape and dtype of ``T(y, K)``: ``(n-1)s + d(k-1) + 1 - lo - hi`` rows."""
-    rows = [
+def _transposed_rows(spatial, kernel_size, geometry: Geometry) -> list[int]:
+    """The rows of ``T`` of ``spatial``: ``(n-1)s + d(k-1) + 1 - lo - hi``."""
+    return [
         (n - 1) * s + d * (k - 1) + 1 - lo - hi
         for n, k, s, (lo, hi), d in zip(
-            y.shape[1:-1], kernel.shape[:-2], geometry.strides, geometry.pads, geometry.dilation
+            spatial, kernel_size, geometry.strides, geometry.pads, geometry.dilation
         )
     ]
+
+
+def _transposed_out(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of ``T(y, K)``."""
+    rows = _transposed_rows(y.shape[1:-1], kernel.shape[:-2], geometry)
     channels = kernel.shape[-2] * geometry.groups
     return jax.ShapeDtypeStruct((y.shape[0], *rows, channels), y.dtype)
 
