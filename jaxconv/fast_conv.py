@@ -29,9 +29,10 @@ loop nest. Here instead:
   input, with ``ceil((d(k-1)+1)/s)`` taps and ``s**n`` blocks of output channels
   (``K[j]`` at tap ``a_j`` in block ``b_j``, zero where no tap lands), followed by
   depth-to-space and a crop. A 1x1 input is one matmul.
-- ``T`` by overlap-add where its products fit ``OVERLAP_ADD_MAX_BYTES`` or are at most
-  ``OVERLAP_ADD_KERNEL_RATIO`` times its kernel (:func:`_transposed`) (a bound
-  calibrated on the benchmark suite; not depthwise): one matmul gives every useful
+- ``T`` by overlap-add where its products fit ``OVERLAP_ADD_MAX_BYTES``, are at most
+  ``OVERLAP_ADD_KERNEL_RATIO`` times its kernel, or its phase conv would have fewer than
+  ``PHASES_MIN_CHANNELS`` channels (:func:`_transposed`) (bounds calibrated on the
+  benchmark suite; not depthwise): one matmul gives every useful
   product ``Z[i, j] = K[j] y[i]`` (no zero multiplied, ``K`` read where it is), and each
   output phase sums its taps' ``Z``, shifted. Measured on the suite's forwards: 1.2-19x
   faster than the phases where the phase kernel has zeros (k3 s2), the kernel is large
@@ -145,6 +146,7 @@ WHOLE_BATCH_MAX_BYTES = 16 << 20  # see _whole_batch_wanted
 WHOLE_MIN_ADDED_BYTES = 512 << 10  # a kernel gradient this large within two chunks goes whole
 OVERLAP_ADD_MAX_BYTES = 15 << 20  # T's products (float32) for the overlap-add at most
 OVERLAP_ADD_KERNEL_RATIO = 4  # or at most this many times its kernel (see _transposed)
+PHASES_MIN_CHANNELS = 16  # or its phase conv to fewer channels (s**n * out): see _transposed
 BLOCKS_MIN_DEPTH, BLOCKS_MAX_KERNEL_BYTES = 64, 8 << 20  # C by blocks: see _blocks_wanted
 BLOCKS_OVERLAP_MIN_DEPTH = 1024  # and where its taps overlap blocks (k > s)
 BLOCKS_OVERLAP_MAX_EXTRA = 1.2  # their blocks over C's outputs at most (see _blocks_wanted)
@@ -746,8 +748,9 @@ def _transposed(
     38 MB kernel groups first); else, unless ``overlap_add`` is false, the overlap-add
     where its products fit ``OVERLAP_ADD_MAX_BYTES`` or are at most
     ``OVERLAP_ADD_KERNEL_RATIO`` times the kernel (input positions at most that many times
-    its channels: the phases would rearrange a kernel nearly as large; not depthwise);
-    else the phase decomposition.
+    its channels: the phases would rearrange a kernel nearly as large), or its phase
+    conv would have fewer than ``PHASES_MIN_CHANNELS`` output channels (``s**n`` times
+    its own), at any size; not depthwise; else the phase decomposition.
 
     Forwards of k4 s2 layers past ``OVERLAP_ADD_MAX_BYTES``, medians of paired rounds (ms,
     the phases against the overlap-add): PyTorch's DCGAN generator's 4x4x512 -> 256 at
@@ -755,6 +758,14 @@ def _transposed(
     at 128 (4 times) 42.7 -> 36.0; 4x4x1024 -> 512 at 64 (once) 120 -> 60; 8x8x512 ->
     256 at 16 (2 times) 19.0 -> 12.9. Slower at 8 times (8x8x512 -> 256 at 64: 66 against
     73) and 16 (the generator's 8x8x256 -> 128 at 64: 15.5 against 23.9).
+
+    XLA:CPU's conv to so few channels is slow. Forwards past ``OVERLAP_ADD_MAX_BYTES``,
+    medians of 5-9 paired rounds (ms, the phases against the overlap-add; products in
+    MiB, phase conv's channels): FSRCNN's 56 -> 1, k9 s3 (20 MiB, 9) 12.3 -> 10.8, at
+    batch 96 (30 MiB) 18.2 -> 17.3; jax#31662's 3-D k3 s2 to 1 channel at batch 2 (27,
+    8) 260 -> 14; 32 -> 3, k3 s2 (27, 12) 14.5 -> 8.3; 32 -> 1, k4 s2 (64, 4) 35 -> 16;
+    1-D 64 -> 1, k25 s4 (64, 4) 28 -> 13. Slower: FSRCNN's at batch 128 (40, 9) 23 ->
+    29; 32 -> 2, k4 s2 (64, 8) 20 -> 26.
     """
     depthwise = geometry.groups > 1 and kernel.shape[-1] == geometry.groups
     if all(n == 1 for n in y.shape[1:-1]):
@@ -764,7 +775,8 @@ def _transposed(
         return _group_by_group(one, geometry.groups, y, kernel)
     products = y.size // y.shape[-1] * math.prod(kernel.shape[:-2]) * kernel.shape[-2]
     near_kernel = products <= OVERLAP_ADD_KERNEL_RATIO * kernel.size
-    by_bounds = products * 4 <= OVERLAP_ADD_MAX_BYTES or near_kernel
+    narrow = math.prod(geometry.strides) * kernel.shape[-2] < PHASES_MIN_CHANNELS
+    by_bounds = products * 4 <= OVERLAP_ADD_MAX_BYTES or near_kernel or narrow
     if overlap_add and not depthwise and by_bounds:
         return _by_overlap_add(y, kernel, geometry)
     return _by_phases(y, kernel, geometry)
@@ -799,11 +811,31 @@ def _by_overlap_add(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.
         phase = tuple(b for _, b in shifts)
         phases[phase] = phases[phase] + shifted if phase in phases else shifted
     empty = jnp.zeros((y.shape[0], *plan.rows, z.shape[-1]), wide)
-    every = [phases.get(r, empty) for r in itertools.product(*map(range, geometry.strides))]
-    # stacked, not concatenated: XLA:CPU made the concatenation 2.5-4x slower in 3-D
-    stacked = jnp.stack(every, axis=-2).astype(y.dtype)
-    stacked = stacked.reshape(*empty.shape[:-1], len(every) * empty.shape[-1])
+    stacked = _stacked_axis_by_axis(phases, empty, geometry.strides).astype(y.dtype)
+    stacked = stacked.reshape(*empty.shape[:-1], math.prod(geometry.strides) * empty.shape[-1])
     return _to_space(stacked, plan, geometry)
+
+
+def _stacked_axis_by_axis(phases: dict, empty: jax.Array, strides, phase: tuple = ()):
+    """The phases ``(B, *rows, c)`` stacked to ``(B, *rows, *strides, c)`` (``empty`` where
+    no tap lands), one spatial axis at a time.
+
+    Stacked, not concatenated: XLA:CPU made the concatenation 2.5-4x slower in 3-D. One
+    axis at a time: XLA:CPU left one stack of FSRCNN's 9 phases (k9 s3) out of the
+    overlap-add's fusion, each phase a pass of its own over all of ``Z`` (its taps 81
+    floats apart); stacks of 3 (and of 2) fuse into one pass. Forwards, medians of 9
+    paired rounds (ms, one stack against axis by axis): FSRCNN 14.8 -> 9.3, jax#31662's
+    3-D k3 s2 (8 phases) 7.5 -> 6.7.
+    """
+    if len(phase) == len(strides):
+        return phases.get(phase, empty)
+    return jnp.stack(
+        [
+            _stacked_axis_by_axis(phases, empty, strides, (*phase, r))
+            for r in range(strides[len(phase)])
+        ],
+        axis=len(phase) - len(strides) - 1,
+    )
 
 
 def _matmul_nt(a: jax.Array, b: jax.Array, dtype) -> jax.Array:

@@ -612,8 +612,8 @@ def test_both_transposed_conv_lowerings_agree_with_xla(
     y_shape, kernel_shape, geometry, monkeypatch
 ):
     """T(y, K), the adjoint of C in its input, by overlap-add and, with the overlap-add
-    off (``OVERLAP_ADD_MAX_BYTES`` 0), by phases (groups: group by group), against the
-    transpose of XLA's conv of the padded input."""
+    off (``OVERLAP_ADD_MAX_BYTES`` and ``PHASES_MIN_CHANNELS`` 0), by phases (groups:
+    group by group), against the transpose of XLA's conv of the padded input."""
     y = _normal(y_shape)
     kernel = _normal(kernel_shape, seed=1)
     spatial = [
@@ -631,8 +631,9 @@ def test_both_transposed_conv_lowerings_agree_with_xla(
     def transposed(y, kernel):
         expected = jax.linear_transpose(xla_conv, x)(y)[0]
         ours = []
-        for bound in (1 << 40, 0):
+        for bound, narrowest in ((1 << 40, 16), (0, 0)):
             monkeypatch.setattr(fast_conv, "OVERLAP_ADD_MAX_BYTES", bound)
+            monkeypatch.setattr(fast_conv, "PHASES_MIN_CHANNELS", narrowest)
             ours.append(fast_conv._transposed(y, kernel, geometry))
         return expected, ours
 
@@ -1159,6 +1160,41 @@ def test_a_transposed_conv_of_products_near_its_kernel_size_goes_by_overlap_add(
     _close(out, jax.linear_transpose(lambda x: _xla_conv(x, kernel, geometry), x)(y)[0])
 
 
+@pytest.mark.parametrize("out_channels, overlap_add", [(3, True), (4, False)])
+def test_a_transposed_conv_whose_phase_conv_is_narrow_goes_by_overlap_add(
+    out_channels, overlap_add, monkeypatch
+):
+    """Past ``OVERLAP_ADD_MAX_BYTES`` (here 0), the overlap-add where the phase conv would
+    have fewer than 16 channels (stride 2 in 2-D: 4 phases of 3 channels), not where it
+    has 16 (4 of 4). FSRCNN's 56 -> 1, k9 s3 (9 channels): 12.3 ms by phases, 10.8 by
+    overlap-add."""
+    monkeypatch.setattr(fast_conv, "OVERLAP_ADD_MAX_BYTES", 0)
+    calls = []
+    by_overlap_add = fast_conv._by_overlap_add
+    monkeypatch.setattr(
+        fast_conv, "_by_overlap_add", lambda y, *a: calls.append(y) or by_overlap_add(y, *a)
+    )
+    geometry = fast_conv.Geometry((2, 2), ((1, 1),) * 2, (1, 1))
+    y, kernel = _normal((2, 8, 8, 5)), _normal((4, 4, out_channels, 5), seed=1)
+    out = jax.jit(fast_conv._transposed, static_argnums=2)(y, kernel, geometry)
+    assert (len(calls) == 1) == overlap_add
+    x = jax.ShapeDtypeStruct(out.shape, y.dtype)
+    _close(out, jax.linear_transpose(lambda x: _xla_conv(x, kernel, geometry), x)(y)[0])
+
+
+def test_the_overlap_add_stacks_its_phases_one_axis_at_a_time():
+    """k9 s3 in 2-D (FSRCNN's): 9 phases as stacks of 3, no stack of 9 (XLA:CPU left
+    that out of the overlap-add's fusion: 14.8 ms against 9.3 for FSRCNN's forward)."""
+    geometry = fast_conv.Geometry((3, 3), ((4, 2),) * 2, (1, 1))
+    y, kernel = _normal((2, 4, 4, 3)), _normal((9, 9, 1, 3), seed=1)
+    overlap_add = functools.partial(fast_conv._by_overlap_add, geometry=geometry)
+    stacks = [e for e in _equations(overlap_add, y, kernel) if e.primitive.name == "stack"]
+    assert stacks and all(len(e.invars) == 3 for e in stacks)
+    x = jax.ShapeDtypeStruct((2, 12, 12, 1), y.dtype)
+    expected = jax.linear_transpose(lambda x: _xla_conv(x, kernel, geometry), x)(y)[0]
+    _close(overlap_add(y, kernel), expected)
+
+
 def test_a_grouped_transposed_conv_by_overlap_add_goes_group_by_group():
     """Each group's products in a plain matmul, never one batched over the groups, whose
     operands XLA:CPU copies groups first (the whole kernel: 38 MB in StyleGAN2)."""
@@ -1301,6 +1337,7 @@ def test_a_pointwise_phase_conv_is_xlas_conv(monkeypatch):
     """A k2 s2 3-D transposed conv by phases: its phase conv is 1x1x1, XLA's conv (which
     XLA makes one matmul), not an im2col."""
     monkeypatch.setattr(fast_conv, "OVERLAP_ADD_MAX_BYTES", 0)
+    monkeypatch.setattr(fast_conv, "PHASES_MIN_CHANNELS", 0)
     y, kernel = _normal((2, 3, 4, 3, 5)), _normal((2, 2, 2, 6, 5), seed=1)
 
     def forward(impl, y, kernel):
@@ -1324,6 +1361,7 @@ def test_a_2d_pointwise_conv_is_xlas_conv_of_its_rows_in_1d(forward, flat_shape,
     """XLA makes a 1-D 1x1 conv its own matmul; a 2-D one went to YNNPACK's conv, 1.7-3x
     slower. A 2-D pointwise conv is XLA's conv of the rows flattened to 1-D."""
     monkeypatch.setattr(fast_conv, "OVERLAP_ADD_MAX_BYTES", 0)
+    monkeypatch.setattr(fast_conv, "PHASES_MIN_CHANNELS", 0)
     x, kernel = _normal((2, 5, 6, 5)), _normal((2, 2, 3, 5), seed=1)
     convs = _convs(functools.partial(forward, "fast"), x, kernel)
     assert [e.invars[0].aval.shape for e in convs] == [flat_shape]

@@ -47,7 +47,11 @@ IMPLS = ("auto", "fast", "reference")
 # gradient XLA's own (no im2col, no native kernel); the kernel gradient by XLA's route
 # where the native kernel would take it
 LOWERINGS = {
-    "fast: phases": {"OVERLAP_ADD_MAX_BYTES": 0, "OVERLAP_ADD_KERNEL_RATIO": 0},
+    "fast: phases": {
+        "OVERLAP_ADD_MAX_BYTES": 0,
+        "OVERLAP_ADD_KERNEL_RATIO": 0,
+        "PHASES_MIN_CHANNELS": 0,
+    },
     "fast: overlap-add": {"OVERLAP_ADD_MAX_BYTES": 1 << 62},
     "fast: XLA convs": {"IM2COL_MAX_BYTES": 0, "NATIVE_MAX_CHANNEL_PAIRS": 0},
     "fast: no native": {"NATIVE_MAX_CHANNEL_PAIRS": 0},
