@@ -1138,6 +1138,22 @@ def _grouped_transposed_conv():
     return functools.partial(fast_conv._conv_transpose, geometry=GROUPED_TRANSPOSED), y, kernel
 
 
+def _k4_s2_transposed_by_overlap_add(y, kernel, monkeypatch) -> bool:
+    """Whether ``T`` (2-D k4 s2 p1) past ``OVERLAP_ADD_MAX_BYTES`` (here 0) goes by
+    overlap-add; its result checked against the transpose of XLA's conv."""
+    monkeypatch.setattr(fast_conv, "OVERLAP_ADD_MAX_BYTES", 0)
+    calls = []
+    by_overlap_add = fast_conv._by_overlap_add
+    monkeypatch.setattr(
+        fast_conv, "_by_overlap_add", lambda y, *a: calls.append(y) or by_overlap_add(y, *a)
+    )
+    geometry = fast_conv.Geometry((2, 2), ((1, 1),) * 2, (1, 1))
+    out = jax.jit(fast_conv._transposed, static_argnums=2)(y, kernel, geometry)
+    x = jax.ShapeDtypeStruct(out.shape, y.dtype)
+    _close(out, jax.linear_transpose(lambda x: _xla_conv(x, kernel, geometry), x)(y)[0])
+    return len(calls) == 1
+
+
 @pytest.mark.parametrize("y_shape, overlap_add", [((2, 3, 3, 16), True), ((2, 8, 8, 4), False)])
 def test_a_transposed_conv_of_products_near_its_kernel_size_goes_by_overlap_add(
     y_shape, overlap_add, monkeypatch
@@ -1146,18 +1162,8 @@ def test_a_transposed_conv_of_products_near_its_kernel_size_goes_by_overlap_add(
     most 4 times the kernel (18 positions, 16 channels), not where they are 8 times (128
     positions, 4 channels). DCGAN's 4x4x512 -> 256 at batch 64, twice its kernel: 20.5 ms
     by phases, 11.9 by overlap-add."""
-    monkeypatch.setattr(fast_conv, "OVERLAP_ADD_MAX_BYTES", 0)
-    calls = []
-    by_overlap_add = fast_conv._by_overlap_add
-    monkeypatch.setattr(
-        fast_conv, "_by_overlap_add", lambda y, *a: calls.append(y) or by_overlap_add(y, *a)
-    )
-    geometry = fast_conv.Geometry((2, 2), ((1, 1),) * 2, (1, 1))
     y, kernel = _normal(y_shape), _normal((4, 4, 8, y_shape[-1]), seed=1)
-    out = jax.jit(fast_conv._transposed, static_argnums=2)(y, kernel, geometry)
-    assert (len(calls) == 1) == overlap_add
-    x = jax.ShapeDtypeStruct(out.shape, y.dtype)
-    _close(out, jax.linear_transpose(lambda x: _xla_conv(x, kernel, geometry), x)(y)[0])
+    assert _k4_s2_transposed_by_overlap_add(y, kernel, monkeypatch) == overlap_add
 
 
 @pytest.mark.parametrize("out_channels, overlap_add", [(3, True), (4, False)])
@@ -1168,18 +1174,8 @@ def test_a_transposed_conv_whose_phase_conv_is_narrow_goes_by_overlap_add(
     have fewer than 16 channels (stride 2 in 2-D: 4 phases of 3 channels), not where it
     has 16 (4 of 4). FSRCNN's 56 -> 1, k9 s3 (9 channels): 12.3 ms by phases, 10.8 by
     overlap-add."""
-    monkeypatch.setattr(fast_conv, "OVERLAP_ADD_MAX_BYTES", 0)
-    calls = []
-    by_overlap_add = fast_conv._by_overlap_add
-    monkeypatch.setattr(
-        fast_conv, "_by_overlap_add", lambda y, *a: calls.append(y) or by_overlap_add(y, *a)
-    )
-    geometry = fast_conv.Geometry((2, 2), ((1, 1),) * 2, (1, 1))
     y, kernel = _normal((2, 8, 8, 5)), _normal((4, 4, out_channels, 5), seed=1)
-    out = jax.jit(fast_conv._transposed, static_argnums=2)(y, kernel, geometry)
-    assert (len(calls) == 1) == overlap_add
-    x = jax.ShapeDtypeStruct(out.shape, y.dtype)
-    _close(out, jax.linear_transpose(lambda x: _xla_conv(x, kernel, geometry), x)(y)[0])
+    assert _k4_s2_transposed_by_overlap_add(y, kernel, monkeypatch) == overlap_add
 
 
 def test_the_overlap_add_stacks_its_phases_one_axis_at_a_time():
