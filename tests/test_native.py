@@ -315,6 +315,28 @@ def test_both_gradients_take_the_native_kernel_gradient_over_one_shared_im2col()
     assert NATIVE_TARGET in _gradients_where_an_im2col_is_shared(x, kernel, (0, 1), 1)
 
 
+def test_a_native_kernel_gradient_waits_for_the_input_gradient():
+    """With both gradients of a transposed conv wanted and ``R`` native, ``R`` reads the
+    cotangent from an optimization barrier that ``C``'s result passes too: XLA:CPU ran
+    them at once, on the same 2 cores (Mask R-CNN's forward+backward 21.6 -> 19.2 ms)."""
+    x, kernel = _normal((4, 8, 8, 32)), _normal((3, 3, 16, 32))
+    kwargs = dict(stride=2, padding=1, output_padding=1)
+
+    def loss(x, k):
+        return jnp.sum(ops.conv_transpose(x, k, impl="fast", **kwargs) ** 2)
+
+    equations = jax.make_jaxpr(jax.grad(loss, (0, 1)))(x, kernel).jaxpr.eqns
+    barriers = [e for e in equations if e.primitive.name == "optimization_barrier"]
+    (native_r,) = [e for e in equations if e.primitive.name == "jaxconv_native_kernel_grad"]
+    assert any(native_r.invars[0] in b.outvars for b in barriers)
+    grads = jax.jit(jax.grad(loss, (0, 1)))(x, kernel)
+    expected = jax.grad(
+        lambda x, k: jnp.sum(ops.conv_transpose(x, k, impl="reference", **kwargs) ** 2), (0, 1)
+    )
+    for got, want in zip(grads, expected(x, kernel)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("argnums, native", [((0, 1), False), (1, True)])
 def test_a_transposed_conv_to_3_channels_takes_both_gradients_from_one_shared_im2col(
     argnums, native
