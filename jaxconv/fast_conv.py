@@ -746,7 +746,8 @@ def _transposed(
     """``T(y, K)``: one matmul for a 1x1 input; groups of several channels group by group
     (StyleGAN2's forward 27 -> 12 ms: an overlap-add batched over the groups copied its
     38 MB kernel groups first); else, unless ``overlap_add`` is false, the overlap-add
-    where its products fit ``OVERLAP_ADD_MAX_BYTES`` or are at most
+    where its products fit ``OVERLAP_ADD_MAX_BYTES`` (times the phase kernel's slots per
+    tap: the phases multiply its zeros, the overlap-add does not) or are at most
     ``OVERLAP_ADD_KERNEL_RATIO`` times the kernel (input positions at most that many times
     its channels: the phases would rearrange a kernel nearly as large), or its phase
     conv would have fewer than ``PHASES_MIN_CHANNELS`` output channels (``s**n`` times
@@ -766,6 +767,12 @@ def _transposed(
     8) 260 -> 14; 32 -> 3, k3 s2 (27, 12) 14.5 -> 8.3; 32 -> 1, k4 s2 (64, 4) 35 -> 16;
     1-D 64 -> 1, k25 s4 (64, 4) 28 -> 13. Slower: FSRCNN's at batch 128 (40, 9) 23 ->
     29; 32 -> 2, k4 s2 (64, 8) 20 -> 26.
+
+    k3 s2 (16 slots for 9 taps: 15 MiB becomes 26.7), forwards of 18-24 MiB of products
+    (paired rounds, ms, the phases against the overlap-add): seg U-Net (32 x 32x32x32 ->
+    16) 4.60 -> 4.03, 16 x 32x32x64 -> 32 8.12 -> 6.48, 3-D 24^3 x 32 -> 16 12.95 ->
+    8.27; slower 8 x 64x64x32 -> 16 4.46 -> 4.84, 2 x 90x120x32 -> 24 4.41 -> 5.42
+    (geometric mean of the five 0.90); ENet's 36 MiB stay phases (6.3 against 17).
     """
     depthwise = geometry.groups > 1 and kernel.shape[-1] == geometry.groups
     if all(n == 1 for n in y.shape[1:-1]):
@@ -776,10 +783,20 @@ def _transposed(
     products = y.size // y.shape[-1] * math.prod(kernel.shape[:-2]) * kernel.shape[-2]
     near_kernel = products <= OVERLAP_ADD_KERNEL_RATIO * kernel.size
     narrow = math.prod(geometry.strides) * kernel.shape[-2] < PHASES_MIN_CHANNELS
-    by_bounds = products * 4 <= OVERLAP_ADD_MAX_BYTES or near_kernel or narrow
+    bound = OVERLAP_ADD_MAX_BYTES * _phase_slots_per_tap(kernel.shape[:-2], geometry)
+    by_bounds = products * 4 <= bound or near_kernel or narrow
     if overlap_add and not depthwise and by_bounds:
         return _by_overlap_add(y, kernel, geometry)
     return _by_phases(y, kernel, geometry)
+
+
+def _phase_slots_per_tap(kernel_size, geometry: Geometry) -> float:
+    """The phase kernel's taps over the kernel's, ``prod(s * ceil((d(k-1)+1)/s) / k)``: 1
+    where each kernel size is a multiple of its stride, 16/9 for k3 s2."""
+    return math.prod(
+        s * -(-(d * (k - 1) + 1) // s) / k
+        for k, s, d in zip(kernel_size, geometry.strides, geometry.dilation)
+    )
 
 
 def _by_overlap_add(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
