@@ -29,12 +29,13 @@ loop nest. Here instead:
   input, with ``ceil((d(k-1)+1)/s)`` taps and ``s**n`` blocks of output channels
   (``K[j]`` at tap ``a_j`` in block ``b_j``, zero where no tap lands), followed by
   depth-to-space and a crop. A 1x1 input is one matmul.
-- ``T`` by overlap-add where its products fit ``OVERLAP_ADD_MAX_BYTES``, are at most
-  ``OVERLAP_ADD_KERNEL_RATIO`` times its kernel, or its phase conv would have fewer than
-  ``PHASES_MIN_CHANNELS`` channels (:func:`_transposed`) (bounds calibrated on the
-  benchmark suite; not depthwise): one matmul gives every useful
-  product ``Z[i, j] = K[j] y[i]`` (no zero multiplied, ``K`` read where it is), and each
-  output phase sums its taps' ``Z``, shifted. Measured on the suite's forwards: 1.2-19x
+- ``T`` by overlap-add where its products fit ``OVERLAP_ADD_MAX_BYTES`` (times the phase
+  kernel's slots per tap, 16/9 for k3 s2), are at most ``OVERLAP_ADD_KERNEL_RATIO``
+  times its kernel, or its phase conv would have fewer than ``PHASES_MIN_CHANNELS``
+  channels (:func:`_transposed`) (bounds calibrated on the benchmark suite; not
+  depthwise): one matmul gives every useful product ``Z[i, j] = K[j] y[i]`` (no zero
+  multiplied, ``K`` read where it is), and each output phase sums its taps' ``Z``,
+  shifted. Measured on the suite's forwards: 1.2-19x
   faster than the phases where the phase kernel has zeros (k3 s2), the kernel is large
   (transposed into the phase kernel: 34 MB in pix2pix) or few output channels make
   XLA's conv slow; up to 5x slower where ``Z`` is far over 16 MB (ENet, FCN). The
