@@ -51,8 +51,9 @@ LOWERINGS = {
         "OVERLAP_ADD_MAX_BYTES": 0,
         "OVERLAP_ADD_KERNEL_RATIO": 0,
         "PHASES_MIN_CHANNELS": 0,
+        "TAP_PLANES_MAX_CHANNELS": 0,
     },
-    "fast: overlap-add": {"OVERLAP_ADD_MAX_BYTES": 1 << 62},
+    "fast: overlap-add": {"OVERLAP_ADD_MAX_BYTES": 1 << 62, "TAP_PLANES_MAX_CHANNELS": 0},
     "fast: XLA convs": {"IM2COL_MAX_BYTES": 0, "NATIVE_MAX_CHANNEL_PAIRS": 0},
     "fast: no native": {"NATIVE_MAX_CHANNEL_PAIRS": 0},
 }
