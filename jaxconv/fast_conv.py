@@ -826,7 +826,7 @@ def _by_tap_planes(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.A
     channels the phases were faster (32^3x64 -> 16: 0.90 and 0.95, 1.01 and 1.08), and
     with 64 and 128 both (16^3x128 -> 64: 0.93, 0.95; 3-D U-Net's 16^3x128 -> 128: 0.95,
     0.98). Only where not differentiated: 3-D U-Net's forward+backward with tap planes
-    forced took 1.03-1.10 times its time by phases (three paired runs; the forward runs
+    forced took 1.03 and 1.10 times its time by phases (two paired runs; the forward runs
     beside the input and kernel gradients).
     """
     kernel_size, spatial = kernel.shape[:-2], y.shape[1:-1]
