@@ -797,9 +797,8 @@ def _transposed(
     narrow = math.prod(geometry.strides) * kernel.shape[-2] < PHASES_MIN_CHANNELS
     bound = OVERLAP_ADD_MAX_BYTES * _phase_slots_per_tap(kernel.shape[:-2], geometry)
     by_bounds = products * 4 <= bound or near_kernel or narrow
-    planes = tap_planes and geometry.groups == 1 and y.ndim == 5
-    planes = planes and TAP_PLANES_MIN_CHANNELS <= kernel.shape[-2] <= TAP_PLANES_MAX_CHANNELS
-    if planes and _taps_disjoint(kernel.shape[:-2], geometry):
+    planes = TAP_PLANES_MIN_CHANNELS <= kernel.shape[-2] <= TAP_PLANES_MAX_CHANNELS
+    if tap_planes and y.ndim == 5 and planes and _taps_disjoint(kernel.shape[:-2], geometry):
         return _by_tap_planes(y, kernel, geometry)
     if overlap_add and not depthwise and by_bounds:
         return _by_overlap_add(y, kernel, geometry)
@@ -807,9 +806,10 @@ def _transposed(
 
 
 def _taps_disjoint(kernel_size, geometry: Geometry) -> bool:
-    """Whether every output pixel is one tap's product: each kernel size equal to its
-    stride, undilated."""
-    return tuple(kernel_size) == tuple(geometry.strides) and all(d == 1 for d in geometry.dilation)
+    """Whether every output pixel is one tap's product: blocks of one tap each
+    (:func:`_cuts_into_blocks`, each kernel size equal to its stride)."""
+    same = tuple(kernel_size) == tuple(geometry.strides)
+    return same and _cuts_into_blocks(kernel_size, geometry)
 
 
 def _by_tap_planes(y: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.Array:
