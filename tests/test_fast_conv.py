@@ -310,6 +310,16 @@ def _xla_conv(x, kernel, geometry: fast_conv.Geometry):
     )  # fmt: skip
 
 
+def _xla_transposed(y, kernel, geometry: fast_conv.Geometry):
+    """``T`` by XLA: the transpose of :func:`_xla_conv`, to ``T``'s output shape."""
+    x = fast_conv._transposed_out(y, kernel, geometry)
+    return jax.linear_transpose(lambda x: _xla_conv(x, kernel, geometry), x)(y)[0]
+
+
+def _transposed_conv(y, kernel, geometry: fast_conv.Geometry):
+    return fast_conv.conv_transpose(y, kernel, **geometry._asdict())
+
+
 def _kernel_gradient_problem(x_shape, kernel_shape, geometry: fast_conv.Geometry):
     """``x``, a cotangent ``y`` of ``C(x, K)`` and XLA's ``R(x, y)``: the transpose of its
     conv in the kernel."""
@@ -699,9 +709,7 @@ def test_the_overlap_add_product_puts_a_far_larger_kernel_first_where_xla_runs_d
     (dot,) = [e for e in equations if e.primitive.name == "dot_general"]
     rows = math.prod(kernel_shape[:-1]) if kernel_first else math.prod(y_shape[:-1])
     assert dot.invars[0].aval.shape == (rows, y_shape[-1])
-    x = jax.ShapeDtypeStruct((1, *(2 * n for n in y_shape[1:3]), kernel_shape[-2]), y.dtype)
-    expected = jax.linear_transpose(lambda x: _xla_conv(x, kernel, geometry), x)(y)[0]
-    _close(fast_conv._by_overlap_add(y, kernel, geometry), expected)
+    _close(fast_conv._by_overlap_add(y, kernel, geometry), _xla_transposed(y, kernel, geometry))
 
 
 def _fast_conv_says(function: str, flags: str) -> str:
@@ -1149,8 +1157,7 @@ def _transposed_by_overlap_add(y, kernel, monkeypatch, geometry=None, bound=0) -
     )
     geometry = geometry or fast_conv.Geometry((2, 2), ((1, 1),) * 2, (1, 1))
     out = jax.jit(fast_conv._transposed, static_argnums=2)(y, kernel, geometry)
-    x = jax.ShapeDtypeStruct(out.shape, y.dtype)
-    _close(out, jax.linear_transpose(lambda x: _xla_conv(x, kernel, geometry), x)(y)[0])
+    _close(out, _xla_transposed(y, kernel, geometry))
     return len(calls) == 1
 
 
@@ -1201,9 +1208,7 @@ def test_the_overlap_add_stacks_its_phases_one_axis_at_a_time():
     overlap_add = functools.partial(fast_conv._by_overlap_add, geometry=geometry)
     stacks = [e for e in _equations(overlap_add, y, kernel) if e.primitive.name == "stack"]
     assert stacks and all(len(e.invars) == 3 for e in stacks)
-    x = jax.ShapeDtypeStruct((2, 12, 12, 1), y.dtype)
-    expected = jax.linear_transpose(lambda x: _xla_conv(x, kernel, geometry), x)(y)[0]
-    _close(overlap_add(y, kernel), expected)
+    _close(overlap_add(y, kernel), _xla_transposed(y, kernel, geometry))
 
 
 def test_a_grouped_transposed_conv_by_overlap_add_goes_group_by_group():
@@ -1689,16 +1694,6 @@ def _tap_planes_calls(monkeypatch) -> list:
         fast_conv, "_by_tap_planes", lambda y, *a: calls.append(y) or by_tap_planes(y, *a)
     )
     return calls
-
-
-def _xla_transposed(y, kernel, geometry):
-    transposed = functools.partial(_transposed_conv, geometry=geometry)
-    x = jax.ShapeDtypeStruct(jax.eval_shape(transposed, y, kernel).shape, y.dtype)
-    return jax.linear_transpose(lambda x: _xla_conv(x, kernel, geometry), x)(y)[0]
-
-
-def _transposed_conv(y, kernel, geometry):
-    return fast_conv.conv_transpose(y, kernel, **geometry._asdict())
 
 
 @pytest.mark.parametrize(
