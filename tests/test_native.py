@@ -166,6 +166,13 @@ GROUPED = {
         2,
     ),
     "1-D k4 s2, 2 groups of 5 by 256 channels": ((2, 41, 10), (2, 20, 512), (4,), (2,), 2),
+    "2-D k3 s2, 2 groups of 16 by 40 channels, each tile copied once for all rows": (
+        (2, 9, 9, 32),
+        (2, 4, 4, 80),
+        (3, 3),
+        (2, 2),
+        2,
+    ),
     "3-D k2 s2, 2 groups of 4 by 16 channels": (
         (1, 4, 4, 4, 8),
         (1, 2, 2, 2, 32),

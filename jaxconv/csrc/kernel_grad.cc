@@ -22,7 +22,8 @@
 // of a row's taps b lie inside x, the rows (b, i) of a tap a are one contiguous run of x,
 // so MAX_ROWS of them share each load of y even for a one-channel x. XLA's CPU thread pool
 // shares out runs of tiles and, where there are too few pixels for enough runs, parts of
-// R's rows.
+// R's rows; where SHARED_MIN_PARTS or more parts read the same tiles, each tile is copied
+// once, before, for all of them.
 
 #include <algorithm>
 #include <atomic>
@@ -43,15 +44,27 @@ namespace {
 
 constexpr int64_t TILE_BYTES = 32 << 10;  // of y: with the windows of x, in L1 and L2
 constexpr int64_t PANEL_TILE_BYTES = 128 << 10;  // of y copied into panels, in L2
-constexpr int64_t RUNS_PER_THREAD = 4;     // items of work: a late thread leaves its share
+// items of work a thread: a late thread leaves its share (8 or 16: DCGAN G3's kernel gradient
+// over a matmul 1.07 -> 1.08 and 1.10, CycleGAN's 0.86 -> 0.90 and 0.92, 2026-12-05)
+constexpr int64_t RUNS_PER_THREAD = 4;
 constexpr int64_t MIN_RUN_PIXELS = 1024;   // of y, in one run of tiles (see KernelGrad)
+// Tiles copied once for all the row parts that read them, where there are at least
+// SHARED_MIN_PARTS (and the copies fit SHARED_MAX_BYTES), rather than by each part as it
+// goes. Kernel gradient alone over a matmul of its FLOPs, medians of 15 paired rounds in
+// one process (2026-12-05, family 25 model 17): DCGAN G3 (8 parts) 1.13 -> 1.11, Mask
+// R-CNN (8) 1.09 -> 1.08; with 2 parts, CycleGAN 0.87 -> 0.90 (a copy of all y, read back
+// from L2, against a tile's copy read at once from L1).
+constexpr int64_t SHARED_MIN_PARTS = 4;
+constexpr int64_t SHARED_MAX_BYTES = 64 << 20;
 
 typedef float v8 __attribute__((vector_size(32)));
 
 // A register block's rows: its 2 * MAX_ROWS sums, two vectors of y and a broadcast in the
 // vector registers. With AVX-512's 32 (2026-12-05, family 25 model 17; kernel gradient
 // alone over a matmul of its FLOPs, 6 rows against 12): DCGAN G3 1.31 -> 1.22, CycleGAN
-// 1.21 -> 1.15, Mask R-CNN 1.26 -> 1.23, U-Net 16->32 1.20 -> 1.20.
+// 1.21 -> 1.15, Mask R-CNN 1.26 -> 1.23, U-Net 16->32 1.20 -> 1.20. Blocks of 12 rows by
+// two 16-float (AVX-512) vectors, in panels of 32 channels, were slower there: DCGAN G3 1.13
+// -> 1.18, Mask R-CNN 1.11 -> 1.14.
 #if defined(__AVX512F__)
 constexpr int MAX_ROWS = 12;
 #else
@@ -172,10 +185,15 @@ void rows_times_tile(const float* x, int64_t xh, int64_t xw, const Tile& t, int6
     int64_t xih = xh, xiw = xw;
     if (t.panels && t.cy8 >= 256) {
       xp.resize(nh * nw * MAX_ROWS);
+      float* to = xp.data();
       for (int64_t h = 0; h < nh; ++h)
-        for (int64_t w = 0; w < nw; ++w)
-          for (int k = 0; k < mr; ++k)
-            xp[(h * nw + w) * MAX_ROWS + k] = xi[h * xh + w * xw + k];
+        for (int64_t w = 0; w < nw; ++w, to += MAX_ROWS)
+          // a copy of constant size, in vector moves (a loop of floats: DCGAN G3's kernel
+          // gradient over a matmul of its FLOPs 1.16, against 1.13)
+          if (mr == MAX_ROWS)
+            std::memcpy(to, xi + h * xh + w * xw, MAX_ROWS * sizeof(float));
+          else
+            std::memcpy(to, xi + h * xh + w * xw, mr * sizeof(float));
       xi = xp.data(), xih = nw * MAX_ROWS, xiw = MAX_ROWS;
     }
     for (int64_t j = 0; j < t.cy8 / 8; j += 2) {
@@ -269,32 +287,40 @@ void add_tile(const Geometry& g, const float* x, const Tile& t, int64_t n, int64
   }
 }
 
+// Whether y's tiles are copied (into panels, or with their channels padded to 8k)
+bool copied(const Geometry& g) { return g.panels() || g.cyg8() != g.cyg(); }
+
 // The tile of one group's channels of y at yt (th rows of tw pixels): where it is, or
-// copied into packed (in panels, or with its channels padded to 8k)
-Tile tile_of(const Geometry& g, const float* yt, int64_t th, int64_t tw,
-             std::vector<float>& packed) {
+// copied into `at` (th tw cyg8 floats)
+Tile tile_of(const Geometry& g, const float* yt, int64_t th, int64_t tw, float* at) {
   const int64_t cyg = g.cyg(), cyg8 = g.cyg8(), pixels = th * tw;
-  if (!g.panels() && cyg8 == cyg) return Tile{yt, g.wo, pixels, cyg8, g.cy, false};
-  packed.resize(pixels * cyg8);
-  if (cyg8 != cyg) std::fill(packed.begin(), packed.end(), 0.f);
+  if (!copied(g)) return Tile{yt, g.wo, pixels, cyg8, g.cy, false};
+  if (cyg8 != cyg) std::fill_n(at, pixels * cyg8, 0.f);
   for (int64_t h = 0; h < th; ++h)
     for (int64_t w = 0; w < tw; ++w) {
       const float* from = yt + (h * g.wo + w) * g.cy;
       const int64_t q = h * tw + w;
       if (!g.panels()) {
-        std::memcpy(&packed[q * cyg8], from, cyg * sizeof(float));
+        std::memcpy(at + q * cyg8, from, cyg * sizeof(float));
         continue;
       }
       int64_t c = 0;
       for (; c + 16 <= cyg; c += 16) {
-        float* to = &packed[c * pixels + q * 16];
+        float* to = at + c * pixels + q * 16;
         store(to, load(from + c));
         store(to + 8, load(from + c + 8));
       }
       if (c < cyg)
-        std::memcpy(&packed[c * pixels + q * (cyg8 - c)], from + c, (cyg - c) * sizeof(float));
+        std::memcpy(at + c * pixels + q * (cyg8 - c), from + c, (cyg - c) * sizeof(float));
     }
-  return Tile{packed.data(), tw, pixels, cyg8, cyg8, g.panels()};
+  return Tile{at, tw, pixels, cyg8, cyg8, g.panels()};
+}
+
+// n floats at a cache line (64 bytes) in `storage`
+float* aligned(std::vector<float>& storage, int64_t n) {
+  storage.resize(n + 16);
+  const auto address = reinterpret_cast<uintptr_t>(storage.data());
+  return storage.data() + (64 - address % 64) % 64 / sizeof(float);
 }
 
 // The work shared by the threads: items of one group, equal runs of tiles and equal parts
@@ -308,14 +334,39 @@ struct Work {
   const float* y;
   int64_t tile_h, tile_w, tiles_h, tiles_w, tiles, rows, runs, row_parts;
   std::vector<float*> partial;  // one R (rows, cy8) per run of tiles
-  std::atomic<int64_t> next{0}, done{0};
+  // where the row parts share tiles, each (group, tile) copied once, before the items
+  std::vector<float> shared_storage;
+  float* shared = nullptr;
+  std::atomic<int64_t> next{0}, done{0}, next_copy{0}, copies_done{0};
 
   int64_t items() const { return g.groups * runs * row_parts; }
+  int64_t copies() const { return shared ? g.groups * tiles : 0; }
+  int64_t tile_floats() const { return (tile_h * tile_w * g.cyg8() + 15) / 16 * 16; }
+
+  struct Place {
+    int64_t n, d, h0, h1, w0, w1;
+    const float* yt;  // the group's channels of its first pixel
+  };
+  Place place(int64_t tile, int64_t group) const {
+    const int64_t n = tile / (g.d_o * tiles_h * tiles_w);
+    const int64_t d = tile / (tiles_h * tiles_w) % g.d_o;
+    const int64_t h0 = tile / tiles_w % tiles_h * tile_h, h1 = std::min(g.ho, h0 + tile_h);
+    const int64_t w0 = tile % tiles_w * tile_w, w1 = std::min(g.wo, w0 + tile_w);
+    const float* yt = y + (((n * g.d_o + d) * g.ho + h0) * g.wo + w0) * g.cy + group * g.cyg();
+    return Place{n, d, h0, h1, w0, w1, yt};
+  }
 
   void run() {
+    for (int64_t copy; (copy = next_copy.fetch_add(1)) < copies();) {
+      const Place at = place(copy % tiles, copy / tiles);
+      tile_of(g, at.yt, at.h1 - at.h0, at.w1 - at.w0, shared + copy * tile_floats());
+      copies_done.fetch_add(1, std::memory_order_release);
+    }
+    while (copies_done.load(std::memory_order_acquire) < copies()) std::this_thread::yield();
     const int64_t cy8 = g.cy8(), cyg = g.cyg(), cyg8 = g.cyg8(),
                   blocks = (rows + MAX_ROWS - 1) / MAX_ROWS;
-    std::vector<float> packed;
+    std::vector<float> storage;
+    float* const own = shared || !copied(g) ? nullptr : aligned(storage, tile_floats());
     for (int64_t item; (item = next.fetch_add(1)) < items();) {
       const int64_t group = item / (runs * row_parts);
       const int64_t p = item / row_parts % runs, part = item % row_parts;
@@ -327,13 +378,12 @@ struct Work {
       if (!fresh)
         for (int64_t row = r0; row < r1; ++row) std::fill_n(r + row * cy8, cyg8, 0.f);
       for (int64_t tile = first; tile < last; ++tile) {
-        const int64_t n = tile / (g.d_o * tiles_h * tiles_w);
-        const int64_t d = tile / (tiles_h * tiles_w) % g.d_o;
-        const int64_t h0 = tile / tiles_w % tiles_h * tile_h, h1 = std::min(g.ho, h0 + tile_h);
-        const int64_t w0 = tile % tiles_w * tile_w, w1 = std::min(g.wo, w0 + tile_w);
-        const float* yt = y + (((n * g.d_o + d) * g.ho + h0) * g.wo + w0) * g.cy + group * cyg;
-        const Tile t = tile_of(g, yt, h1 - h0, w1 - w0, packed);
-        add_tile(g, x, t, n, d, h0, h1, w0, w1, r0, r1, group, r, fresh);
+        const Place at = place(tile, group);
+        const int64_t th = at.h1 - at.h0, tw = at.w1 - at.w0;
+        const Tile t = shared ? Tile{shared + (group * tiles + tile) * tile_floats(), tw,
+                                     th * tw, cyg8, cyg8, g.panels()}
+                              : tile_of(g, at.yt, th, tw, own);
+        add_tile(g, x, t, at.n, at.d, at.h0, at.h1, at.w0, at.w1, r0, r1, group, r, fresh);
       }
       done.fetch_add(1, std::memory_order_release);
     }
@@ -395,6 +445,10 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   work->runs = runs;
   const int64_t split = (items + groups * runs - 1) / (groups * runs);
   work->row_parts = depthwise ? 1 : std::min(split, (rows + MAX_ROWS - 1) / MAX_ROWS);
+  // the row parts of a run read its tiles: each copied once where they fit SHARED_MAX_BYTES
+  const int64_t shared_floats = groups * work->tiles * work->tile_floats();
+  if (copied(g) && work->row_parts >= SHARED_MIN_PARTS && shared_floats * 4 <= SHARED_MAX_BYTES)
+    work->shared = aligned(work->shared_storage, shared_floats);
   // one run of whole channels sums into the result itself
   std::vector<std::unique_ptr<float[]>> sums;
   const bool direct = runs == 1 && cy8 == g.cy;
