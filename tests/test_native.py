@@ -93,6 +93,22 @@ CASES = {
         (1, 1),
         False,
     ),
+    "2-D k4 s2, 256 channels of y, x's rows copied with zeros on both sides": (
+        (1, 8, 8, 3),
+        (1, 4, 4, 256),
+        (4, 4),
+        (2, 2),
+        (1, 1),
+        False,
+    ),
+    "2-D k4 s2, 256 channels of y, x's rows copied with 3 zeros before": (
+        (1, 6, 6, 5),
+        (1, 5, 5, 256),
+        (4, 4),
+        (2, 2),
+        (3, 3),
+        False,
+    ),
     "1-D, 260 channels of y in panels": ((2, 41, 5), (2, 20, 260), (4,), (2,), (1,), False),
     "1-D, 64 channels of y in panels, several tiles": (
         (1, 4001, 6),
