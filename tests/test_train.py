@@ -53,6 +53,33 @@ def test_a_batch_over_the_cpu_chunk_has_the_gradient_of_its_mean_loss(small_digi
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
 
 
+def _cpu_caches(root, *caches):
+    """A fake ``/sys/devices/system/cpu/cpu0/cache``: one ``indexN`` per (level, size)."""
+    for index, (level, size) in enumerate(caches):
+        folder = root / f"index{index}"
+        folder.mkdir()
+        (folder / "level").write_text(f"{level}\n")
+        (folder / "size").write_text(f"{size}\n")
+    return root
+
+
+def test_the_last_level_cache_is_read_from_sysfs(tmp_path):
+    root = _cpu_caches(tmp_path, (1, "32K"), (1, "32K"), (2, "1024K"), (3, "32768K"))
+    assert train._last_level_cache_bytes(root) == 32 << 20
+
+
+def test_an_unreadable_cache_size_is_none(tmp_path):
+    assert train._last_level_cache_bytes(tmp_path / "missing") is None
+    assert train._last_level_cache_bytes(_cpu_caches(tmp_path, (3, "many"))) is None
+
+
+@pytest.mark.parametrize(
+    "cache_bytes, chunk", [(None, 128), (16 << 20, 128), (32 << 20, 256), (256 << 20, 256)]
+)
+def test_the_cpu_chunk_doubles_with_32_mib_of_last_level_cache(cache_bytes, chunk):
+    assert train._cpu_chunk(cache_bytes) == chunk
+
+
 def test_a_loss_that_is_not_a_mean_over_examples_is_taken_whole(monkeypatch):
     """The segmenter's loss weights pixels over the whole batch: no chunks."""
     monkeypatch.setattr(train, "CPU_CHUNK", 1)
@@ -99,9 +126,7 @@ def _loaded_params(workdir) -> list[np.ndarray]:
     return _params(load_run(workdir)[1])
 
 
-def test_a_stopped_and_restarted_run_ends_bitwise_equal(
-    run_digits, finished_run, tmp_path, capsys
-):
+def test_a_stopped_and_restarted_run_ends_bitwise_equal(run_digits, finished_run, tmp_path, capsys):
     """Trained for 1 epoch, then restarted for 3: as ``finished_run``, 3 epochs straight."""
     train_and_evaluate(run_digits, tmp_path, CONFIG, 1, progress=False)
     capsys.readouterr()
@@ -146,9 +171,7 @@ def test_metrics_after_the_last_checkpoint_are_dropped_on_resume(run_digits, run
     assert _epochs_in_metrics_file(run_copy) == [1, 2, 3]
 
 
-def test_a_workdir_of_another_run_is_refused_naming_the_settings_that_differ(
-    run_digits, tmp_path
-):
+def test_a_workdir_of_another_run_is_refused_naming_the_settings_that_differ(run_digits, tmp_path):
     RunDir(tmp_path).claim(CONFIG)
     model = AutoencoderConfig(embedding_dim=8)
     other = TrainConfig(batch_size=CONFIG.batch_size, learning_rate=3e-4, model=model)
