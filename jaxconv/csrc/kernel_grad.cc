@@ -13,18 +13,18 @@
 // Cy). It is the gradient of C in its kernel, and of the transposed conv T (whose output is
 // C's input) with the roles of x and y as above.
 //
-// XLA's own route is an im2col of x and a matmul; here nothing is copied but tiles of y:
-// where y has over 32 channels, each tile goes into panels of 16 channels (contiguous
-// loads), otherwise only where its channels are not a multiple of 8. y goes in tiles of
-// about TILE_BYTES (PANEL_TILE_BYTES in panels); for each tap, every tile's pixels are
-// multiplied into register blocks of R: up to MAX_ROWS rows (x's values, broadcast; 6, or
-// 12 with AVX-512's 32 vector registers) by 16 columns (two 8-float vectors of y). Where all
-// of a row's taps b lie inside x, the rows (b, i) of a tap a are one contiguous run of x,
-// so MAX_ROWS of them share each load of y even for a one-channel x; where x's rows are
-// copied, every column goes in that run, with zeros for the taps outside x. XLA's CPU thread pool
-// shares out runs of tiles and, where there are too few pixels for enough runs, parts of
-// R's rows; where SHARED_MIN_PARTS or more parts read the same tiles, each tile is copied
-// once, before, for all of them.
+// XLA's own route is an im2col of x and a matmul; here nothing is copied but tiles of y
+// (and, against 256 channels or more, x's values for a register block): where y has over
+// 32 channels, each tile goes into panels of 16 channels (contiguous loads), otherwise
+// only where its channels are not a multiple of 8. y goes in tiles of about TILE_BYTES
+// (PANEL_TILE_BYTES in panels); for each tap, every tile's pixels are multiplied into
+// register blocks of R: up to MAX_ROWS rows (x's values, broadcast; 6, or 12 with
+// AVX-512's 32 vector registers) by 16 columns (two 8-float vectors of y). With one group,
+// the rows (b, i) of the consecutive taps b of a tap a that are inside x over the same
+// columns of y are one contiguous run of x, so MAX_ROWS of them share each load of y even
+// for a one-channel x. XLA's CPU thread pool shares out runs of tiles and, where there are
+// too few pixels for enough runs, parts of R's rows; where SHARED_MIN_PARTS or more parts
+// read the same tiles, each tile is copied once, before, for all of them.
 
 #include <algorithm>
 #include <atomic>
@@ -173,47 +173,28 @@ struct Tile {
   bool panels;
 };
 
-// Whether rows_times_tile copies x's rows (against 256 channels or more in panels: MAX_ROWS
-// values a pixel, contiguous; x's pixels are often 2^k floats apart, which a cache set
-// holds only 8 of)
-bool rows_copied(const Tile& t) { return t.panels && t.cy8 >= 256; }
-
-// A column's rows of a run of x inside x: [lo, hi) (see add_tile)
-struct Span {
-  int64_t lo, hi;
-};
-
 // R's rows at r (rs floats apart), count of them, += (= where fresh) x's at x times the
-// tile's pixels from p (nh rows of nw). With spans (where rows_copied), the rows are row0...
-// of a run and only those within spans[w] are read at column w: zeros elsewhere.
+// tile's pixels from p (nh rows of nw)
 void rows_times_tile(const float* x, int64_t xh, int64_t xw, const Tile& t, int64_t p,
-                     int64_t nh, int64_t nw, int64_t count, float* r, int64_t rs, bool fresh,
-                     const Span* spans, int64_t row0) {
+                     int64_t nh, int64_t nw, int64_t count, float* r, int64_t rs, bool fresh) {
   thread_local std::vector<float> xp;
   for (int64_t i = 0; i < count; i += MAX_ROWS) {
     const int mr = std::min<int64_t>(MAX_ROWS, count - i);
+    // against 256 channels or more, x's rows too: MAX_ROWS values a pixel, contiguous (x's
+    // pixels are often 2^k floats apart, which a cache set holds only 8 of)
     const float* xi = x + i;
     int64_t xih = xh, xiw = xw;
-    if (rows_copied(t)) {
+    if (t.panels && t.cy8 >= 256) {
       xp.resize(nh * nw * MAX_ROWS);
       float* to = xp.data();
       for (int64_t h = 0; h < nh; ++h)
-        for (int64_t w = 0; w < nw; ++w, to += MAX_ROWS) {
-          int64_t lo = 0, hi = mr;
-          if (spans) {
-            lo = std::clamp<int64_t>(spans[w].lo - row0 - i, 0, mr);
-            hi = std::clamp<int64_t>(spans[w].hi - row0 - i, lo, mr);
-          }
+        for (int64_t w = 0; w < nw; ++w, to += MAX_ROWS)
           // a copy of constant size, in vector moves (a loop of floats: DCGAN G3's kernel
           // gradient over a matmul of its FLOPs 1.16, against 1.13)
-          if (lo == 0 && hi == MAX_ROWS) {
+          if (mr == MAX_ROWS)
             std::memcpy(to, xi + h * xh + w * xw, MAX_ROWS * sizeof(float));
-            continue;
-          }
-          std::fill(to, to + lo, 0.f);
-          std::memcpy(to + lo, xi + h * xh + w * xw + lo, (hi - lo) * sizeof(float));
-          std::fill(to + hi, to + mr, 0.f);
-        }
+          else
+            std::memcpy(to, xi + h * xh + w * xw, mr * sizeof(float));
       xi = xp.data(), xih = nw * MAX_ROWS, xiw = MAX_ROWS;
     }
     for (int64_t j = 0; j < t.cy8 / 8; j += 2) {
@@ -236,22 +217,27 @@ void add_tile(const Geometry& g, const float* x, const Tile& t, int64_t n, int64
   const int64_t plane = g.kh * g.kw * cxg;  // R's rows of one depth tap c
   // R's rows [first, first + count), x's at xf, within [r0, r1)
   auto rows = [&](int64_t first, int64_t count, const float* xf, int64_t p, int64_t nh,
-                  int64_t nw, bool first_touch, const Span* spans = nullptr) {
+                  int64_t nw) {
     const int64_t lo = std::max(first, r0), hi = std::min(first + count, r1);
     if (lo < hi)
-      rows_times_tile(xf + lo - first, xh, xw, t, p, nh, nw, hi - lo, r + lo * cy8, cy8,
-                      first_touch, spans, lo - first);
+      rows_times_tile(xf + lo - first, xh, xw, t, p, nh, nw, hi - lo, r + lo * cy8, cy8, fresh);
   };
   // rows no pixel reaches, where fresh
-  auto zero = [&](int64_t first, int64_t count, bool first_touch) {
-    if (!first_touch) return;
+  auto zero = [&](int64_t first, int64_t count) {
+    if (!fresh) return;
     for (int64_t row = std::max(first, r0); row < std::min(first + count, r1); ++row)
       std::fill_n(r + row * cy8, g.cyg8(), 0.f);
+  };
+  const bool merged = g.groups == 1 && !g.depthwise;  // taps b in runs (see below)
+  // y's columns whose tap b is inside x
+  auto columns = [&](int64_t b) {
+    return std::pair{std::max(w0, ceil_div(g.lo_w - b, g.sw)),
+                     std::min(w1, floor_div(g.wi - 1 + g.lo_w - b, g.sw) + 1)};
   };
   for (int64_t c = 0; c < g.kd; ++c) {
     const int64_t xd = d * g.sd + c - g.lo_d, base = c * plane;
     if (xd < 0 || xd >= g.di) {
-      zero(base, plane, fresh);
+      zero(base, plane);
       continue;
     }
     const float* xs = x + group * cxg + (n * g.di + xd) * g.hi * g.wi * g.cx;
@@ -260,69 +246,42 @@ void add_tile(const Geometry& g, const float* x, const Tile& t, int64_t n, int64
       const int64_t ha = std::max(h0, ceil_div(g.lo_h - a, g.sh));
       const int64_t hb = std::min(h1, floor_div(g.hi - 1 + g.lo_h - a, g.sh) + 1);
       if (ha >= hb) {
-        zero(base + a * g.kw * cxg, g.kw * cxg, fresh);
+        zero(base + a * g.kw * cxg, g.kw * cxg);
         continue;
       }
       const float* xa = xs + (ha * g.sh + a - g.lo_h) * g.wi * g.cx;
       const int64_t pa = (ha - h0) * t.rp;
-      auto tap_by_tap = [&](int64_t lo, int64_t hi, bool first_touch) {
-        for (int64_t b = 0; b < g.kw; ++b) {
-          const int64_t wa = std::max(lo, ceil_div(g.lo_w - b, g.sw));
-          const int64_t wb = std::min(hi, floor_div(g.wi - 1 + g.lo_w - b, g.sw) + 1);
-          if (wa >= wb) {
-            zero(base + (a * g.kw + b) * cxg, cxg, first_touch);
-            continue;
-          }
-          const float* xb = xa + (wa * g.sw + b - g.lo_w) * g.cx;
-          const int64_t pb = pa + wa - w0;
-          if (!g.depthwise) {
-            rows(base + (a * g.kw + b) * cxg, cxg, xb, pb, hb - ha, wb - wa, first_touch);
-            continue;
-          }
-          float* rb = r + (base + a * g.kw + b) * cy8;
-          const float* yb = t.base + pb * t.stride;
-          const int64_t yh = t.rp * t.stride;
-          int64_t j = 0;
-          for (; j + 4 <= cy8 / 8; j += 4)
-            depthwise_block<4>(xb + 8 * j, xh, xw, yb + 8 * j, yh, t.stride, hb - ha, wb - wa,
-                               rb + 8 * j);
-          for (; j < cy8 / 8; ++j)
-            depthwise_block<1>(xb + 8 * j, xh, xw, yb + 8 * j, yh, t.stride, hb - ha, wb - wa,
-                               rb + 8 * j);
+      // Taps b in runs of the same columns inside x: with one group, their rows (b, i) are
+      // one run of x, so that the blocks are as few and as deep as they can be (DCGAN G3's
+      // 8x8 images, against one run where all taps are inside and the edge columns tap by
+      // tap, in blocks of one column: its kernel gradient over a matmul of its FLOPs 1.00
+      // -> 0.95; CenterNet 0.97 -> 0.92, the lecture decoder 2's at batch 256 0.94 -> 0.87,
+      // 2026-12-05). In groups and depthwise, tap by tap.
+      for (int64_t b = 0, e; b < g.kw; b = e) {
+        const auto [wa, wb] = columns(b);
+        for (e = b + 1; merged && e < g.kw && columns(e) == std::pair{wa, wb}; ++e) {
         }
-      };
-      // where x's rows are copied, all the tile's columns: the rows (b, i) as one run of x
-      // (of all its channels: one group), copied as zeros where b is outside x. Else y's
-      // columns whose taps b are all inside x as that run, the others tap by tap: blocks
-      // of one column, whose sums' loads and stores cost as much as their products (DCGAN
-      // G3, 8x8 images, a quarter of the products at the edges: the kernel gradient over a
-      // matmul of its FLOPs 1.09 tap by tap at the edges, 1.01 with zeros, 2026-12-05).
-      if (rows_copied(t) && !g.depthwise && g.groups == 1) {
-        thread_local std::vector<Span> spans;
-        spans.resize(w1 - w0);
-        bool inside = true;
-        for (int64_t w = w0; w < w1; ++w) {
-          const int64_t b0 = std::max<int64_t>(0, g.lo_w - w * g.sw);
-          const int64_t b1 = std::min<int64_t>(g.kw, g.wi + g.lo_w - w * g.sw);
-          spans[w - w0] = Span{b0 * g.cx, std::max(b0, b1) * g.cx};
-          inside = inside && b0 == 0 && b1 == g.kw;
+        if (wa >= wb) {
+          zero(base + (a * g.kw + b) * cxg, (e - b) * cxg);
+          continue;
         }
-        // x at column w0's tap 0, outside x where it is padded: only spans are read
-        const float* xm = xa + (w0 * g.sw - g.lo_w) * g.cx;
-        rows(base + a * g.kw * g.cx, g.kw * g.cx, xm, pa, hb - ha, w1 - w0, fresh,
-             inside ? nullptr : spans.data());
-        continue;
+        const float* xb = xa + (wa * g.sw + b - g.lo_w) * g.cx;
+        const int64_t pb = pa + wa - w0;
+        if (!g.depthwise) {
+          rows(base + (a * g.kw + b) * cxg, (e - b) * cxg, xb, pb, hb - ha, wb - wa);
+          continue;
+        }
+        float* rb = r + (base + a * g.kw + b) * cy8;
+        const float* yb = t.base + pb * t.stride;
+        const int64_t yh = t.rp * t.stride;
+        int64_t j = 0;
+        for (; j + 4 <= cy8 / 8; j += 4)
+          depthwise_block<4>(xb + 8 * j, xh, xw, yb + 8 * j, yh, t.stride, hb - ha, wb - wa,
+                             rb + 8 * j);
+        for (; j < cy8 / 8; ++j)
+          depthwise_block<1>(xb + 8 * j, xh, xw, yb + 8 * j, yh, t.stride, hb - ha, wb - wa,
+                             rb + 8 * j);
       }
-      const int64_t wa = std::max(w0, ceil_div(g.lo_w, g.sw));
-      const int64_t wb = std::min(w1, floor_div(g.wi - g.kw + g.lo_w, g.sw) + 1);
-      if (g.depthwise || g.groups > 1 || wa >= wb) {
-        tap_by_tap(w0, w1, fresh);
-        continue;
-      }
-      const float* xm = xa + (wa * g.sw - g.lo_w) * g.cx;
-      rows(base + a * g.kw * g.cx, g.kw * g.cx, xm, pa + wa - w0, hb - ha, wb - wa, fresh);
-      tap_by_tap(w0, wa, false);
-      tap_by_tap(wb, w1, false);
     }
   }
 }
