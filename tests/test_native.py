@@ -93,7 +93,7 @@ CASES = {
         (1, 1),
         False,
     ),
-    "2-D k4 s2, 256 channels of y, x's rows copied with zeros on both sides": (
+    "2-D k4 s2, 256 channels of y, taps outside x on both sides": (
         (1, 8, 8, 3),
         (1, 4, 4, 256),
         (4, 4),
@@ -101,7 +101,7 @@ CASES = {
         (1, 1),
         False,
     ),
-    "2-D k4 s2, 256 channels of y, x's rows copied with 3 zeros before": (
+    "2-D k4 s2, 256 channels of y, x padded by 3 before": (
         (1, 6, 6, 5),
         (1, 5, 5, 256),
         (4, 4),
