@@ -1673,16 +1673,24 @@ def _out(x: jax.Array, kernel: jax.Array, geometry: Geometry) -> jax.ShapeDtypeS
     return jax.ShapeDtypeStruct((x.shape[0], *rows, kernel.shape[-1]), x.dtype)
 
 
-def _few_channels_2d(kernel: jax.Array) -> bool:
-    """Whether a 2-D transposed conv gives 2-3 channels (an RGB image, say): there, with both
-    gradients wanted, the one im2col of the cotangent that XLA's route shares beats the
-    native kernel gradient beside ``C`` as XLA's conv of 2-3 channels, which YNNPACK runs
-    slowly. DCGAN G5 (64 x 32x32x64 -> 64x64x3, k4 s2), forward+backward, ``fast: no
-    native`` over ``auto``: 0.98, 0.97 and 0.92 in three full benchmark runs; 16.2 against
-    17.0 ms and 16.0 against 17.5 in 21 and 15 paired rounds (``C`` by an im2col of its own
-    beside the native kernel gradient: 19.8). With one channel (WaveGAN up 5, jax#31662)
-    the native kernel gradient was the faster. The bound is the fold's: under
-    ``FOLD_MIN_CHANNELS``, ``C`` stays XLA's strided conv (:func:`_width_fold_wanted`)."""
+def _windows_over_native(kernel: jax.Array) -> bool:
+    """Whether, with both gradients wanted, a transposed conv takes them from the one
+    im2col of the cotangent that XLA's route shares rather than the native kernel
+    gradient beside ``C``: in 2-D to 2-3 channels (an RGB image, say), where ``C`` would be
+    XLA's conv of 2-3 channels, which YNNPACK runs slowly; in 3-D to one channel.
+
+    DCGAN G5 (64 x 32x32x64 -> 64x64x3, k4 s2), forward+backward, ``fast: no native`` over
+    ``auto``: 0.98, 0.97 and 0.92 in three full benchmark runs; 16.2 against 17.0 ms and
+    16.0 against 17.5 in 21 and 15 paired rounds (``C`` by an im2col of its own beside the
+    native kernel gradient: 19.8). The 2-D bound is the fold's: under
+    ``FOLD_MIN_CHANNELS``, ``C`` stays XLA's strided conv (:func:`_width_fold_wanted`).
+    jax#31662 (64x64x32x64 -> 1 channel, 3-D k3 s2): on the host before the native kernel
+    was the faster; on family 25 model 17 (AVX-512, 2026-12-05) ``fast: no native`` over
+    ``auto`` read 0.967, 0.957 and 0.933 in runs J-L and 0.935 and 0.948 in paired rounds.
+    With one channel in 1-D and 2-D the native kernel stays the faster (``auto`` over ``fast:
+    no native`` in runs J-L: WaveGAN up 5 0.88-0.92, lecture decoder 3 0.93-0.96)."""
+    if kernel.ndim == 5:
+        return kernel.shape[-2] == 1
     return kernel.ndim == 4 and 1 < kernel.shape[-2] < FOLD_MIN_CHANNELS
 
 
@@ -1725,7 +1733,7 @@ def _conv_transpose_jvp(geometry, primals, tangents):
     out = _transposed(y, kernel, geometry, overlap_add=not folded)
     by_native = not _is_zero(dkernel) and _native_wanted(out, y, kernel.shape, geometry)
     shared_windows = _shared_windows_wanted(out, y, kernel.shape, geometry)
-    if by_native and not _is_zero(dy) and shared_windows and _few_channels_2d(kernel):
+    if by_native and not _is_zero(dy) and shared_windows and _windows_over_native(kernel):
         by_native = False
     both_wanted = not (_is_zero(dy) or _is_zero(dkernel) or by_native)
     if both_wanted and shared_windows:
