@@ -224,8 +224,8 @@ void rows_times_tile(const float* x, int64_t xh, int64_t xw, const Tile& t, int6
     // pixels are often 2^k floats apart, which a cache set holds only 8 of)
     const float* xi = x + i;
     int64_t xih = xh, xiw = xw;
-    const bool copied = t.panels && t.cy8 >= 256;
-    if (copied) {
+    const bool x_copied = t.panels && t.cy8 >= 256;
+    if (x_copied) {
       xp.resize(nh * nw * MAX_ROWS);
       float* to = xp.data();
       for (int64_t h = 0; h < nh; ++h)
@@ -242,8 +242,8 @@ void rows_times_tile(const float* x, int64_t xh, int64_t xw, const Tile& t, int6
       const int nv = std::min<int64_t>(2, t.cy8 / 8 - j);
       const int64_t ys = t.panels ? 8 * nv : t.stride;
       const float* y = t.base + (t.panels ? 8 * j * t.pixels : 8 * j) + p * ys;
-      block_of(mr, nv, !copied)(xi, xih, xiw, y, t.rp * ys, ys, nh, nw, r + i * rs + 8 * j, rs,
-                                fresh);
+      block_of(mr, nv, !x_copied)(xi, xih, xiw, y, t.rp * ys, ys, nh, nw, r + i * rs + 8 * j,
+                                  rs, fresh);
     }
   }
 }
@@ -329,13 +329,13 @@ void add_tile(const Geometry& g, const float* x, const Tile& t, int64_t n, int64
 }
 
 // Whether y's tiles are copied (into panels, or with their channels padded to 8k)
-bool copied(const Geometry& g) { return g.panels() || g.cyg8() != g.cyg(); }
+bool tiles_copied(const Geometry& g) { return g.panels() || g.cyg8() != g.cyg(); }
 
 // The tile of one group's channels of y at yt (th rows of tw pixels): where it is, or
 // copied into `at` (th tw cyg8 floats)
 Tile tile_of(const Geometry& g, const float* yt, int64_t th, int64_t tw, float* at) {
   const int64_t cyg = g.cyg(), cyg8 = g.cyg8(), pixels = th * tw;
-  if (!copied(g)) return Tile{yt, g.wo, pixels, cyg8, g.cy, false};
+  if (!tiles_copied(g)) return Tile{yt, g.wo, pixels, cyg8, g.cy, false};
   if (cyg8 != cyg) std::fill_n(at, pixels * cyg8, 0.f);
   for (int64_t h = 0; h < th; ++h)
     for (int64_t w = 0; w < tw; ++w) {
@@ -407,7 +407,7 @@ struct Work {
     const int64_t cy8 = g.cy8(), cyg = g.cyg(), cyg8 = g.cyg8(),
                   blocks = (rows + MAX_ROWS - 1) / MAX_ROWS;
     std::vector<float> storage;
-    float* const own = shared || !copied(g) ? nullptr : aligned(storage, tile_floats());
+    float* const own = shared || !tiles_copied(g) ? nullptr : aligned(storage, tile_floats());
     for (int64_t item; (item = next.fetch_add(1)) < items();) {
       const int64_t group = item / (runs * row_parts);
       const int64_t p = item / row_parts % runs, part = item % row_parts;
@@ -488,7 +488,8 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   work->row_parts = depthwise ? 1 : std::min(split, (rows + MAX_ROWS - 1) / MAX_ROWS);
   // the row parts of a run read its tiles: each copied once where they fit SHARED_MAX_BYTES
   const int64_t shared_floats = groups * work->tiles * work->tile_floats();
-  if (copied(g) && work->row_parts >= SHARED_MIN_PARTS && shared_floats * 4 <= SHARED_MAX_BYTES)
+  if (tiles_copied(g) && work->row_parts >= SHARED_MIN_PARTS &&
+      shared_floats * 4 <= SHARED_MAX_BYTES)
     work->shared = aligned(work->shared_storage, shared_floats);
   // one run of whole channels sums into the result itself
   std::vector<std::unique_ptr<float[]>> sums;
