@@ -73,76 +73,63 @@ constexpr int MAX_ROWS = 12;
 constexpr int MAX_ROWS = 6;
 #endif
 
-inline v8 load(const float* p) {
-  v8 v;
+#if defined(__AVX512F__)
+typedef float v16 __attribute__((vector_size(64)));
+#endif
+
+template <typename V = v8>
+inline V load(const float* p) {
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
-inline void store(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+template <typename V>
+inline void store(float* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// s in every lane: one vbroadcastss from memory (V{} + s costs an add and a shuffle: half
+// the speed)
+inline v8 splat(float s, v8) { return v8{s, s, s, s, s, s, s, s}; }
+#if defined(__AVX512F__)
+inline v16 splat(float s, v16) { return v16{s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}; }
+#endif
 
 int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -(-a / b); }
 int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
-// r[i][8j:8j+8] += x[h xh + w xw + i] * y[h yh + w + 8j : ...+8], h < nh, w < nw (w in
-// y's pixels: y advances by ys floats a pixel)
-template <int MR, int NV>
+// r[i][Lj:Lj+L] += x[h xh + w xw + i] * y[h yh + w + Lj : ...+L], h < nh, w < nw, in
+// vectors V of L floats (w in y's pixels: y advances by ys floats a pixel)
+template <int MR, int NV, typename V = v8>
 void block(const float* x, int64_t xh, int64_t xw, const float* y, int64_t yh, int64_t ys,
            int64_t nh, int64_t nw, float* r, int64_t rs, bool fresh) {
-  v8 acc[MR][NV];
+  constexpr int L = sizeof(V) / sizeof(float);
+  V acc[MR][NV];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j) acc[i][j] = fresh ? v8{} : load(r + i * rs + 8 * j);
+    for (int j = 0; j < NV; ++j) acc[i][j] = fresh ? V{} : load<V>(r + i * rs + L * j);
   for (int64_t h = 0; h < nh; ++h) {
     const float* xr = x + h * xh;
     const float* yr = y + h * yh;
     for (int64_t w = 0; w < nw; ++w) {
-      v8 yv[NV];
-      for (int j = 0; j < NV; ++j) yv[j] = load(yr + w * ys + 8 * j);
+      V yv[NV];
+      for (int j = 0; j < NV; ++j) yv[j] = load<V>(yr + w * ys + L * j);
       for (int i = 0; i < MR; ++i) {
-        // one vbroadcastss from memory (v8{} + xs costs an add and a shuffle: half the speed)
-        const float xs = xr[w * xw + i];
-        const v8 xv = {xs, xs, xs, xs, xs, xs, xs, xs};
+        const V xv = splat(xr[w * xw + i], V{});
         for (int j = 0; j < NV; ++j) acc[i][j] += xv * yv[j];
       }
     }
   }
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NV; ++j) store(r + i * rs + 8 * j, acc[i][j]);
+    for (int j = 0; j < NV; ++j) store(r + i * rs + L * j, acc[i][j]);
 }
 
-#if defined(__AVX512F__)
-typedef float v16 __attribute__((vector_size(64)));
-
-// block<MR, 2> with one 16-float vector of y: half the broadcasts a product. Where x is read
-// in place (kernel gradient alone over a matmul of its FLOPs, medians of 15 paired rounds in
-// one process, 2026-12-05, family 25 model 17): V-Net 1.11 -> 1.00, 3-D U-Net 1.04 -> 0.96,
-// U-Net 16->32 0.59 -> 0.53, CenterNet 0.90 -> 0.88, CycleGAN 0.84 -> 0.83; where x's rows
-// are copied, not faster (DCGAN G3 0.95 -> 0.98, Mask R-CNN 1.11 -> 1.12: 8-float vectors
-// there, see rows_times_tile).
-template <int MR>
-void block16(const float* x, int64_t xh, int64_t xw, const float* y, int64_t yh, int64_t ys,
-             int64_t nh, int64_t nw, float* r, int64_t rs, bool fresh) {
-  v16 acc[MR];
-  for (int i = 0; i < MR; ++i) {
-    acc[i] = v16{};
-    if (!fresh) std::memcpy(&acc[i], r + i * rs, sizeof(v16));
-  }
-  for (int64_t h = 0; h < nh; ++h) {
-    const float* xr = x + h * xh;
-    const float* yr = y + h * yh;
-    for (int64_t w = 0; w < nw; ++w) {
-      v16 yv;
-      std::memcpy(&yv, yr + w * ys, sizeof yv);
-      for (int i = 0; i < MR; ++i) {
-        const float xs = xr[w * xw + i];
-        const v16 xv = {xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs, xs};
-        acc[i] += xv * yv;
-      }
-    }
-  }
-  for (int i = 0; i < MR; ++i) std::memcpy(r + i * rs, &acc[i], sizeof(v16));
-}
-#endif
+// With AVX-512, block<MR, 2>'s 16 columns can be one 16-float vector of y: half the
+// broadcasts a product. Where x is read in place (kernel gradient alone over a matmul of its
+// FLOPs, medians of 15 paired rounds in one process, 2026-12-05, family 25 model 17): V-Net
+// 1.11 -> 1.00, 3-D U-Net 1.04 -> 0.96, U-Net 16->32 0.59 -> 0.53, CenterNet 0.90 -> 0.88,
+// CycleGAN 0.84 -> 0.83; where x's rows are copied, not faster (DCGAN G3 0.95 -> 0.98, Mask
+// R-CNN 1.11 -> 1.12: 8-float vectors there, see rows_times_tile).
 
 using Block = void (*)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, int64_t,
                        int64_t, float*, int64_t, bool);
@@ -152,7 +139,7 @@ using Block = void (*)(const float*, int64_t, int64_t, const float*, int64_t, in
 template <int MR>
 Block with_rows(int nv, bool wide) {
 #if defined(__AVX512F__)
-  if (nv == 2 && wide) return block16<MR>;
+  if (nv == 2 && wide) return block<MR, 1, v16>;
 #endif
   return nv == 2 ? block<MR, 2> : block<MR, 1>;
 }
